@@ -1,0 +1,14 @@
+//! The compliance table: every device's last report and verdict.
+//!
+//! [`Engine`] is the one writer (sans-IO: telemetry, policies and `now` in,
+//! verdict [`Change`]s and a deadline out); [`Table`] is the read handle every
+//! plane shares, lock-free for readers on the hot path.
+
+mod device;
+mod engine;
+pub mod snapshot;
+mod table;
+
+pub use device::{Device, Enforce, Verdict};
+pub use engine::{Cause, Change, Engine};
+pub use table::Table;

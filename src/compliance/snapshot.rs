@@ -1,0 +1,79 @@
+//! A snapshot of the table in `state_dir`, so a restart resumes with the last
+//! known reports: JSON lines, written to a temporary file, synced and renamed
+//! over the previous one, so a crash mid-write leaves the old snapshot whole.
+
+use super::table::Table;
+use crate::telemetry::{Report, UnixMillis};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// The file name inside `state_dir`.
+pub const FILE: &str = "compliance.jsonl";
+
+/// One device in the snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    /// When its last report arrived (Unix ms).
+    pub last_seen: UnixMillis,
+    /// Each failing rule (`policy/rule`) and when it started failing, so a
+    /// grace period does not restart with the process.
+    #[serde(default)]
+    pub failing_since: Vec<(String, UnixMillis)>,
+    pub report: Report,
+}
+
+/// Writes every device of `table` to `dir/FILE`. Returns the device count.
+pub fn write(table: &Table, dir: &Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let file = std::fs::File::create(&tmp)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut count = 0;
+    let mut result = Ok(());
+    table.for_each(|d| {
+        if result.is_err() {
+            return;
+        }
+        let entry = Entry {
+            id: d.id.to_string(),
+            last_seen: d.last_seen,
+            failing_since: d.failures.iter().map(|f| (f.key(), f.since)).collect(),
+            report: d.report.clone(),
+        };
+        result = serde_json::to_writer(&mut out, &entry)
+            .map_err(std::io::Error::other)
+            .and_then(|()| out.write_all(b"\n"));
+        count += 1;
+    });
+    result?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path(dir))?;
+    Ok(count)
+}
+
+/// The snapshot's path in `dir`.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+/// Reads the snapshot; a missing file is an empty fleet. Lines that do not
+/// parse are skipped and counted (second value), never fatal.
+pub fn read(dir: &Path) -> std::io::Result<(Vec<Entry>, usize)> {
+    let file = match std::fs::File::open(path(dir)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let mut entries = Vec::new();
+    let mut bad = 0;
+    for line in std::io::BufReader::new(file).lines() {
+        match serde_json::from_str::<Entry>(&line?) {
+            Ok(e) if crate::telemetry::parse::valid_device_id(&e.id) => entries.push(e),
+            _ => bad += 1,
+        }
+    }
+    Ok((entries, bad))
+}

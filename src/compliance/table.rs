@@ -1,0 +1,122 @@
+//! The shared read side of the compliance table.
+//!
+//! Sharded maps (dashmap) with foldhash: measured here as the fastest
+//! read-mostly map on two cores (see ../shared/DEPENDENCIES.md); the hasher
+//! matters more than the map. Values are `Arc<Device>`: a reader clones the
+//! Arc and drops the shard's read lock at once, so nothing is ever held across
+//! an `.await` or while the engine writes.
+
+use super::device::Device;
+use crate::mac::Mac;
+use dashmap::DashMap;
+use std::sync::Arc;
+
+type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
+/// A cheap, cloneable handle on the table. Only the [`super::Engine`] writes.
+#[derive(Clone, Default)]
+pub struct Table {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    devices: Map<Arc<str>, Arc<Device>>,
+    by_mac: Map<Mac, Arc<str>>,
+    by_wg_key: Map<Box<str>, Arc<str>>,
+    by_cert: Map<Box<str>, Arc<str>>,
+}
+
+impl Table {
+    /// The device with this id.
+    pub fn get(&self, id: &str) -> Option<Arc<Device>> {
+        self.inner.devices.get(id).map(|d| Arc::clone(d.value()))
+    }
+
+    /// The device that reported this MAC address.
+    pub fn by_mac(&self, mac: Mac) -> Option<Arc<Device>> {
+        let id = self.inner.by_mac.get(&mac).map(|e| Arc::clone(e.value()))?;
+        self.get(&id)
+    }
+
+    /// The device that reported this WireGuard public key (base64).
+    pub fn by_wg_key(&self, key: &str) -> Option<Arc<Device>> {
+        let id = self.inner.by_wg_key.get(key).map(|e| Arc::clone(e.value()))?;
+        self.get(&id)
+    }
+
+    /// The device that reported this certificate identity.
+    pub fn by_cert_identity(&self, identity: &str) -> Option<Arc<Device>> {
+        let id = self.inner.by_cert.get(identity).map(|e| Arc::clone(e.value()))?;
+        self.get(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.devices.is_empty()
+    }
+
+    /// Calls `f` on every device, in no particular order. Each shard is
+    /// read-locked only while it is walked.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Device>)) {
+        for entry in self.inner.devices.iter() {
+            f(entry.value());
+        }
+    }
+
+    /// Every device id, sorted: for deterministic walks by the engine.
+    pub(crate) fn sorted_ids(&self) -> Vec<Arc<str>> {
+        let mut ids: Vec<Arc<str>> = self.inner.devices.iter().map(|e| Arc::clone(e.key())).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Stores `device`, moving its identities in the indexes from `old`.
+    pub(crate) fn put(&self, device: Arc<Device>, old: Option<&Device>) {
+        let id = &device.id;
+        let new_r = &device.report;
+        if let Some(old) = old {
+            let old_r = &old.report;
+            for mac in macs(old_r) {
+                if !macs(new_r).any(|m| m == mac) {
+                    self.inner.by_mac.remove_if(&mac, |_, owner| owner == id);
+                }
+            }
+            if old_r.wg_public_key != new_r.wg_public_key
+                && let Some(k) = &old_r.wg_public_key
+            {
+                self.inner.by_wg_key.remove_if(k, |_, owner| owner == id);
+            }
+            if old_r.cert_identity != new_r.cert_identity
+                && let Some(c) = &old_r.cert_identity
+            {
+                self.inner.by_cert.remove_if(c, |_, owner| owner == id);
+            }
+        }
+        // A MAC or key claimed by two devices goes to the latest reporter.
+        for mac in macs(new_r) {
+            self.inner.by_mac.insert(mac, Arc::clone(id));
+        }
+        if let Some(k) = &new_r.wg_public_key {
+            self.inner.by_wg_key.insert(k.clone(), Arc::clone(id));
+        }
+        if let Some(c) = &new_r.cert_identity {
+            self.inner.by_cert.insert(c.clone(), Arc::clone(id));
+        }
+        self.inner.devices.insert(Arc::clone(id), device);
+    }
+
+    /// Replaces a device's record without touching the indexes (its report,
+    /// and so its identities, are unchanged).
+    pub(crate) fn replace(&self, device: Arc<Device>) {
+        self.inner.devices.insert(Arc::clone(&device.id), device);
+    }
+}
+
+/// The valid MAC addresses in a report (malformed ones are not indexed).
+fn macs(r: &crate::telemetry::Report) -> impl Iterator<Item = Mac> + '_ {
+    r.mac_addresses.iter().flat_map(|v| v.iter()).filter_map(|m| Mac::parse(m))
+}

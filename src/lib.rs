@@ -1,0 +1,14 @@
+//! warden: a network access control gateway.
+//!
+//! The planes, each a sans-IO core driven by a thin tokio shell:
+//! - [`telemetry`]: MQTT device reports in;
+//! - [`policy`]: what compliant means, evaluated by a pure function;
+//! - [`compliance`]: the table of every device's verdict, and its changes;
+//! - [`http`] and [`metrics`]: what operators and Prometheus read.
+#![forbid(unsafe_code)]
+
+pub mod compliance;
+pub mod diag;
+pub mod mac;
+pub mod policy;
+pub mod telemetry;

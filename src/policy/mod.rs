@@ -1,0 +1,231 @@
+//! Policies: what a compliant device looks like, loaded from `policies/*.toml`.
+//!
+//! Loading compiles each file into a [`Policy`] (every check typed and every
+//! attribute name resolved) so that evaluation ([`decide`]) never parses and
+//! never fails.
+
+pub mod cases;
+mod check;
+mod eval;
+pub mod version;
+
+pub use check::{Attr, Check, Op, Scalar};
+pub use eval::{Evaluation, Failure, decide};
+
+use crate::diag::Located;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How bad a violation is (PRODUCT.md: minor never quarantines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Minor,
+    Major,
+    Critical,
+}
+
+/// When a policy is enforced: an MDM's "when to apply".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Continuously: a violation cuts an existing session.
+    #[default]
+    Always,
+    /// Only when a session starts.
+    Admission,
+    /// Recorded and reported, never enforced.
+    Monitor,
+}
+
+/// Which devices a policy applies to. Empty lists mean "any".
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliesTo {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub os: Vec<String>,
+}
+
+/// One rule of a policy.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub id: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub check: Check,
+    /// The command sent to the device when this rule fails.
+    #[serde(default)]
+    pub remediation: Option<String>,
+}
+
+/// A compiled policy.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub applies_to: AppliesTo,
+    pub severity: Severity,
+    #[serde(default)]
+    pub enforcement: Enforcement,
+    /// How long a violation may last before it is enforced.
+    #[serde(default, with = "crate::diag::duration")]
+    pub grace: Duration,
+    pub rules: Vec<Rule>,
+    /// The file it came from, for messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+impl Policy {
+    /// Parses and validates one policy file's text.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, Located> {
+        let mut policy: Policy = toml::from_str(text).map_err(|e| Located::toml(file, text, &e))?;
+        policy.source = file.to_path_buf();
+        let at = |needle: &str| text.find(needle).unwrap_or(0);
+        if policy.name.trim().is_empty() {
+            return Err(Located::at(file, text, at("name"), "policy name must not be empty"));
+        }
+        if policy.rules.is_empty() {
+            return Err(Located::at(file, text, 0, "a policy needs at least one [[rules]]"));
+        }
+        if policy.rules.len() > usize::from(u16::MAX) {
+            return Err(Located::at(file, text, 0, "too many rules in one policy"));
+        }
+        for (i, rule) in policy.rules.iter().enumerate() {
+            if rule.id.trim().is_empty() || rule.id.contains('/') {
+                return Err(Located::at(file, text, at(&rule.id), "rule id must be non-empty and contain no '/'"));
+            }
+            if policy.rules[..i].iter().any(|r| r.id == rule.id) {
+                let second = text.match_indices(&format!("{:?}", rule.id)).nth(1).map_or(0, |(p, _)| p);
+                return Err(Located::at(file, text, second, format!("duplicate rule id {:?}", rule.id)));
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Does this policy apply to a device reporting `report`?
+    pub fn applies(&self, report: &crate::telemetry::Report) -> bool {
+        let groups_ok = self.applies_to.groups.is_empty() || report.in_any_group(&self.applies_to.groups);
+        let os_ok = self.applies_to.os.is_empty()
+            || report
+                .os
+                .as_deref()
+                .is_some_and(|os| self.applies_to.os.iter().any(|o| o.eq_ignore_ascii_case(os)));
+        groups_ok && os_ok
+    }
+}
+
+/// Every policy in force, in name order (so evaluation is deterministic).
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Arc<Policy>>,
+}
+
+impl PolicySet {
+    /// Loads every `*.toml` directly in `dir` (not `dir/tests/`). All files are
+    /// checked; every error found is returned, not just the first.
+    pub fn load_dir(dir: &Path) -> Result<Self, Vec<Located>> {
+        let files = toml_files(dir).map_err(|e| vec![e])?;
+        let mut errors = Vec::new();
+        let mut policies: Vec<Arc<Policy>> = Vec::new();
+        for file in files {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(Located::file(&file, format!("cannot read: {e}")));
+                    continue;
+                }
+            };
+            match Policy::parse(&file, &text) {
+                Ok(p) => {
+                    if let Some(other) = policies.iter().find(|o| o.name == p.name) {
+                        let at = text.find(&format!("{:?}", p.name)).unwrap_or(0);
+                        errors.push(Located::at(
+                            &file,
+                            &text,
+                            at,
+                            format!("policy name {:?} is also used by {}", p.name, other.source.display()),
+                        ));
+                    } else {
+                        policies.push(Arc::new(p));
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self { policies })
+    }
+
+    /// Number of rules across all policies.
+    pub fn rule_count(&self) -> usize {
+        self.policies.iter().map(|p| p.rules.len()).sum()
+    }
+}
+
+/// The `*.toml` files directly in `dir`, sorted by name.
+pub(crate) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, Located> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Located::file(dir, format!("cannot read directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, String> {
+        Policy::parse(Path::new("p.toml"), text).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = r#"
+name = "pos-baseline"
+applies_to = { groups = ["pos"] }
+severity = "critical"
+grace = "0s"
+
+[[rules]]
+id = "disk-encrypted"
+check = { attr = "encrypted", eq = true }
+remediation = "enable_encryption"
+"#;
+
+    #[test]
+    fn parses_a_policy() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.name, "pos-baseline");
+        assert_eq!(p.enforcement, Enforcement::Always);
+        assert_eq!(p.rules[0].remediation.as_deref(), Some("enable_encryption"));
+    }
+
+    #[test]
+    fn errors_are_located() {
+        let cases = [
+            (GOOD.replace("severity = \"critical\"", "severity = \"urgent\""), "p.toml:4:12:"),
+            (GOOD.replace("grace = \"0s\"", "grace = \"soon\""), "p.toml:5:9:"),
+            (GOOD.replace("attr = \"encrypted\"", "attr = \"encrypted_disk\""), "p.toml:9:9:"),
+            (GOOD.replace("eq = true", "eq = true, ne = false"), "p.toml:9:9:"),
+            (GOOD.replace("remediation", "remedy"), "p.toml:10:1:"),
+            (format!("{GOOD}\n[[rules]]\nid = \"disk-encrypted\"\ncheck = {{ attr = \"rooted\", eq = false }}\n"), "p.toml:13:6:"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.starts_with(want), "want {want}, got {err}");
+        }
+    }
+}

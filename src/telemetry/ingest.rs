@@ -1,0 +1,1 @@
+//! MQTT shell (filled in below).
