@@ -7,8 +7,15 @@
 //! - [`http`] and [`metrics`]: what operators and Prometheus read.
 #![forbid(unsafe_code)]
 
+pub mod broker;
+pub mod cli;
+pub mod commands;
 pub mod compliance;
+pub mod config;
 pub mod diag;
+pub mod gateway;
+pub mod http;
 pub mod mac;
+pub mod metrics;
 pub mod policy;
 pub mod telemetry;

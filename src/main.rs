@@ -1,1 +1,49 @@
-fn main() {}
+//! The `warden` binary: parse arguments, load and validate the configuration
+//! (before any port is bound), run the command, map the result to an exit code.
+
+use clap::Parser;
+use std::process::ExitCode;
+use warden::cli::{Cli, Command, PolicyCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttc=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::Check { config } => warden::commands::check(config.as_deref()),
+        Command::Policy {
+            command: PolicyCommand::Test { dir },
+        } => warden::commands::policy_test(&dir),
+    }
+}
+
+fn run(config: Option<std::path::PathBuf>) -> ExitCode {
+    let loaded = match warden::commands::load(config.as_deref()) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warden: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(warden::gateway::run(loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warden: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -68,7 +68,14 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(table: Table, policies: PolicySet, stale_after: Duration) -> Self {
-        Self { table, policies, stale_after, deadlines: BTreeSet::new(), events: VecDeque::new(), counts: [0; 3] }
+        Self {
+            table,
+            policies,
+            stale_after,
+            deadlines: BTreeSet::new(),
+            events: VecDeque::new(),
+            counts: [0; 3],
+        }
     }
 
     /// The read handle this engine writes to.
@@ -87,14 +94,25 @@ impl Engine {
 
     /// Applies one parsed report from device `id` that arrived at `now`.
     /// A report whose `seq` is not above the last accepted one changes nothing.
-    pub fn handle_telemetry(&mut self, id: &str, report: Report, now: Instant, wall: UnixMillis) -> Result<(), Refusal> {
+    pub fn handle_telemetry(
+        &mut self,
+        id: &str,
+        report: Report,
+        now: Instant,
+        wall: UnixMillis,
+    ) -> Result<(), Refusal> {
         let old = self.table.get(id);
         if let Some(old) = &old
             && report.seq <= old.report.seq
         {
-            return Err(Refusal::Replay { seq: report.seq, last: old.report.seq });
+            return Err(Refusal::Replay {
+                seq: report.seq,
+                last: old.report.seq,
+            });
         }
-        let id: Arc<str> = old.as_ref().map_or_else(|| id.into(), |d| Arc::clone(&d.id));
+        let id: Arc<str> = old
+            .as_ref()
+            .map_or_else(|| id.into(), |d| Arc::clone(&d.id));
         let failures = decide(&self.policies, &report, wall).failures;
         let mut device = Device {
             id,
@@ -117,7 +135,9 @@ impl Engine {
     pub fn handle_policies(&mut self, policies: PolicySet, now: Instant, wall: UnixMillis) {
         self.policies = policies;
         for id in self.table.sorted_ids() {
-            let Some(old) = self.table.get(&id) else { continue };
+            let Some(old) = self.table.get(&id) else {
+                continue;
+            };
             if old.verdict == Verdict::Unknown {
                 continue;
             }
@@ -133,8 +153,12 @@ impl Engine {
         while let Some((at, _)) = self.deadlines.first()
             && *at <= now
         {
-            let Some((_, id)) = self.deadlines.pop_first() else { break };
-            let Some(old) = self.table.get(&id) else { continue };
+            let Some((_, id)) = self.deadlines.pop_first() else {
+                break;
+            };
+            let Some(old) = self.table.get(&id) else {
+                continue;
+            };
             let mut device = (*old).clone();
             device.deadline = None;
             if now.saturating_duration_since(device.seen_at) >= self.stale_after {
@@ -154,7 +178,15 @@ impl Engine {
     /// Puts a device restored from a snapshot back, without an event: the
     /// planes have not started yet. `age` is how long ago (wall clock) its
     /// last report arrived; a device older than `stale_after` comes back unknown.
-    pub fn restore(&mut self, id: &str, report: Report, last_seen: UnixMillis, prior: &[(String, UnixMillis)], now: Instant, wall: UnixMillis) {
+    pub fn restore(
+        &mut self,
+        id: &str,
+        report: Report,
+        last_seen: UnixMillis,
+        prior: &[(String, UnixMillis)],
+        now: Instant,
+        wall: UnixMillis,
+    ) {
         let age = Duration::from_millis(u64::try_from(wall.saturating_sub(last_seen)).unwrap_or(0));
         let seen_at = now.checked_sub(age).unwrap_or(now);
         let mut device = Device {
@@ -194,7 +226,14 @@ impl Engine {
 
     /// Fills in verdict, failures (keeping when each started failing),
     /// enforcement and the next deadline.
-    fn settle(&self, device: &mut Device, old: Option<&Device>, mut failures: Vec<Failure>, now: Instant, wall: UnixMillis) {
+    fn settle(
+        &self,
+        device: &mut Device,
+        old: Option<&Device>,
+        mut failures: Vec<Failure>,
+        now: Instant,
+        wall: UnixMillis,
+    ) {
         if let Some(old) = old {
             for f in &mut failures {
                 if let Some(prev) = old.failures.iter().find(|p| p.same_rule(f)) {
@@ -203,7 +242,11 @@ impl Engine {
             }
         }
         let (enforce, grace_end) = Enforce::of(&failures, wall);
-        device.verdict = if failures.is_empty() { Verdict::Compliant } else { Verdict::Noncompliant };
+        device.verdict = if failures.is_empty() {
+            Verdict::Compliant
+        } else {
+            Verdict::Noncompliant
+        };
         device.failures = failures;
         device.enforce = enforce;
         device.since = match old {
@@ -211,13 +254,22 @@ impl Engine {
             _ => wall,
         };
         let stale_at = device.seen_at + self.stale_after;
-        let grace_at = grace_end.map(|end| now + Duration::from_millis(u64::try_from(end - wall).unwrap_or(0)));
+        let grace_at = grace_end
+            .map(|end| now + Duration::from_millis(u64::try_from(end - wall).unwrap_or(0)));
         device.deadline = Some(grace_at.map_or(stale_at, |g| g.min(stale_at)));
     }
 
     /// Writes `device` to the table, keeps the deadline set and the counts
     /// in step, and queues a [`Change`] if anything a plane acts on changed.
-    fn store(&mut self, device: Device, old: Option<&Device>, cause: Cause, now: Instant, wall: UnixMillis, reindex: bool) {
+    fn store(
+        &mut self,
+        device: Device,
+        old: Option<&Device>,
+        cause: Cause,
+        now: Instant,
+        wall: UnixMillis,
+        reindex: bool,
+    ) {
         if let Some(old) = old {
             if let Some(at) = old.deadline {
                 self.deadlines.remove(&(at, Arc::clone(&old.id)));
@@ -235,7 +287,10 @@ impl Engine {
                 o.verdict != device.verdict
                     || o.enforce != device.enforce
                     || o.failures.len() != device.failures.len()
-                    || o.failures.iter().zip(&device.failures).any(|(a, b)| !a.same_rule(b))
+                    || o.failures
+                        .iter()
+                        .zip(&device.failures)
+                        .any(|(a, b)| !a.same_rule(b))
             }
         };
         if changed {

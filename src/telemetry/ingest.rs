@@ -1,1 +1,216 @@
-//! MQTT shell (filled in below).
+//! The MQTT shell: one rumqttc connection subscribed to the telemetry topic,
+//! handing each message (stamped with its arrival time) to the compliance
+//! task. It parses nothing itself.
+//!
+//! rumqttc reconnects at once and forever with no backoff, and only restores
+//! subscriptions when the broker kept the session (../shared/DEPENDENCIES.md),
+//! so this loop adds jittered exponential backoff and re-subscribes on every
+//! CONNACK.
+
+use super::UnixMillis;
+use crate::config::{Broker, Mqtt, Secrets};
+use crate::metrics::Metrics;
+use anyhow::Context;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// One telemetry message as it arrived.
+#[derive(Debug)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    /// Monotonic arrival time: enforcement latency is measured from here.
+    pub arrived: Instant,
+    pub wall: UnixMillis,
+}
+
+/// The wall clock, in the shells only.
+pub fn wall_now() -> UnixMillis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Builds the client options: persistent session (clean_session = false)
+/// under a stable client id, so QoS 1 telemetry published while warden was
+/// away is delivered when it returns.
+pub fn options(cfg: &Mqtt, secrets: &Secrets, node: &str) -> anyhow::Result<MqttOptions> {
+    let (host, port, tls) = match cfg.broker.get_ref() {
+        Broker::Embedded => (cfg.listen.ip().to_string(), cfg.listen.port(), false),
+        Broker::External { host, port, tls } => (host.clone(), *port, *tls),
+    };
+    let client_id = cfg
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("warden-{node}"));
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        // Larger than the 64 KiB telemetry limit, so an oversized report is
+        // counted and dropped by warden instead of tearing the connection down.
+        .set_max_packet_size(1024 * 1024, 1024 * 1024)
+        .set_inflight(1000)
+        .set_request_channel_capacity(4096);
+    if let Some(user) = &cfg.username {
+        opts.set_credentials(
+            user.clone(),
+            secrets.mqtt_password.clone().unwrap_or_default(),
+        );
+    }
+    if tls {
+        opts.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(
+            tls_config(cfg)?,
+        ))));
+    }
+    Ok(opts)
+}
+
+/// A rustls client config with the ring provider given explicitly, so no
+/// second crypto provider is ever linked or picked at run time.
+fn tls_config(cfg: &Mqtt) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let ca = cfg.ca_file.as_ref().context("mqtts:// needs ca_file")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("parsing {}", ca.display()))?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    Ok(match (&cfg.cert_file, &cfg.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("reading {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parsing {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("reading key {}", key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    })
+}
+
+/// Exponential backoff with jitter: 100 ms doubling to 30 s, each wait drawn
+/// from [half, full] so a fleet of wardens does not reconnect in lockstep.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    fn wait(&mut self) -> Duration {
+        let full = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        full.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+/// Runs the connection until `shutdown` turns true. `ready` is true while the
+/// telemetry subscription is acknowledged.
+pub async fn run(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    filter: String,
+    tx: mpsc::Sender<Inbound>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        let event = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = shutdown.changed() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let msg = Inbound {
+                    topic: p.topic,
+                    payload: p.payload,
+                    arrived: Instant::now(),
+                    wall: wall_now(),
+                };
+                // Awaiting here is the backpressure: a busy compliance task
+                // slows reading from the broker, which holds QoS 1 messages.
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff.reset();
+                metrics.mqtt_connects.inc();
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "MQTT connected; subscribing to {filter}"
+                );
+                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!(error = %e, "MQTT subscribe request failed");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if granted {
+                    ready.store(true, Ordering::Release);
+                    metrics.mqtt_connected.set(1);
+                    tracing::info!("telemetry subscription active");
+                } else {
+                    tracing::warn!("broker refused the telemetry subscription to {filter}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if ready.swap(false, Ordering::AcqRel) {
+                    metrics.mqtt_disconnects.inc();
+                }
+                metrics.mqtt_connected.set(0);
+                let wait = backoff.wait();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let mut b = Backoff::new();
+        let waits: Vec<Duration> = (0..12).map(|_| b.wait()).collect();
+        assert!(waits[0] >= Duration::from_millis(50) && waits[0] <= Duration::from_millis(100));
+        assert!(waits[3] >= Duration::from_millis(400) && waits[3] <= Duration::from_millis(800));
+        assert!(waits.iter().all(|w| *w <= Backoff::MAX));
+        assert!(waits[11] >= Backoff::MAX / 2);
+        b.reset();
+        assert!(b.wait() <= Duration::from_millis(100));
+    }
+}

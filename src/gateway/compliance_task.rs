@@ -1,0 +1,183 @@
+//! The task that owns the compliance [`Engine`]: it feeds it telemetry,
+//! policy sets and timeouts, publishes every verdict change to the planes,
+//! and writes the snapshot.
+
+use crate::compliance::{Change, Engine, snapshot};
+use crate::metrics::Metrics;
+use crate::policy::PolicySet;
+use crate::telemetry::ingest::{Inbound, wall_now};
+use crate::telemetry::parse::Freshness;
+use crate::telemetry::{TopicPattern, parse_payload};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Messages taken from the channel in one go before events are drained.
+const BATCH: usize = 1024;
+
+pub struct ComplianceTask {
+    pub engine: Engine,
+    pub telemetry: mpsc::Receiver<Inbound>,
+    pub policies: mpsc::Receiver<PolicySet>,
+    pub pattern: TopicPattern,
+    pub freshness: Freshness,
+    pub changes: broadcast::Sender<Arc<Change>>,
+    pub metrics: Arc<Metrics>,
+    pub state_dir: PathBuf,
+    pub snapshot_every: Duration,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl ComplianceTask {
+    pub async fn run(mut self) {
+        let mut snapshot_tick = tokio::time::interval(self.snapshot_every);
+        snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        snapshot_tick.tick().await; // the first tick is immediate
+        let snapshot_busy = Arc::new(AtomicBool::new(false));
+        let mut refusal_log = LogLimiter::new();
+        loop {
+            let deadline = self.engine.poll_timeout();
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                Some(set) = self.policies.recv() => {
+                    let started = Instant::now();
+                    self.engine.handle_policies(set, Instant::now(), wall_now());
+                    tracing::info!(devices = self.engine.table().len(), took_ms = started.elapsed().as_millis() as u64, "devices re-evaluated under the new policies");
+                }
+                msg = self.telemetry.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.ingest(msg, &mut refusal_log);
+                    for _ in 0..BATCH {
+                        match self.telemetry.try_recv() {
+                            Ok(msg) => self.ingest(msg, &mut refusal_log),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => self.engine.handle_timeout(Instant::now(), wall_now()),
+                _ = snapshot_tick.tick() => self.snapshot(&snapshot_busy),
+            }
+            self.drain();
+        }
+        // A last snapshot on the way out, waited for.
+        let table = self.engine.table().clone();
+        let dir = self.state_dir.clone();
+        match tokio::task::spawn_blocking(move || snapshot::write(&table, &dir)).await {
+            Ok(Ok(n)) => tracing::info!(devices = n, "compliance snapshot written"),
+            Ok(Err(e)) => tracing::error!(error = %e, "final compliance snapshot failed"),
+            Err(e) => tracing::error!(error = %e, "final compliance snapshot task failed"),
+        }
+    }
+
+    fn ingest(&mut self, msg: Inbound, log: &mut LogLimiter) {
+        let result = self
+            .pattern
+            .device_id(&msg.topic)
+            .and_then(|id| Ok((id, parse_payload(&msg.payload, msg.wall, self.freshness)?)))
+            .and_then(|(id, report)| {
+                self.engine
+                    .handle_telemetry(id, report, msg.arrived, msg.wall)
+            });
+        self.metrics.telemetry(result.as_ref().map(|_| ()));
+        if let Err(refusal) = result
+            && log.allow(msg.arrived)
+        {
+            // The topic may be attacker-chosen: shown escaped and cut short.
+            let topic: String = msg.topic.chars().take(160).collect();
+            tracing::info!(topic = ?topic, reason = refusal.label(), detail = %refusal, suppressed = log.take_suppressed(), "telemetry message ignored");
+        }
+    }
+
+    /// Publishes every queued change and refreshes the device gauges.
+    fn drain(&mut self) {
+        let mut any = false;
+        while let Some(change) = self.engine.poll_event() {
+            any = true;
+            self.metrics.verdict_change(change.old, change.new);
+            if change.old != change.new {
+                let failed: Vec<String> = change.failures.iter().map(|f| f.key()).collect();
+                tracing::info!(device = %change.device, from = change.old.label(), to = change.new.label(), cause = change.cause.label(), ?failed, quarantine = change.enforce.quarantine, "verdict changed");
+            }
+            let at = change.at;
+            // No subscriber is not an error: the planes may not be configured.
+            let _ = self.changes.send(Arc::new(change));
+            self.metrics
+                .verdict_seconds
+                .observe(at.elapsed().as_secs_f64());
+        }
+        if any {
+            self.metrics.set_devices(self.engine.counts());
+        }
+    }
+
+    /// Writes the snapshot off the async threads, one at a time.
+    fn snapshot(&self, busy: &Arc<AtomicBool>) {
+        if busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (table, dir, metrics, busy) = (
+            self.engine.table().clone(),
+            self.state_dir.clone(),
+            Arc::clone(&self.metrics),
+            Arc::clone(busy),
+        );
+        tokio::task::spawn_blocking(move || {
+            match snapshot::write(&table, &dir) {
+                Ok(n) => metrics
+                    .snapshot_devices
+                    .set(i64::try_from(n).unwrap_or(i64::MAX)),
+                Err(e) => {
+                    metrics.snapshot_failures.inc();
+                    tracing::error!(error = %e, dir = %dir.display(), "compliance snapshot failed");
+                }
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// At most 20 log lines per 10 s for refused telemetry: a flood of bad
+/// messages is counted in full in metrics, not written in full to the log.
+struct LogLimiter {
+    window: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new() -> Self {
+        Self {
+            window: Instant::now(),
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(10) {
+            self.window = now;
+            self.used = 0;
+        }
+        self.used += 1;
+        if self.used <= 20 {
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}

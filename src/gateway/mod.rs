@@ -1,0 +1,177 @@
+//! `warden run`: builds the cores, starts one task per connection or job,
+//! routes events between them, and stops them all on SIGINT/SIGTERM.
+
+mod compliance_task;
+mod reload;
+mod status;
+
+use crate::compliance::{Engine, Table, snapshot};
+use crate::config::{Broker, Loaded};
+use crate::http::{ApiState, Readiness};
+use crate::metrics::Metrics;
+use crate::policy::PolicySet;
+use crate::telemetry::ingest::{self, wall_now};
+use crate::telemetry::parse::Freshness;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Verdict changes a slow subscriber may fall behind by before it misses some.
+const CHANGES_CAPACITY: usize = 65_536;
+/// Telemetry messages queued between the MQTT task and the compliance task.
+const TELEMETRY_QUEUE: usize = 8192;
+
+/// Runs the gateway until a termination signal.
+pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
+    let cfg = &loaded.config;
+    let metrics = Arc::new(Metrics::new());
+
+    // Everything that can fail on bad input is done before any port is bound.
+    let policies = PolicySet::load_dir(&cfg.policy.dir).map_err(|errors| {
+        anyhow::anyhow!(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+        .context("invalid policies")
+    })?;
+    metrics.policy_rules.set(policies.rule_count() as i64);
+    tracing::info!(dir = %cfg.policy.dir.display(), policies = policies.policies.len(), rules = policies.rule_count(), "policies loaded");
+    let mqtt_options = ingest::options(&cfg.mqtt, &loaded.secrets, &cfg.node.name)?;
+    std::fs::create_dir_all(&cfg.node.state_dir)
+        .with_context(|| format!("creating state_dir {}", cfg.node.state_dir.display()))?;
+
+    // Restore the table before anything can ask it a question, so there is
+    // no moment where a known device looks unknown, or an unknown one compliant.
+    let table = Table::default();
+    let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after);
+    let (entries, bad) =
+        snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
+    let (now, wall) = (Instant::now(), wall_now());
+    let restored = entries.len();
+    for e in entries {
+        engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
+    }
+    metrics.snapshot_bad_lines.inc_by(bad as u64);
+    metrics.set_devices(engine.counts());
+    if restored > 0 || bad > 0 {
+        let [c, n, u] = engine.counts();
+        tracing::info!(
+            restored,
+            skipped = bad,
+            compliant = c,
+            noncompliant = n,
+            unknown = u,
+            "compliance table restored from snapshot"
+        );
+    }
+
+    let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("HTTP cannot listen on {}", cfg.http.listen))?;
+    tracing::info!(listen = %http_listener.local_addr()?, "HTTP API and metrics listening");
+    if *cfg.mqtt.broker.get_ref() == Broker::Embedded {
+        crate::broker::start(cfg.mqtt.listen)?;
+    }
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (changes_tx, _) = broadcast::channel(CHANGES_CAPACITY);
+    let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_QUEUE);
+    let (policy_tx, policy_rx) = mpsc::channel(4);
+    let ready = Arc::new(Readiness::default());
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let (client, eventloop) = rumqttc::AsyncClient::new(mqtt_options, 4096);
+    let filter = cfg.mqtt.telemetry_topic.filter();
+    tasks.spawn(ingest::run(
+        client.clone(),
+        eventloop,
+        filter,
+        telemetry_tx,
+        Arc::clone(&metrics),
+        Arc::clone(&ready.telemetry),
+        shutdown.clone(),
+    ));
+    tasks.spawn(status::run(
+        client,
+        cfg.mqtt.status_topic.clone(),
+        changes_tx.subscribe(),
+        Arc::clone(&metrics),
+    ));
+    tasks.spawn(
+        compliance_task::ComplianceTask {
+            engine,
+            telemetry: telemetry_rx,
+            policies: policy_rx,
+            pattern: cfg.mqtt.telemetry_topic.clone(),
+            freshness: Freshness {
+                max_age_ms: i64::try_from(cfg.policy.stale_after.as_millis()).unwrap_or(i64::MAX),
+                max_skew_ms: i64::try_from(cfg.mqtt.max_clock_skew.as_millis()).unwrap_or(i64::MAX),
+            },
+            changes: changes_tx.clone(),
+            metrics: Arc::clone(&metrics),
+            state_dir: cfg.node.state_dir.clone(),
+            snapshot_every: cfg.node.snapshot_every,
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+    tasks.spawn(reload::run(
+        cfg.policy.dir.clone(),
+        policy_tx,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    let api = crate::http::router(ApiState {
+        table,
+        metrics: Arc::clone(&metrics),
+        ready: Arc::clone(&ready),
+        token: loaded.secrets.api_token.as_deref().map(Arc::from),
+        stale_after: cfg.policy.stale_after,
+    });
+    let mut http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(http_listener, api).with_graceful_shutdown(async move {
+            let _ = http_shutdown.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    drop(changes_tx);
+    // Give every task (the final snapshot above all) a bounded time to finish.
+    let deadline = tokio::time::sleep(std::time::Duration::from_secs(30));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!("tasks did not stop within 30 s");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,236 @@
+//! The HTTP surface: `/healthz`, `/readyz`, `/metrics`, and the `/api/v1`
+//! device API. Handlers only read through handles; they never write state.
+
+use crate::compliance::{Device, Table, Verdict};
+use crate::metrics::Metrics;
+use crate::telemetry::report::format_rfc3339;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What `/readyz` checks: every configured plane is up.
+#[derive(Default)]
+pub struct Readiness {
+    /// The telemetry subscription is acknowledged by the broker.
+    pub telemetry: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub table: Table,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<Readiness>,
+    pub token: Option<Arc<str>>,
+    pub stale_after: std::time::Duration,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", get(get_device))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let telemetry = s.ready.telemetry.load(Ordering::Acquire);
+    let body = Json(json!({ "ready": telemetry, "planes": { "telemetry": telemetry } }));
+    let code = if telemetry {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Bearer token on `/api/v1` when `http.token_file` is set; compared in
+/// constant time.
+async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()).into();
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": "missing or wrong bearer token"})),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    verdict: Option<String>,
+    group: Option<String>,
+    /// Page size, default 100, at most 1000.
+    limit: Option<usize>,
+    /// Return devices whose id sorts after this one (the previous page's `next`).
+    after: Option<String>,
+}
+
+async fn list_devices(
+    State(s): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return bad_request("unknown or malformed query parameter (verdict, group, limit, after)");
+    };
+    let verdict = match q.verdict.as_deref().map(Verdict::parse) {
+        Some(None) => return bad_request("verdict must be compliant, noncompliant or unknown"),
+        Some(v) => v,
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    // A bounded heap of the `limit` smallest ids after the cursor: one pass,
+    // memory bounded by the page, whatever the fleet size.
+    let mut page: std::collections::BinaryHeap<ById> = std::collections::BinaryHeap::new();
+    let mut matched = 0usize;
+    s.table.for_each(|d| {
+        if verdict.is_some_and(|v| d.verdict != v) {
+            return;
+        }
+        if let Some(g) = &q.group
+            && !d
+                .report
+                .groups
+                .as_deref()
+                .is_some_and(|gs| gs.iter().any(|x| **x == **g))
+        {
+            return;
+        }
+        if q.after.as_deref().is_some_and(|a| *d.id <= *a) {
+            matched += 1;
+            return;
+        }
+        matched += 1;
+        page.push(ById(Arc::clone(d)));
+        if page.len() > limit {
+            page.pop();
+        }
+    });
+    let devices: Vec<Value> = page
+        .into_sorted_vec()
+        .into_iter()
+        .map(|ById(d)| device_json(&d, s.stale_after))
+        .collect();
+    let next = (devices.len() == limit)
+        .then(|| {
+            devices
+                .last()
+                .and_then(|d| d["id"].as_str().map(str::to_string))
+        })
+        .flatten();
+    Json(json!({ "devices": devices, "matched": matched, "next": next })).into_response()
+}
+
+/// A device ordered by its id, for the page heap.
+struct ById(Arc<Device>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for ById {}
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
+async fn get_device(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match s.table.get(&id) {
+        Some(d) => Json(device_json(&d, s.stale_after)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "id": id, "verdict": "unknown", "reason": "never reported" })),
+        )
+            .into_response(),
+    }
+}
+
+fn bad_request(msg: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
+}
+
+/// A device as the API shows it: verdict, why, since when, and who it is.
+fn device_json(d: &Device, stale_after: std::time::Duration) -> Value {
+    let mut failed: Vec<Value> = d
+        .failures
+        .iter()
+        .map(|f| {
+            let rule = f.rule();
+            json!({
+                "policy": f.policy.name,
+                "rule": rule.id,
+                "observed": &*f.observed,
+                "expected": rule.check.expected(),
+                "severity": f.policy.severity,
+                "enforcement": f.policy.enforcement,
+                "remediation": rule.remediation,
+                "failing_since": format_rfc3339(f.since),
+            })
+        })
+        .collect();
+    if d.verdict == Verdict::Unknown {
+        failed.push(json!({
+            "policy": "warden",
+            "rule": "inactive",
+            "observed": format!("last seen {}", format_rfc3339(d.last_seen)),
+            "expected": format!("a report within {}", humantime::format_duration(stale_after)),
+        }));
+    }
+    let r = &d.report;
+    json!({
+        "id": &*d.id,
+        "verdict": d.verdict,
+        "failed_rules": failed,
+        "enforce": d.enforce,
+        "since": format_rfc3339(d.since),
+        "last_seen": format_rfc3339(d.last_seen),
+        "seq": r.seq,
+        "groups": r.groups,
+        "os": r.os,
+        "os_version": r.os_version,
+        "identities": {
+            "mac_addresses": r.mac_addresses,
+            "wg_public_key": r.wg_public_key,
+            "cert_identity": r.cert_identity,
+        },
+        "sessions": [],
+    })
+}

@@ -1,0 +1,219 @@
+//! Prometheus metrics. Every handle is created once here and cached, so the
+//! hot paths pay an atomic add, never a lookup by name or label.
+
+use crate::compliance::Verdict;
+use crate::telemetry::Refusal;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets from 50 µs to 5 s: enforcement is meant to take milliseconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
+/// Every metric warden exports.
+pub struct Metrics {
+    registry: Registry,
+    devices: [IntGauge; 3],
+    telemetry_accepted: IntCounter,
+    telemetry_refused: [IntCounter; Refusal::LABELS.len()],
+    verdict_changes: [[IntCounter; 3]; 3],
+    /// Telemetry arrival → verdict change published to the planes.
+    pub verdict_seconds: Histogram,
+    enforcement_seconds: HistogramVec,
+    pub policy_reloads_ok: IntCounter,
+    pub policy_reloads_failed: IntCounter,
+    pub policy_rules: IntGauge,
+    pub mqtt_connected: IntGauge,
+    pub mqtt_connects: IntCounter,
+    pub mqtt_disconnects: IntCounter,
+    pub status_published: IntCounter,
+    pub status_dropped: IntCounter,
+    pub snapshot_devices: IntGauge,
+    pub snapshot_failures: IntCounter,
+    pub snapshot_bad_lines: IntCounter,
+    pub events_lagged: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        // Registration can only fail on a duplicate name, which this
+        // constructor, the only place metrics are registered, rules out.
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+            r.register(Box::new(m.clone()))
+                .unwrap_or_else(|e| panic!("metric registration: {e}"));
+            m
+        }
+        let opts = |name: &str, help: &str| Opts::new(name, help);
+        let devices = reg(
+            &registry,
+            IntGaugeVec::new(
+                opts(
+                    "warden_devices",
+                    "Devices in the compliance table, by verdict",
+                ),
+                &["verdict"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let telemetry = reg(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "warden_telemetry_messages_total",
+                    "Telemetry messages received, by result",
+                ),
+                &["result"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let changes = reg(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "warden_verdict_changes_total",
+                    "Verdict changes, by old and new verdict",
+                ),
+                &["from", "to"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let verdict_seconds = reg(&registry, Histogram::with_opts(HistogramOpts::new("warden_verdict_seconds", "From telemetry arrival to the verdict change published to the enforcement planes").buckets(LATENCY_BUCKETS.to_vec())).unwrap_or_else(|e| panic!("{e}")));
+        let enforcement_seconds = reg(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "warden_enforcement_seconds",
+                    "From telemetry arrival to the enforcement action, by plane",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["plane"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let reloads = reg(
+            &registry,
+            IntCounterVec::new(
+                opts("warden_policy_reloads_total", "Policy reloads, by result"),
+                &["result"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let gauge = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntGauge::new(name, help).unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        let counter = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntCounter::new(name, help).unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        let mqtt_connects = IntCounterVec::new(
+            opts(
+                "warden_mqtt_connections_total",
+                "MQTT connection events, by event",
+            ),
+            &["event"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mqtt_connects = reg(&registry, mqtt_connects);
+        let status = reg(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "warden_status_messages_total",
+                    "Retained verdict messages to status_topic, by result",
+                ),
+                &["result"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        Self {
+            devices: Verdict::ALL.map(|v| devices.with_label_values(&[v.label()])),
+            telemetry_accepted: telemetry.with_label_values(&["accepted"]),
+            telemetry_refused: Refusal::LABELS.map(|l| telemetry.with_label_values(&[l])),
+            verdict_changes: Verdict::ALL.map(|from| {
+                Verdict::ALL.map(|to| changes.with_label_values(&[from.label(), to.label()]))
+            }),
+            verdict_seconds,
+            enforcement_seconds,
+            policy_reloads_ok: reloads.with_label_values(&["ok"]),
+            policy_reloads_failed: reloads.with_label_values(&["error"]),
+            policy_rules: gauge("warden_policy_rules", "Rules in force across all policies"),
+            mqtt_connected: gauge(
+                "warden_mqtt_connected",
+                "1 while the telemetry subscription is up",
+            ),
+            mqtt_connects: mqtt_connects.with_label_values(&["connected"]),
+            mqtt_disconnects: mqtt_connects.with_label_values(&["lost"]),
+            status_published: status.with_label_values(&["published"]),
+            status_dropped: status.with_label_values(&["dropped"]),
+            snapshot_devices: gauge(
+                "warden_snapshot_devices",
+                "Devices in the last snapshot written",
+            ),
+            snapshot_failures: counter(
+                "warden_snapshot_failures_total",
+                "Snapshots that could not be written",
+            ),
+            snapshot_bad_lines: counter(
+                "warden_snapshot_bad_lines_total",
+                "Snapshot lines skipped at start because they did not parse",
+            ),
+            events_lagged: counter(
+                "warden_events_lagged_total",
+                "Verdict changes a slow subscriber missed",
+            ),
+            registry,
+        }
+    }
+
+    pub fn telemetry(&self, result: Result<(), &Refusal>) {
+        match result {
+            Ok(()) => self.telemetry_accepted.inc(),
+            Err(r) => {
+                let i = Refusal::LABELS
+                    .iter()
+                    .position(|l| *l == r.label())
+                    .unwrap_or(0);
+                self.telemetry_refused[i].inc();
+            }
+        }
+    }
+
+    pub fn verdict_change(&self, from: Verdict, to: Verdict) {
+        self.verdict_changes[from.index()][to.index()].inc();
+    }
+
+    pub fn set_devices(&self, counts: [usize; 3]) {
+        for (g, n) in self.devices.iter().zip(counts) {
+            g.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The histogram of one enforcement plane (`radius`, `wireguard`).
+    pub fn enforcement(&self, plane: &str) -> Histogram {
+        self.enforcement_seconds.with_label_values(&[plane])
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
