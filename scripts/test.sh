@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs the real peers
+# the integration tests run against, then lints and tests everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real peers from Debian: mosquitto (external broker), mosquitto_pub (the
+# device side). Installed only when missing.
+packages=(mosquitto mosquitto-clients)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The Debian package starts a system mosquitto on 1883; the tests start their
+# own brokers on free ports and do not need it.
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --all-targets
+cargo test --locked --doc
+cargo run --locked --quiet -- policy test --dir policies
+cargo run --locked --quiet -- check --config examples/warden.toml
