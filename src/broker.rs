@@ -53,14 +53,12 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
         v4: Some(HashMap::from([("warden-embedded".to_string(), server)])),
         ..Default::default()
     };
-    std::thread::Builder::new()
-        .name("mqtt-broker".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded MQTT broker stopped");
-            }
-        })?;
+    std::thread::Builder::new().name("mqtt-broker".into()).spawn(move || {
+        let mut broker = rumqttd::Broker::new(config);
+        if let Err(e) = broker.start() {
+            tracing::error!(error = %e, "embedded MQTT broker stopped");
+        }
+    })?;
     tracing::info!(%listen, "embedded MQTT broker started");
     Ok(())
 }
@@ -68,7 +66,5 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
 /// Without the feature, asking for the embedded broker is a start-up error.
 #[cfg(not(feature = "embedded-broker"))]
 pub fn start(_listen: SocketAddr) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "this warden was built without the embedded-broker feature; set mqtt.broker to an external broker"
-    )
+    anyhow::bail!("this warden was built without the embedded-broker feature; set mqtt.broker to an external broker")
 }

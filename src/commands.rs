@@ -11,9 +11,7 @@ use std::process::ExitCode;
 pub fn load(file: Option<&Path>) -> Result<Loaded, ExitCode> {
     match file {
         None => {
-            tracing::warn!(
-                "no --config: running the embedded default (loopback only, for trying warden)"
-            );
+            tracing::warn!("no --config: running the embedded default (loopback only, for trying warden)");
             Ok(Loaded::embedded_default())
         }
         Some(f) => Loaded::from_file(f).map_err(|errors| {
@@ -44,15 +42,8 @@ pub fn check(file: Option<&Path>) -> ExitCode {
     }
     match PolicySet::load_dir(&loaded.config.policy.dir) {
         Ok(set) => {
-            let what = loaded.file.as_ref().map_or_else(
-                || "embedded default".to_string(),
-                |f| f.display().to_string(),
-            );
-            println!(
-                "{what}: OK ({} policies, {} rules)",
-                set.policies.len(),
-                set.rule_count()
-            );
+            let what = loaded.file.as_ref().map_or_else(|| "embedded default".to_string(), |f| f.display().to_string());
+            println!("{what}: OK ({} policies, {} rules)", set.policies.len(), set.rule_count());
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -86,9 +77,5 @@ pub fn policy_test(dir: &Path) -> ExitCode {
         }
     }
     println!("{} passed, {} failed", outcomes.len() - failed, failed);
-    if failed == 0 && !outcomes.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if failed == 0 && !outcomes.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

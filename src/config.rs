@@ -37,11 +37,7 @@ pub struct Node {
 
 impl Default for Node {
     fn default() -> Self {
-        Self {
-            name: default_name(),
-            state_dir: default_state_dir(),
-            snapshot_every: default_snapshot_every(),
-        }
+        Self { name: default_name(), state_dir: default_state_dir(), snapshot_every: default_snapshot_every() }
     }
 }
 
@@ -141,17 +137,13 @@ impl Broker {
         } else if let Some(r) = text.strip_prefix("mqtts://") {
             (true, r)
         } else {
-            return Err(format!(
-                "broker {text:?}: write \"embedded\", \"mqtt://host:port\" or \"mqtts://host:port\""
-            ));
+            return Err(format!("broker {text:?}: write \"embedded\", \"mqtt://host:port\" or \"mqtts://host:port\""));
         };
         let rest = rest.trim_end_matches('/');
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || !p.is_empty() => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("broker {text:?}: bad port {p:?}"))?;
+                let port = p.parse::<u16>().map_err(|_| format!("broker {text:?}: bad port {p:?}"))?;
                 (h, port)
             }
             _ => (rest, default_port),
@@ -160,11 +152,7 @@ impl Broker {
         if host.is_empty() || host.contains('/') {
             return Err(format!("broker {text:?}: no host"));
         }
-        Ok(Broker::External {
-            host: host.into(),
-            port,
-            tls,
-        })
+        Ok(Broker::External { host: host.into(), port, tls })
     }
 }
 
@@ -192,11 +180,7 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self {
-            dir: default_policy_dir(),
-            unknown_device: UnknownDevice::default(),
-            stale_after: default_stale_after(),
-        }
+        Self { dir: default_policy_dir(), unknown_device: UnknownDevice::default(), stale_after: default_stale_after() }
     }
 }
 
@@ -218,10 +202,7 @@ pub struct Http {
 
 impl Default for Http {
     fn default() -> Self {
-        Self {
-            listen: default_http_listen(),
-            token_file: None,
-        }
+        Self { listen: default_http_listen(), token_file: None }
     }
 }
 
@@ -257,26 +238,19 @@ impl Loaded {
     /// The embedded default: everything on loopback, paths relative to the
     /// working directory.
     pub fn embedded_default() -> Self {
-        Self {
-            config: Config::default(),
-            secrets: Secrets::default(),
-            file: None,
-            warnings: Vec::new(),
-        }
+        Self { config: Config::default(), secrets: Secrets::default(), file: None, warnings: Vec::new() }
     }
 
     /// Reads and validates `file`. Relative paths inside it are taken
     /// relative to the file's directory.
     pub fn from_file(file: &Path) -> Result<Self, Vec<Located>> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| vec![Located::file(file, format!("cannot read: {e}"))])?;
+        let text = std::fs::read_to_string(file).map_err(|e| vec![Located::file(file, format!("cannot read: {e}"))])?;
         Self::from_str(file, &text)
     }
 
     /// Validates `text` as if read from `file`.
     pub fn from_str(file: &Path, text: &str) -> Result<Self, Vec<Located>> {
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| vec![Located::toml(file, text, &e)])?;
+        let mut config: Config = toml::from_str(text).map_err(|e| vec![Located::toml(file, text, &e)])?;
         let base = file.parent().unwrap_or(Path::new("."));
         let rebase = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -304,20 +278,10 @@ impl Loaded {
         let m = &config.mqtt;
         let broker_at = m.broker.span().start;
         if m.password.is_some() && m.password_file.is_some() {
-            errors.push(Located::at(
-                file,
-                text,
-                locate("password"),
-                "give password or password_file, not both",
-            ));
+            errors.push(Located::at(file, text, locate("password"), "give password or password_file, not both"));
         }
         if m.cert_file.is_some() != m.key_file.is_some() {
-            errors.push(Located::at(
-                file,
-                text,
-                locate("_file"),
-                "cert_file and key_file go together",
-            ));
+            errors.push(Located::at(file, text, locate("_file"), "cert_file and key_file go together"));
         }
         match m.broker.get_ref() {
             Broker::External { tls: true, .. } if m.ca_file.is_none() => {
@@ -328,9 +292,7 @@ impl Loaded {
                     "mqtts:// needs ca_file (the CA that signed the broker's certificate)",
                 ));
             }
-            Broker::External { tls: false, .. }
-                if m.password.is_some() || m.password_file.is_some() =>
-            {
+            Broker::External { tls: false, .. } if m.password.is_some() || m.password_file.is_some() => {
                 warnings.push(format!(
                     "{}: the MQTT password crosses the network in clear over mqtt://; use mqtts://",
                     file.display()
@@ -347,10 +309,7 @@ impl Loaded {
             _ => {}
         }
         if m.password.is_some() {
-            warnings.push(format!(
-                "{}: mqtt.password is inline; prefer password_file",
-                file.display()
-            ));
+            warnings.push(format!("{}: mqtt.password is inline; prefer password_file", file.display()));
         }
         secrets.mqtt_password = m.password.clone();
         if let Some(p) = &m.password_file {
@@ -359,20 +318,11 @@ impl Loaded {
                 Err(e) => errors.push(Located::at(file, text, locate("password_file"), e)),
             }
         }
-        for (key, path) in [
-            ("ca_file", &m.ca_file),
-            ("cert_file", &m.cert_file),
-            ("key_file", &m.key_file),
-        ] {
+        for (key, path) in [("ca_file", &m.ca_file), ("cert_file", &m.cert_file), ("key_file", &m.key_file)] {
             if let Some(p) = path
                 && !p.is_file()
             {
-                errors.push(Located::at(
-                    file,
-                    text,
-                    locate(key),
-                    format!("{key} {} does not exist", p.display()),
-                ));
+                errors.push(Located::at(file, text, locate(key), format!("{key} {} does not exist", p.display())));
             }
         }
         if let Some(p) = &config.http.token_file {
@@ -387,10 +337,7 @@ impl Loaded {
                 Err(e) => errors.push(Located::at(file, text, locate("token_file"), e)),
             }
         }
-        for (key, template) in [
-            ("command_topic", &m.command_topic),
-            ("status_topic", &m.status_topic),
-        ] {
+        for (key, template) in [("command_topic", &m.command_topic), ("status_topic", &m.status_topic)] {
             if !template.contains("{device_id}") || template.contains(['+', '#']) {
                 errors.push(Located::at(
                     file,
@@ -401,20 +348,10 @@ impl Loaded {
             }
         }
         if config.policy.stale_after.is_zero() {
-            errors.push(Located::at(
-                file,
-                text,
-                locate("stale_after"),
-                "stale_after must be more than 0s",
-            ));
+            errors.push(Located::at(file, text, locate("stale_after"), "stale_after must be more than 0s"));
         }
         if config.node.snapshot_every < Duration::from_secs(1) {
-            errors.push(Located::at(
-                file,
-                text,
-                locate("snapshot_every"),
-                "snapshot_every must be at least 1s",
-            ));
+            errors.push(Located::at(file, text, locate("snapshot_every"), "snapshot_every must be at least 1s"));
         }
         if !config.http.listen.ip().is_loopback() && config.http.token_file.is_none() {
             warnings.push(format!(
@@ -423,12 +360,7 @@ impl Loaded {
             ));
         }
         if errors.is_empty() {
-            Ok(Self {
-                config,
-                secrets,
-                file: Some(file.to_path_buf()),
-                warnings,
-            })
+            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings })
         } else {
             Err(errors)
         }
@@ -437,8 +369,7 @@ impl Loaded {
 
 /// A secret from a file, trailing newline removed; empty is an error.
 fn read_secret(path: &Path) -> Result<String, String> {
-    let s = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let s = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let s = s.trim_end_matches(['\n', '\r']).to_string();
     if s.is_empty() {
         return Err(format!("{} is empty", path.display()));
@@ -451,12 +382,8 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Loaded, String> {
-        Loaded::from_str(Path::new("/etc/warden/warden.toml"), text).map_err(|e| {
-            e.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        Loaded::from_str(Path::new("/etc/warden/warden.toml"), text)
+            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
     }
 
     #[test]
@@ -465,37 +392,22 @@ mod tests {
         assert_eq!(l.config.mqtt.broker.get_ref(), &Broker::Embedded);
         assert_eq!(l.config.policy.dir, Path::new("/etc/warden/policies"));
         assert_eq!(l.config.policy.stale_after, Duration::from_secs(900));
-        assert_eq!(
-            l.config.mqtt.telemetry_topic.filter(),
-            "devices/+/telemetry"
-        );
+        assert_eq!(l.config.mqtt.telemetry_topic.filter(), "devices/+/telemetry");
     }
 
     #[test]
     fn brokers() {
         assert_eq!(
             Broker::parse("mqtt://b.example:1884"),
-            Ok(Broker::External {
-                host: "b.example".into(),
-                port: 1884,
-                tls: false
-            })
+            Ok(Broker::External { host: "b.example".into(), port: 1884, tls: false })
         );
         assert_eq!(
             Broker::parse("mqtts://b.example"),
-            Ok(Broker::External {
-                host: "b.example".into(),
-                port: 8883,
-                tls: true
-            })
+            Ok(Broker::External { host: "b.example".into(), port: 8883, tls: true })
         );
         assert_eq!(
             Broker::parse("mqtt://[::1]:1883"),
-            Ok(Broker::External {
-                host: "::1".into(),
-                port: 1883,
-                tls: false
-            })
+            Ok(Broker::External { host: "::1".into(), port: 1883, tls: false })
         );
         for bad in ["tcp://x", "mqtt://", "mqtt://x:port", "mqtt://x:70000"] {
             assert!(Broker::parse(bad).is_err(), "{bad}");
@@ -505,34 +417,13 @@ mod tests {
     #[test]
     fn errors_name_file_line_and_column() {
         let cases = [
-            (
-                "[mqtt]\nbrokr = \"embedded\"\n",
-                "/etc/warden/warden.toml:2:1: unknown field `brokr`",
-            ),
-            (
-                "[policy]\nstale_after = \"soon\"\n",
-                "/etc/warden/warden.toml:2:15: invalid duration",
-            ),
-            (
-                "[mqtt]\ntelemetry_topic = \"devices/#\"\n",
-                "/etc/warden/warden.toml:2:19: topic filter",
-            ),
-            (
-                "[mqtt]\nbroker = \"mqtts://b:8883\"\n",
-                "/etc/warden/warden.toml:2:10: mqtts:// needs ca_file",
-            ),
-            (
-                "[http]\nlisten = \"localhost\"\n",
-                "/etc/warden/warden.toml:2:10: invalid socket address",
-            ),
-            (
-                "[policy]\nunknown_device = \"maybe\"\n",
-                "/etc/warden/warden.toml:2:18: unknown variant `maybe`",
-            ),
-            (
-                "[mqtt]\nstatus_topic = \"warden/+\"\n",
-                "/etc/warden/warden.toml:2:1: status_topic must contain",
-            ),
+            ("[mqtt]\nbrokr = \"embedded\"\n", "/etc/warden/warden.toml:2:1: unknown field `brokr`"),
+            ("[policy]\nstale_after = \"soon\"\n", "/etc/warden/warden.toml:2:15: invalid duration"),
+            ("[mqtt]\ntelemetry_topic = \"devices/#\"\n", "/etc/warden/warden.toml:2:19: topic filter"),
+            ("[mqtt]\nbroker = \"mqtts://b:8883\"\n", "/etc/warden/warden.toml:2:10: mqtts:// needs ca_file"),
+            ("[http]\nlisten = \"localhost\"\n", "/etc/warden/warden.toml:2:10: invalid socket address"),
+            ("[policy]\nunknown_device = \"maybe\"\n", "/etc/warden/warden.toml:2:18: unknown variant `maybe`"),
+            ("[mqtt]\nstatus_topic = \"warden/+\"\n", "/etc/warden/warden.toml:2:1: status_topic must contain"),
         ];
         for (text, want) in cases {
             let err = load(text).unwrap_err();

@@ -19,14 +19,7 @@ impl fmt::Display for Located {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                self.line,
-                self.col,
-                self.message
-            )
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
         }
     }
 }
@@ -36,23 +29,13 @@ impl std::error::Error for Located {}
 impl Located {
     /// A problem with the whole file (unreadable, missing).
     pub fn file(file: &Path, message: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            line: 0,
-            col: 0,
-            message: message.into(),
-        }
+        Self { file: file.to_path_buf(), line: 0, col: 0, message: message.into() }
     }
 
     /// A problem at byte offset `at` of `source`.
     pub fn at(file: &Path, source: &str, at: usize, message: impl Into<String>) -> Self {
         let (line, col) = line_col(source, at);
-        Self {
-            file: file.to_path_buf(),
-            line,
-            col,
-            message: message.into(),
-        }
+        Self { file: file.to_path_buf(), line, col, message: message.into() }
     }
 
     /// A TOML parse or validation error, located by its span.
@@ -74,8 +57,7 @@ pub fn line_col(source: &str, at: usize) -> (usize, usize) {
 
 /// Parses a duration such as `"15m"`, `"2s"`, `"1h 30m"`, `"0s"`.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration {text:?}: {e} (write e.g. \"15m\", \"2s\")"))
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e} (write e.g. \"15m\", \"2s\")"))
 }
 
 /// Serde glue: a duration written as a human string.

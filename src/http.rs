@@ -47,20 +47,12 @@ pub fn router(state: ApiState) -> Router {
 async fn readyz(State(s): State<ApiState>) -> Response {
     let telemetry = s.ready.telemetry.load(Ordering::Acquire);
     let body = Json(json!({ "ready": telemetry, "planes": { "telemetry": telemetry } }));
-    let code = if telemetry {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if telemetry { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, body).into_response()
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
 /// Bearer token on `/api/v1` when `http.token_file` is set; compared in
@@ -119,11 +111,7 @@ async fn list_devices(
             return;
         }
         if let Some(g) = &q.group
-            && !d
-                .report
-                .groups
-                .as_deref()
-                .is_some_and(|gs| gs.iter().any(|x| **x == **g))
+            && !d.report.groups.as_deref().is_some_and(|gs| gs.iter().any(|x| **x == **g))
         {
             return;
         }
@@ -137,18 +125,10 @@ async fn list_devices(
             page.pop();
         }
     });
-    let devices: Vec<Value> = page
-        .into_sorted_vec()
-        .into_iter()
-        .map(|ById(d)| device_json(&d, s.stale_after))
-        .collect();
-    let next = (devices.len() == limit)
-        .then(|| {
-            devices
-                .last()
-                .and_then(|d| d["id"].as_str().map(str::to_string))
-        })
-        .flatten();
+    let devices: Vec<Value> =
+        page.into_sorted_vec().into_iter().map(|ById(d)| device_json(&d, s.stale_after)).collect();
+    let next =
+        (devices.len() == limit).then(|| devices.last().and_then(|d| d["id"].as_str().map(str::to_string))).flatten();
     Json(json!({ "devices": devices, "matched": matched, "next": next })).into_response()
 }
 
@@ -175,10 +155,7 @@ impl Ord for ById {
 async fn get_device(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     match s.table.get(&id) {
         Some(d) => Json(device_json(&d, s.stale_after)).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "id": id, "verdict": "unknown", "reason": "never reported" })),
-        )
+        None => (StatusCode::NOT_FOUND, Json(json!({ "id": id, "verdict": "unknown", "reason": "never reported" })))
             .into_response(),
     }
 }

@@ -19,11 +19,7 @@ impl Mac {
                 if !(sep == b':' || sep == b'-') || (0..5).any(|i| b[2 + 3 * i] != sep) {
                     return None;
                 }
-                b.iter()
-                    .enumerate()
-                    .filter(|(i, _)| i % 3 != 2)
-                    .map(|(_, c)| *c)
-                    .collect()
+                b.iter().enumerate().filter(|(i, _)| i % 3 != 2).map(|(_, c)| *c).collect()
             }
             14 => {
                 if b[4] != b'.' || b[9] != b'.' {
@@ -61,13 +57,7 @@ mod tests {
     #[test]
     fn parses_common_formats() {
         let want = Mac([0xaa, 0xbb, 0xcc, 0x00, 0x00, 0x01]);
-        for s in [
-            "aa:bb:cc:00:00:01",
-            "AA-BB-CC-00-00-01",
-            "aabb.cc00.0001",
-            "AABBCC000001",
-            "aA:Bb:cC:00:00:01",
-        ] {
+        for s in ["aa:bb:cc:00:00:01", "AA-BB-CC-00-00-01", "aabb.cc00.0001", "AABBCC000001", "aA:Bb:cC:00:00:01"] {
             assert_eq!(Mac::parse(s), Some(want), "{s}");
         }
         assert_eq!(want.to_string(), "aa:bb:cc:00:00:01");

@@ -9,18 +9,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttc=warn")
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,rumqttc=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => warden::commands::check(config.as_deref()),
-        Command::Policy {
-            command: PolicyCommand::Test { dir },
-        } => warden::commands::policy_test(&dir),
+        Command::Policy { command: PolicyCommand::Test { dir } } => warden::commands::policy_test(&dir),
     }
 }
 
@@ -29,10 +26,7 @@ fn run(config: Option<std::path::PathBuf>) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("warden: cannot start the runtime: {e}");

@@ -4,15 +4,13 @@
 use crate::compliance::Verdict;
 use crate::telemetry::Refusal;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets from 50 µs to 5 s: enforcement is meant to take milliseconds.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-    5.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
 /// Every metric warden exports.
 pub struct Metrics {
@@ -44,29 +42,19 @@ impl Metrics {
         // Registration can only fail on a duplicate name, which this
         // constructor, the only place metrics are registered, rules out.
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
-            r.register(Box::new(m.clone()))
-                .unwrap_or_else(|e| panic!("metric registration: {e}"));
+            r.register(Box::new(m.clone())).unwrap_or_else(|e| panic!("metric registration: {e}"));
             m
         }
         let opts = |name: &str, help: &str| Opts::new(name, help);
         let devices = reg(
             &registry,
-            IntGaugeVec::new(
-                opts(
-                    "warden_devices",
-                    "Devices in the compliance table, by verdict",
-                ),
-                &["verdict"],
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
+            IntGaugeVec::new(opts("warden_devices", "Devices in the compliance table, by verdict"), &["verdict"])
+                .unwrap_or_else(|e| panic!("{e}")),
         );
         let telemetry = reg(
             &registry,
             IntCounterVec::new(
-                opts(
-                    "warden_telemetry_messages_total",
-                    "Telemetry messages received, by result",
-                ),
+                opts("warden_telemetry_messages_total", "Telemetry messages received, by result"),
                 &["result"],
             )
             .unwrap_or_else(|e| panic!("{e}")),
@@ -74,15 +62,22 @@ impl Metrics {
         let changes = reg(
             &registry,
             IntCounterVec::new(
-                opts(
-                    "warden_verdict_changes_total",
-                    "Verdict changes, by old and new verdict",
-                ),
+                opts("warden_verdict_changes_total", "Verdict changes, by old and new verdict"),
                 &["from", "to"],
             )
             .unwrap_or_else(|e| panic!("{e}")),
         );
-        let verdict_seconds = reg(&registry, Histogram::with_opts(HistogramOpts::new("warden_verdict_seconds", "From telemetry arrival to the verdict change published to the enforcement planes").buckets(LATENCY_BUCKETS.to_vec())).unwrap_or_else(|e| panic!("{e}")));
+        let verdict_seconds = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "warden_verdict_seconds",
+                    "From telemetry arrival to the verdict change published to the enforcement planes",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
         let enforcement_seconds = reg(
             &registry,
             HistogramVec::new(
@@ -97,40 +92,21 @@ impl Metrics {
         );
         let reloads = reg(
             &registry,
-            IntCounterVec::new(
-                opts("warden_policy_reloads_total", "Policy reloads, by result"),
-                &["result"],
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
+            IntCounterVec::new(opts("warden_policy_reloads_total", "Policy reloads, by result"), &["result"])
+                .unwrap_or_else(|e| panic!("{e}")),
         );
-        let gauge = |name: &str, help: &str| {
-            reg(
-                &registry,
-                IntGauge::new(name, help).unwrap_or_else(|e| panic!("{e}")),
-            )
-        };
-        let counter = |name: &str, help: &str| {
-            reg(
-                &registry,
-                IntCounter::new(name, help).unwrap_or_else(|e| panic!("{e}")),
-            )
-        };
-        let mqtt_connects = IntCounterVec::new(
-            opts(
-                "warden_mqtt_connections_total",
-                "MQTT connection events, by event",
-            ),
-            &["event"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let gauge =
+            |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).unwrap_or_else(|e| panic!("{e}")));
+        let counter =
+            |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).unwrap_or_else(|e| panic!("{e}")));
+        let mqtt_connects =
+            IntCounterVec::new(opts("warden_mqtt_connections_total", "MQTT connection events, by event"), &["event"])
+                .unwrap_or_else(|e| panic!("{e}"));
         let mqtt_connects = reg(&registry, mqtt_connects);
         let status = reg(
             &registry,
             IntCounterVec::new(
-                opts(
-                    "warden_status_messages_total",
-                    "Retained verdict messages to status_topic, by result",
-                ),
+                opts("warden_status_messages_total", "Retained verdict messages to status_topic, by result"),
                 &["result"],
             )
             .unwrap_or_else(|e| panic!("{e}")),
@@ -139,38 +115,25 @@ impl Metrics {
             devices: Verdict::ALL.map(|v| devices.with_label_values(&[v.label()])),
             telemetry_accepted: telemetry.with_label_values(&["accepted"]),
             telemetry_refused: Refusal::LABELS.map(|l| telemetry.with_label_values(&[l])),
-            verdict_changes: Verdict::ALL.map(|from| {
-                Verdict::ALL.map(|to| changes.with_label_values(&[from.label(), to.label()]))
-            }),
+            verdict_changes: Verdict::ALL
+                .map(|from| Verdict::ALL.map(|to| changes.with_label_values(&[from.label(), to.label()]))),
             verdict_seconds,
             enforcement_seconds,
             policy_reloads_ok: reloads.with_label_values(&["ok"]),
             policy_reloads_failed: reloads.with_label_values(&["error"]),
             policy_rules: gauge("warden_policy_rules", "Rules in force across all policies"),
-            mqtt_connected: gauge(
-                "warden_mqtt_connected",
-                "1 while the telemetry subscription is up",
-            ),
+            mqtt_connected: gauge("warden_mqtt_connected", "1 while the telemetry subscription is up"),
             mqtt_connects: mqtt_connects.with_label_values(&["connected"]),
             mqtt_disconnects: mqtt_connects.with_label_values(&["lost"]),
             status_published: status.with_label_values(&["published"]),
             status_dropped: status.with_label_values(&["dropped"]),
-            snapshot_devices: gauge(
-                "warden_snapshot_devices",
-                "Devices in the last snapshot written",
-            ),
-            snapshot_failures: counter(
-                "warden_snapshot_failures_total",
-                "Snapshots that could not be written",
-            ),
+            snapshot_devices: gauge("warden_snapshot_devices", "Devices in the last snapshot written"),
+            snapshot_failures: counter("warden_snapshot_failures_total", "Snapshots that could not be written"),
             snapshot_bad_lines: counter(
                 "warden_snapshot_bad_lines_total",
                 "Snapshot lines skipped at start because they did not parse",
             ),
-            events_lagged: counter(
-                "warden_events_lagged_total",
-                "Verdict changes a slow subscriber missed",
-            ),
+            events_lagged: counter("warden_events_lagged_total", "Verdict changes a slow subscriber missed"),
             registry,
         }
     }
@@ -179,10 +142,7 @@ impl Metrics {
         match result {
             Ok(()) => self.telemetry_accepted.inc(),
             Err(r) => {
-                let i = Refusal::LABELS
-                    .iter()
-                    .position(|l| *l == r.label())
-                    .unwrap_or(0);
+                let i = Refusal::LABELS.iter().position(|l| *l == r.label()).unwrap_or(0);
                 self.telemetry_refused[i].inc();
             }
         }

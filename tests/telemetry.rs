@@ -80,7 +80,11 @@ fn every_bad_message_is_counted_and_changes_nothing() {
         ("devices/pos-0001!/telemetry", pos_report(15, json!({"encrypted": false})), "bad_topic"),
         ("devices/pos 0001/telemetry", pos_report(16, json!({"encrypted": false})), "bad_topic"),
         (&*format!("devices/{}/telemetry", "x".repeat(129)), pos_report(17, json!({})), "bad_topic"),
-        ("devices/pos-0001/telemetry", pos_report(18, json!({"encrypted": false, "pad": "x".repeat(70_000)})), "oversize"),
+        (
+            "devices/pos-0001/telemetry",
+            pos_report(18, json!({"encrypted": false, "pad": "x".repeat(70_000)})),
+            "oversize",
+        ),
     ];
     for (topic, payload, _) in &bad {
         publish(w.mqtt, topic, payload);
@@ -106,13 +110,21 @@ fn api_lists_and_filters_devices() {
     let dir = Warden::workdir();
     let w = Warden::start(&dir, &Setup::embedded());
     publish(w.mqtt, "devices/pos-a/telemetry", &pos_report(1, json!({"mac_addresses": ["aa:bb:cc:00:00:0a"]})));
-    publish(w.mqtt, "devices/pos-b/telemetry", &pos_report(1, json!({"mac_addresses": ["aa:bb:cc:00:00:0b"], "kiosk_mode": false})));
+    publish(
+        w.mqtt,
+        "devices/pos-b/telemetry",
+        &pos_report(1, json!({"mac_addresses": ["aa:bb:cc:00:00:0b"], "kiosk_mode": false})),
+    );
     publish(w.mqtt, "devices/laptop-1/telemetry", &json!({"seq": 1, "ts": ts(0), "os": "macos", "groups": ["byod"], "encrypted": true, "firewall": true, "passcode": true, "rooted": false, "open_ports": [], "agent_version": "3.3"}).to_string());
     w.wait_verdict("laptop-1", "compliant");
     w.wait_verdict("pos-b", "noncompliant");
     w.wait_verdict("pos-a", "compliant");
-    let list = |q: &str| -> serde_json::Value { serde_json::from_str(&http_get(w.http, &format!("/api/v1/devices{q}")).unwrap().1).unwrap() };
-    let ids = |v: &serde_json::Value| -> Vec<String> { v["devices"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect() };
+    let list = |q: &str| -> serde_json::Value {
+        serde_json::from_str(&http_get(w.http, &format!("/api/v1/devices{q}")).unwrap().1).unwrap()
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["devices"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+    };
     assert_eq!(ids(&list("")), ["laptop-1", "pos-a", "pos-b"]);
     assert_eq!(ids(&list("?verdict=noncompliant")), ["pos-b"]);
     assert_eq!(ids(&list("?verdict=compliant&group=pos")), ["pos-a"]);
@@ -137,7 +149,10 @@ fn api_token_is_required_when_configured() {
     let w = Warden::start(&dir, &setup);
     assert_eq!(http_get(w.http, "/api/v1/devices").unwrap().0, 401);
     assert_eq!(http_get_with(w.http, "/api/v1/devices", &[("Authorization", "Bearer wrong")]).unwrap().0, 401);
-    assert_eq!(http_get_with(w.http, "/api/v1/devices", &[("Authorization", "Bearer s3cret-token-0123456789")]).unwrap().0, 200);
+    assert_eq!(
+        http_get_with(w.http, "/api/v1/devices", &[("Authorization", "Bearer s3cret-token-0123456789")]).unwrap().0,
+        200
+    );
     // Health and metrics stay open for probes and Prometheus.
     assert_eq!(http_get(w.http, "/metrics").unwrap().0, 200);
     assert!(!w.log_text().contains("s3cret"), "the token is never logged");
@@ -199,7 +214,11 @@ fn restart_keeps_verdicts_and_stale_ones_come_back_stale() {
     setup.stale_after = "4s";
     let mut w = Warden::start(&dir, &setup);
     publish(w.mqtt, "devices/pos-ok/telemetry", &pos_report(5, json!({"mac_addresses": ["aa:bb:cc:00:00:0a"]})));
-    publish(w.mqtt, "devices/pos-bad/telemetry", &pos_report(7, json!({"rooted": true, "mac_addresses": ["aa:bb:cc:00:00:0b"]})));
+    publish(
+        w.mqtt,
+        "devices/pos-bad/telemetry",
+        &pos_report(7, json!({"rooted": true, "mac_addresses": ["aa:bb:cc:00:00:0b"]})),
+    );
     w.wait_verdict("pos-ok", "compliant");
     w.wait_verdict("pos-bad", "noncompliant");
     w.stop();

@@ -56,9 +56,7 @@ impl Enforce {
             if p.severity == Severity::Minor || p.enforcement == Enforcement::Monitor {
                 continue;
             }
-            let due = f
-                .since
-                .saturating_add(i64::try_from(p.grace.as_millis()).unwrap_or(i64::MAX));
+            let due = f.since.saturating_add(i64::try_from(p.grace.as_millis()).unwrap_or(i64::MAX));
             if now < due {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;

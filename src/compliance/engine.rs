@@ -68,14 +68,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(table: Table, policies: PolicySet, stale_after: Duration) -> Self {
-        Self {
-            table,
-            policies,
-            stale_after,
-            deadlines: BTreeSet::new(),
-            events: VecDeque::new(),
-            counts: [0; 3],
-        }
+        Self { table, policies, stale_after, deadlines: BTreeSet::new(), events: VecDeque::new(), counts: [0; 3] }
     }
 
     /// The read handle this engine writes to.
@@ -105,14 +98,9 @@ impl Engine {
         if let Some(old) = &old
             && report.seq <= old.report.seq
         {
-            return Err(Refusal::Replay {
-                seq: report.seq,
-                last: old.report.seq,
-            });
+            return Err(Refusal::Replay { seq: report.seq, last: old.report.seq });
         }
-        let id: Arc<str> = old
-            .as_ref()
-            .map_or_else(|| id.into(), |d| Arc::clone(&d.id));
+        let id: Arc<str> = old.as_ref().map_or_else(|| id.into(), |d| Arc::clone(&d.id));
         let failures = decide(&self.policies, &report, wall).failures;
         let mut device = Device {
             id,
@@ -242,11 +230,7 @@ impl Engine {
             }
         }
         let (enforce, grace_end) = Enforce::of(&failures, wall);
-        device.verdict = if failures.is_empty() {
-            Verdict::Compliant
-        } else {
-            Verdict::Noncompliant
-        };
+        device.verdict = if failures.is_empty() { Verdict::Compliant } else { Verdict::Noncompliant };
         device.failures = failures;
         device.enforce = enforce;
         device.since = match old {
@@ -254,8 +238,7 @@ impl Engine {
             _ => wall,
         };
         let stale_at = device.seen_at + self.stale_after;
-        let grace_at = grace_end
-            .map(|end| now + Duration::from_millis(u64::try_from(end - wall).unwrap_or(0)));
+        let grace_at = grace_end.map(|end| now + Duration::from_millis(u64::try_from(end - wall).unwrap_or(0)));
         device.deadline = Some(grace_at.map_or(stale_at, |g| g.min(stale_at)));
     }
 
@@ -287,10 +270,7 @@ impl Engine {
                 o.verdict != device.verdict
                     || o.enforce != device.enforce
                     || o.failures.len() != device.failures.len()
-                    || o.failures
-                        .iter()
-                        .zip(&device.failures)
-                        .any(|(a, b)| !a.same_rule(b))
+                    || o.failures.iter().zip(&device.failures).any(|(a, b)| !a.same_rule(b))
             }
         };
         if changed {

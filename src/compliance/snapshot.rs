@@ -42,9 +42,8 @@ pub fn write(table: &Table, dir: &Path) -> std::io::Result<usize> {
             failing_since: d.failures.iter().map(|f| (f.key(), f.since)).collect(),
             report: d.report.clone(),
         };
-        result = serde_json::to_writer(&mut out, &entry)
-            .map_err(std::io::Error::other)
-            .and_then(|()| out.write_all(b"\n"));
+        result =
+            serde_json::to_writer(&mut out, &entry).map_err(std::io::Error::other).and_then(|()| out.write_all(b"\n"));
         count += 1;
     });
     result?;

@@ -41,21 +41,13 @@ impl Table {
 
     /// The device that reported this WireGuard public key (base64).
     pub fn by_wg_key(&self, key: &str) -> Option<Arc<Device>> {
-        let id = self
-            .inner
-            .by_wg_key
-            .get(key)
-            .map(|e| Arc::clone(e.value()))?;
+        let id = self.inner.by_wg_key.get(key).map(|e| Arc::clone(e.value()))?;
         self.get(&id)
     }
 
     /// The device that reported this certificate identity.
     pub fn by_cert_identity(&self, identity: &str) -> Option<Arc<Device>> {
-        let id = self
-            .inner
-            .by_cert
-            .get(identity)
-            .map(|e| Arc::clone(e.value()))?;
+        let id = self.inner.by_cert.get(identity).map(|e| Arc::clone(e.value()))?;
         self.get(&id)
     }
 
@@ -77,12 +69,7 @@ impl Table {
 
     /// Every device id, sorted: for deterministic walks by the engine.
     pub(crate) fn sorted_ids(&self) -> Vec<Arc<str>> {
-        let mut ids: Vec<Arc<str>> = self
-            .inner
-            .devices
-            .iter()
-            .map(|e| Arc::clone(e.key()))
-            .collect();
+        let mut ids: Vec<Arc<str>> = self.inner.devices.iter().map(|e| Arc::clone(e.key())).collect();
         ids.sort_unstable();
         ids
     }
@@ -131,8 +118,5 @@ impl Table {
 
 /// The valid MAC addresses in a report (malformed ones are not indexed).
 fn macs(r: &crate::telemetry::Report) -> impl Iterator<Item = Mac> + '_ {
-    r.mac_addresses
-        .iter()
-        .flat_map(|v| v.iter())
-        .filter_map(|m| Mac::parse(m))
+    r.mac_addresses.iter().flat_map(|v| v.iter()).filter_map(|m| Mac::parse(m))
 }

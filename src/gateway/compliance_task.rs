@@ -77,10 +77,7 @@ impl ComplianceTask {
             .pattern
             .device_id(&msg.topic)
             .and_then(|id| Ok((id, parse_payload(&msg.payload, msg.wall, self.freshness)?)))
-            .and_then(|(id, report)| {
-                self.engine
-                    .handle_telemetry(id, report, msg.arrived, msg.wall)
-            });
+            .and_then(|(id, report)| self.engine.handle_telemetry(id, report, msg.arrived, msg.wall));
         self.metrics.telemetry(result.as_ref().map(|_| ()));
         if let Err(refusal) = result
             && log.allow(msg.arrived)
@@ -104,9 +101,7 @@ impl ComplianceTask {
             let at = change.at;
             // No subscriber is not an error: the planes may not be configured.
             let _ = self.changes.send(Arc::new(change));
-            self.metrics
-                .verdict_seconds
-                .observe(at.elapsed().as_secs_f64());
+            self.metrics.verdict_seconds.observe(at.elapsed().as_secs_f64());
         }
         if any {
             self.metrics.set_devices(self.engine.counts());
@@ -118,17 +113,11 @@ impl ComplianceTask {
         if busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (table, dir, metrics, busy) = (
-            self.engine.table().clone(),
-            self.state_dir.clone(),
-            Arc::clone(&self.metrics),
-            Arc::clone(busy),
-        );
+        let (table, dir, metrics, busy) =
+            (self.engine.table().clone(), self.state_dir.clone(), Arc::clone(&self.metrics), Arc::clone(busy));
         tokio::task::spawn_blocking(move || {
             match snapshot::write(&table, &dir) {
-                Ok(n) => metrics
-                    .snapshot_devices
-                    .set(i64::try_from(n).unwrap_or(i64::MAX)),
+                Ok(n) => metrics.snapshot_devices.set(i64::try_from(n).unwrap_or(i64::MAX)),
                 Err(e) => {
                     metrics.snapshot_failures.inc();
                     tracing::error!(error = %e, dir = %dir.display(), "compliance snapshot failed");
@@ -156,11 +145,7 @@ struct LogLimiter {
 
 impl LogLimiter {
     fn new() -> Self {
-        Self {
-            window: Instant::now(),
-            used: 0,
-            suppressed: 0,
-        }
+        Self { window: Instant::now(), used: 0, suppressed: 0 }
     }
 
     fn allow(&mut self, now: Instant) -> bool {

@@ -29,14 +29,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
 
     // Everything that can fail on bad input is done before any port is bound.
     let policies = PolicySet::load_dir(&cfg.policy.dir).map_err(|errors| {
-        anyhow::anyhow!(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-        .context("invalid policies")
+        anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+            .context("invalid policies")
     })?;
     metrics.policy_rules.set(policies.rule_count() as i64);
     tracing::info!(dir = %cfg.policy.dir.display(), policies = policies.policies.len(), rules = policies.rule_count(), "policies loaded");
@@ -48,8 +42,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // no moment where a known device looks unknown, or an unknown one compliant.
     let table = Table::default();
     let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after);
-    let (entries, bad) =
-        snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
+    let (entries, bad) = snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
     let (now, wall) = (Instant::now(), wall_now());
     let restored = entries.len();
     for e in entries {
@@ -95,12 +88,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         Arc::clone(&ready.telemetry),
         shutdown.clone(),
     ));
-    tasks.spawn(status::run(
-        client,
-        cfg.mqtt.status_topic.clone(),
-        changes_tx.subscribe(),
-        Arc::clone(&metrics),
-    ));
+    tasks.spawn(status::run(client, cfg.mqtt.status_topic.clone(), changes_tx.subscribe(), Arc::clone(&metrics)));
     tasks.spawn(
         compliance_task::ComplianceTask {
             engine,
@@ -119,12 +107,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         }
         .run(),
     );
-    tasks.spawn(reload::run(
-        cfg.policy.dir.clone(),
-        policy_tx,
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    ));
+    tasks.spawn(reload::run(cfg.policy.dir.clone(), policy_tx, Arc::clone(&metrics), shutdown.clone()));
     let api = crate::http::router(ApiState {
         table,
         metrics: Arc::clone(&metrics),

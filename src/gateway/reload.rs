@@ -68,8 +68,7 @@ pub async fn run(
             }
         }
         let load_dir = dir.clone();
-        let loaded = match tokio::task::spawn_blocking(move || PolicySet::load_dir(&load_dir)).await
-        {
+        let loaded = match tokio::task::spawn_blocking(move || PolicySet::load_dir(&load_dir)).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "policy load task failed");
@@ -80,11 +79,7 @@ pub async fn run(
             Ok(set) => {
                 metrics.policy_reloads_ok.inc();
                 metrics.policy_rules.set(set.rule_count() as i64);
-                tracing::info!(
-                    policies = set.policies.len(),
-                    rules = set.rule_count(),
-                    "policies reloaded"
-                );
+                tracing::info!(policies = set.policies.len(), rules = set.rule_count(), "policies reloaded");
                 if to_engine.send(set).await.is_err() {
                     return;
                 }
@@ -94,10 +89,7 @@ pub async fn run(
                 for e in &errors {
                     tracing::error!("{e}");
                 }
-                tracing::error!(
-                    errors = errors.len(),
-                    "policy reload refused; the previous policies stay in force"
-                );
+                tracing::error!(errors = errors.len(), "policy reload refused; the previous policies stay in force");
             }
         }
     }

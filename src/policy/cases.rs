@@ -54,30 +54,17 @@ pub fn run_dir(dir: &Path, wall_now: UnixMillis) -> Result<Vec<Outcome>, Vec<Loc
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| vec![Located::file(&file, e.to_string())])?;
+        let text = std::fs::read_to_string(&file).map_err(|e| vec![Located::file(&file, e.to_string())])?;
         match toml::from_str::<CaseFile>(&text) {
-            Ok(cf) => outcomes.extend(
-                cf.cases
-                    .into_iter()
-                    .map(|c| run_case(&set, &file, c, wall_now)),
-            ),
+            Ok(cf) => outcomes.extend(cf.cases.into_iter().map(|c| run_case(&set, &file, c, wall_now))),
             Err(e) => errors.push(Located::toml(&file, &text, &e)),
         }
     }
-    if errors.is_empty() {
-        Ok(outcomes)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(outcomes) } else { Err(errors) }
 }
 
 fn run_case(set: &PolicySet, file: &Path, case: Case, wall_now: UnixMillis) -> Outcome {
-    let outcome = |problem: Option<String>| Outcome {
-        file: file.to_path_buf(),
-        name: case.name.clone(),
-        problem,
-    };
+    let outcome = |problem: Option<String>| Outcome { file: file.to_path_buf(), name: case.name.clone(), problem };
     let now = match case.now.as_deref().map(parse_rfc3339) {
         None => wall_now,
         Some(Ok(t)) => t,
@@ -88,45 +75,25 @@ fn run_case(set: &PolicySet, file: &Path, case: Case, wall_now: UnixMillis) -> O
         _ => return outcome(Some("telemetry is not a table".into())),
     };
     json.entry("seq").or_insert(1.into());
-    json.entry("ts")
-        .or_insert(crate::telemetry::report::format_rfc3339(now).into());
+    json.entry("ts").or_insert(crate::telemetry::report::format_rfc3339(now).into());
     let report: Report = match serde_json::from_value(serde_json::Value::Object(json)) {
         Ok(r) => r,
         Err(e) => return outcome(Some(format!("telemetry is not a valid report: {e}"))),
     };
     let eval = decide(set, &report, now);
-    let got = if eval.compliant() {
-        Expect::Compliant
-    } else {
-        Expect::Noncompliant
-    };
+    let got = if eval.compliant() { Expect::Compliant } else { Expect::Noncompliant };
     let failed: Vec<String> = eval.failures.iter().map(|f| f.key()).collect();
     if got != case.expect {
-        return outcome(Some(format!(
-            "expected {:?}, got {got:?} (failed: {failed:?})",
-            case.expect
-        )));
+        return outcome(Some(format!("expected {:?}, got {got:?} (failed: {failed:?})", case.expect)));
     }
     if let Some(want) = &case.failed {
         let matches = |w: &String, f: &String| {
-            if w.contains('/') {
-                w == f
-            } else {
-                f.rsplit('/').next() == Some(w)
-            }
+            if w.contains('/') { w == f } else { f.rsplit('/').next() == Some(w) }
         };
-        let missing: Vec<&String> = want
-            .iter()
-            .filter(|w| !failed.iter().any(|f| matches(w, f)))
-            .collect();
-        let extra: Vec<&String> = failed
-            .iter()
-            .filter(|f| !want.iter().any(|w| matches(w, f)))
-            .collect();
+        let missing: Vec<&String> = want.iter().filter(|w| !failed.iter().any(|f| matches(w, f))).collect();
+        let extra: Vec<&String> = failed.iter().filter(|f| !want.iter().any(|w| matches(w, f))).collect();
         if !missing.is_empty() || !extra.is_empty() {
-            return outcome(Some(format!(
-                "failed rules differ: missing {missing:?}, unexpected {extra:?}"
-            )));
+            return outcome(Some(format!("failed rules differ: missing {missing:?}, unexpected {extra:?}")));
         }
     }
     outcome(None)

@@ -59,28 +59,17 @@ impl Attr {
             }
             return Ok(Attr::Extra(key.into()));
         }
-        Self::NAMED
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, a)| a.clone())
-            .ok_or_else(|| {
-                let known: Vec<&str> = Self::NAMED.iter().map(|(n, _)| *n).collect();
-                format!(
-                    "unknown attribute {name:?}; known: {}, or attributes.<key>",
-                    known.join(", ")
-                )
-            })
+        Self::NAMED.iter().find(|(n, _)| *n == name).map(|(_, a)| a.clone()).ok_or_else(|| {
+            let known: Vec<&str> = Self::NAMED.iter().map(|(n, _)| *n).collect();
+            format!("unknown attribute {name:?}; known: {}, or attributes.<key>", known.join(", "))
+        })
     }
 
     /// The name as written in policies.
     pub fn name(&self) -> std::borrow::Cow<'static, str> {
         match self {
             Attr::Extra(k) => format!("attributes.{k}").into(),
-            other => Self::NAMED
-                .iter()
-                .find(|(_, a)| a == other)
-                .map_or("?", |(n, _)| n)
-                .into(),
+            other => Self::NAMED.iter().find(|(_, a)| a == other).map_or("?", |(n, _)| n).into(),
         }
     }
 }
@@ -138,12 +127,7 @@ pub struct Check {
 impl Check {
     /// What the rule expects, in words, for reports and the API.
     pub fn expected(&self) -> String {
-        let list = |v: &[Scalar]| {
-            v.iter()
-                .map(Scalar::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let list = |v: &[Scalar]| v.iter().map(Scalar::to_string).collect::<Vec<_>>().join(", ");
         match &self.op {
             Op::Eq(s) => format!("== {s}"),
             Op::Ne(s) => format!("!= {s}"),
@@ -187,8 +171,7 @@ impl TryFrom<RawCheck> for Check {
 
     fn try_from(raw: RawCheck) -> Result<Self, String> {
         let attr = Attr::parse(&raw.attr)?;
-        let version =
-            |v: String| Version::parse(&v).ok_or_else(|| format!("{v:?} is not a version"));
+        let version = |v: String| Version::parse(&v).ok_or_else(|| format!("{v:?} is not a version"));
         let mut ops: Vec<Op> = Vec::new();
         ops.extend(raw.eq.map(Op::Eq));
         ops.extend(raw.ne.map(Op::Ne));
@@ -209,9 +192,7 @@ impl TryFrom<RawCheck> for Check {
             Some(true) => ops.push(Op::Present),
             // Absence never passes a rule, so "must be absent" cannot be said.
             Some(false) => {
-                return Err(
-                    "present = false is not supported: a missing attribute always fails".into(),
-                );
+                return Err("present = false is not supported: a missing attribute always fails".into());
             }
             None => {}
         }
@@ -219,18 +200,12 @@ impl TryFrom<RawCheck> for Check {
             ops.push(Op::Within(crate::diag::parse_duration(&w)?));
         }
         match ops.len() {
-            1 => Ok(Check {
-                attr,
-                op: ops.remove(0),
-            }),
+            1 => Ok(Check { attr, op: ops.remove(0) }),
             0 => Err(format!(
                 "check on {:?} has no operator (eq, ne, one_of, not_one_of, contains, not_contains, subset_of, version_gte, version_lt, gte, lte, present, within)",
                 raw.attr
             )),
-            _ => Err(format!(
-                "check on {:?} has more than one operator; write one rule per operator",
-                raw.attr
-            )),
+            _ => Err(format!("check on {:?} has more than one operator; write one rule per operator", raw.attr)),
         }
     }
 }

@@ -178,9 +178,7 @@ impl<'a> Value<'a> {
         match *self {
             Value::Strs(v) => Some(v.iter().any(|s| Item::Str(s).matches(want))),
             Value::Ports(v) => Some(v.iter().any(|p| Item::Num(f64::from(*p)).matches(want))),
-            _ => self
-                .items()
-                .map(|items| items.into_iter().any(|i| i.matches(want))),
+            _ => self.items().map(|items| items.into_iter().any(|i| i.matches(want))),
         }
     }
 
@@ -220,17 +218,15 @@ fn passes(op: &Op, value: &Value<'_>, now: UnixMillis) -> bool {
             (Value::Str(s), Scalar::Str(w)) => !s.contains(w.as_str()),
             _ => value.any(want) == Some(false),
         },
-        Op::SubsetOf(set) => value
-            .items()
-            .is_some_and(|items| items.iter().all(|i| set.iter().any(|w| i.matches(w)))),
+        Op::SubsetOf(set) => value.items().is_some_and(|items| items.iter().all(|i| set.iter().any(|w| i.matches(w)))),
         Op::VersionGte(want) => version(value).is_some_and(|v| v >= *want),
         Op::VersionLt(want) => version(value).is_some_and(|v| v < *want),
         Op::Gte(x) => matches!(scalar, Some(Item::Num(n)) if n >= *x),
         Op::Lte(x) => matches!(scalar, Some(Item::Num(n)) if n <= *x),
         Op::Present => true,
-        Op::Within(max) => value.time().is_some_and(|t| {
-            now.saturating_sub(t) <= i64::try_from(max.as_millis()).unwrap_or(i64::MAX)
-        }),
+        Op::Within(max) => {
+            value.time().is_some_and(|t| now.saturating_sub(t) <= i64::try_from(max.as_millis()).unwrap_or(i64::MAX))
+        }
     }
 }
 
@@ -270,64 +266,25 @@ mod tests {
 
     /// Evaluates one check (written as TOML) against a report (written as JSON).
     fn check(check: &str, json: &str) -> bool {
-        let text =
-            format!("name = \"t\"\nseverity = \"major\"\n[[rules]]\nid = \"r\"\ncheck = {check}\n");
+        let text = format!("name = \"t\"\nseverity = \"major\"\n[[rules]]\nid = \"r\"\ncheck = {check}\n");
         let policy = super::super::Policy::parse(Path::new("t.toml"), &text).unwrap();
-        let set = PolicySet {
-            policies: vec![Arc::new(policy)],
-        };
+        let set = PolicySet { policies: vec![Arc::new(policy)] };
         decide(&set, &report(json), NOW).compliant()
     }
 
     #[test]
     fn eq_and_ne() {
-        assert!(check(
-            r#"{ attr = "encrypted", eq = true }"#,
-            r#"{"encrypted":true}"#
-        ));
-        assert!(!check(
-            r#"{ attr = "encrypted", eq = true }"#,
-            r#"{"encrypted":false}"#
-        ));
+        assert!(check(r#"{ attr = "encrypted", eq = true }"#, r#"{"encrypted":true}"#));
+        assert!(!check(r#"{ attr = "encrypted", eq = true }"#, r#"{"encrypted":false}"#));
         assert!(!check(r#"{ attr = "encrypted", eq = true }"#, r#"{}"#));
-        assert!(check(
-            r#"{ attr = "os", eq = "android" }"#,
-            r#"{"os":"android"}"#
-        ));
-        assert!(!check(
-            r#"{ attr = "os", eq = "android" }"#,
-            r#"{"os":"ios"}"#
-        ));
-        assert!(check(
-            r#"{ attr = "rooted", ne = true }"#,
-            r#"{"rooted":false}"#
-        ));
-        assert!(!check(
-            r#"{ attr = "rooted", ne = true }"#,
-            r#"{"rooted":true}"#
-        ));
-        assert!(
-            !check(r#"{ attr = "rooted", ne = true }"#, r#"{}"#),
-            "absence never passes"
-        );
-        assert!(
-            !check(
-                r#"{ attr = "encrypted", eq = "true" }"#,
-                r#"{"encrypted":true}"#
-            ),
-            "types differ"
-        );
-        assert!(check(
-            r#"{ attr = "attributes.battery", eq = 80 }"#,
-            r#"{"attributes":{"battery":80}}"#
-        ));
-        assert!(
-            !check(
-                r#"{ attr = "apps_running", eq = "a" }"#,
-                r#"{"apps_running":["a"]}"#
-            ),
-            "a list is no scalar"
-        );
+        assert!(check(r#"{ attr = "os", eq = "android" }"#, r#"{"os":"android"}"#));
+        assert!(!check(r#"{ attr = "os", eq = "android" }"#, r#"{"os":"ios"}"#));
+        assert!(check(r#"{ attr = "rooted", ne = true }"#, r#"{"rooted":false}"#));
+        assert!(!check(r#"{ attr = "rooted", ne = true }"#, r#"{"rooted":true}"#));
+        assert!(!check(r#"{ attr = "rooted", ne = true }"#, r#"{}"#), "absence never passes");
+        assert!(!check(r#"{ attr = "encrypted", eq = "true" }"#, r#"{"encrypted":true}"#), "types differ");
+        assert!(check(r#"{ attr = "attributes.battery", eq = 80 }"#, r#"{"attributes":{"battery":80}}"#));
+        assert!(!check(r#"{ attr = "apps_running", eq = "a" }"#, r#"{"apps_running":["a"]}"#), "a list is no scalar");
     }
 
     #[test]
@@ -354,18 +311,9 @@ mod tests {
         assert!(check(c, r#"{"apps_installed":[]}"#));
         assert!(!check(c, r#"{"apps_installed":["com.evil"]}"#));
         assert!(!check(c, r#"{}"#));
-        assert!(check(
-            r#"{ attr = "open_ports", contains = 443 }"#,
-            r#"{"open_ports":[443]}"#
-        ));
-        assert!(check(
-            r#"{ attr = "os_version", contains = "LTS" }"#,
-            r#"{"os_version":"22.04 LTS"}"#
-        ));
-        assert!(check(
-            r#"{ attr = "attributes.tags", contains = "a" }"#,
-            r#"{"attributes":{"tags":["a"]}}"#
-        ));
+        assert!(check(r#"{ attr = "open_ports", contains = 443 }"#, r#"{"open_ports":[443]}"#));
+        assert!(check(r#"{ attr = "os_version", contains = "LTS" }"#, r#"{"os_version":"22.04 LTS"}"#));
+        assert!(check(r#"{ attr = "attributes.tags", contains = "a" }"#, r#"{"attributes":{"tags":["a"]}}"#));
     }
 
     #[test]
@@ -394,42 +342,18 @@ mod tests {
 
     #[test]
     fn gte_and_lte() {
-        assert!(check(
-            r#"{ attr = "attributes.battery", gte = 20 }"#,
-            r#"{"attributes":{"battery":20}}"#
-        ));
-        assert!(!check(
-            r#"{ attr = "attributes.battery", gte = 20 }"#,
-            r#"{"attributes":{"battery":19.5}}"#
-        ));
-        assert!(check(
-            r#"{ attr = "attributes.temp", lte = 70.5 }"#,
-            r#"{"attributes":{"temp":70}}"#
-        ));
-        assert!(!check(
-            r#"{ attr = "attributes.temp", lte = 70.5 }"#,
-            r#"{"attributes":{"temp":"cold"}}"#
-        ));
-        assert!(!check(
-            r#"{ attr = "attributes.temp", lte = 70.5 }"#,
-            r#"{}"#
-        ));
+        assert!(check(r#"{ attr = "attributes.battery", gte = 20 }"#, r#"{"attributes":{"battery":20}}"#));
+        assert!(!check(r#"{ attr = "attributes.battery", gte = 20 }"#, r#"{"attributes":{"battery":19.5}}"#));
+        assert!(check(r#"{ attr = "attributes.temp", lte = 70.5 }"#, r#"{"attributes":{"temp":70}}"#));
+        assert!(!check(r#"{ attr = "attributes.temp", lte = 70.5 }"#, r#"{"attributes":{"temp":"cold"}}"#));
+        assert!(!check(r#"{ attr = "attributes.temp", lte = 70.5 }"#, r#"{}"#));
     }
 
     #[test]
     fn present() {
-        assert!(check(
-            r#"{ attr = "cert_identity", present = true }"#,
-            r#"{"cert_identity":"x"}"#
-        ));
-        assert!(!check(
-            r#"{ attr = "cert_identity", present = true }"#,
-            r#"{"cert_identity":null}"#
-        ));
-        assert!(!check(
-            r#"{ attr = "cert_identity", present = true }"#,
-            r#"{}"#
-        ));
+        assert!(check(r#"{ attr = "cert_identity", present = true }"#, r#"{"cert_identity":"x"}"#));
+        assert!(!check(r#"{ attr = "cert_identity", present = true }"#, r#"{"cert_identity":null}"#));
+        assert!(!check(r#"{ attr = "cert_identity", present = true }"#, r#"{}"#));
     }
 
     #[test]
@@ -453,18 +377,8 @@ mod tests {
     fn applies_to_filters_devices() {
         let text = "name = \"t\"\nseverity = \"major\"\napplies_to = { groups = [\"pos\"], os = [\"android\"] }\n[[rules]]\nid = \"r\"\ncheck = { attr = \"encrypted\", eq = true }\n";
         let policy = super::super::Policy::parse(Path::new("t.toml"), text).unwrap();
-        let set = PolicySet {
-            policies: vec![Arc::new(policy)],
-        };
-        let bad = |extra: &str| {
-            decide(
-                &set,
-                &report(&format!("{{\"encrypted\":false{extra}}}")),
-                NOW,
-            )
-            .failures
-            .len()
-        };
+        let set = PolicySet { policies: vec![Arc::new(policy)] };
+        let bad = |extra: &str| decide(&set, &report(&format!("{{\"encrypted\":false{extra}}}")), NOW).failures.len();
         assert_eq!(bad(r#","groups":["pos"],"os":"android""#), 1);
         assert_eq!(bad(r#","groups":["pos"],"os":"Android""#), 1);
         assert_eq!(bad(r#","groups":["laptops"],"os":"android""#), 0);
@@ -476,21 +390,13 @@ mod tests {
     fn failures_say_what_was_observed() {
         let text = "name = \"t\"\nseverity = \"major\"\n[[rules]]\nid = \"min-os\"\ncheck = { attr = \"os_version\", version_gte = \"14.0\" }\n[[rules]]\nid = \"enc\"\ncheck = { attr = \"encrypted\", eq = true }\n";
         let policy = super::super::Policy::parse(Path::new("t.toml"), text).unwrap();
-        let set = PolicySet {
-            policies: vec![Arc::new(policy)],
-        };
+        let set = PolicySet { policies: vec![Arc::new(policy)] };
         let eval = decide(&set, &report(r#"{"os_version":"13.1"}"#), NOW);
-        let got: Vec<(String, &str, String)> = eval
-            .failures
-            .iter()
-            .map(|f| (f.key(), &*f.observed, f.rule().check.expected()))
-            .collect();
+        let got: Vec<(String, &str, String)> =
+            eval.failures.iter().map(|f| (f.key(), &*f.observed, f.rule().check.expected())).collect();
         assert_eq!(
             got,
-            vec![
-                ("t/min-os".into(), "\"13.1\"", ">= 14.0".into()),
-                ("t/enc".into(), "absent", "== true".into())
-            ]
+            vec![("t/min-os".into(), "\"13.1\"", ">= 14.0".into()), ("t/enc".into(), "absent", "== true".into())]
         );
     }
 }

@@ -19,9 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How bad a violation is (PRODUCT.md: minor never quarantines).
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Minor,
@@ -93,44 +91,21 @@ impl Policy {
         policy.source = file.to_path_buf();
         let at = |needle: &str| text.find(needle).unwrap_or(0);
         if policy.name.trim().is_empty() {
-            return Err(Located::at(
-                file,
-                text,
-                at("name"),
-                "policy name must not be empty",
-            ));
+            return Err(Located::at(file, text, at("name"), "policy name must not be empty"));
         }
         if policy.rules.is_empty() {
-            return Err(Located::at(
-                file,
-                text,
-                0,
-                "a policy needs at least one [[rules]]",
-            ));
+            return Err(Located::at(file, text, 0, "a policy needs at least one [[rules]]"));
         }
         if policy.rules.len() > usize::from(u16::MAX) {
             return Err(Located::at(file, text, 0, "too many rules in one policy"));
         }
         for (i, rule) in policy.rules.iter().enumerate() {
             if rule.id.trim().is_empty() || rule.id.contains('/') {
-                return Err(Located::at(
-                    file,
-                    text,
-                    at(&rule.id),
-                    "rule id must be non-empty and contain no '/'",
-                ));
+                return Err(Located::at(file, text, at(&rule.id), "rule id must be non-empty and contain no '/'"));
             }
             if policy.rules[..i].iter().any(|r| r.id == rule.id) {
-                let second = text
-                    .match_indices(&format!("{:?}", rule.id))
-                    .nth(1)
-                    .map_or(0, |(p, _)| p);
-                return Err(Located::at(
-                    file,
-                    text,
-                    second,
-                    format!("duplicate rule id {:?}", rule.id),
-                ));
+                let second = text.match_indices(&format!("{:?}", rule.id)).nth(1).map_or(0, |(p, _)| p);
+                return Err(Located::at(file, text, second, format!("duplicate rule id {:?}", rule.id)));
             }
         }
         Ok(policy)
@@ -138,15 +113,9 @@ impl Policy {
 
     /// Does this policy apply to a device reporting `report`?
     pub fn applies(&self, report: &crate::telemetry::Report) -> bool {
-        let groups_ok =
-            self.applies_to.groups.is_empty() || report.in_any_group(&self.applies_to.groups);
+        let groups_ok = self.applies_to.groups.is_empty() || report.in_any_group(&self.applies_to.groups);
         let os_ok = self.applies_to.os.is_empty()
-            || report.os.as_deref().is_some_and(|os| {
-                self.applies_to
-                    .os
-                    .iter()
-                    .any(|o| o.eq_ignore_ascii_case(os))
-            });
+            || report.os.as_deref().is_some_and(|os| self.applies_to.os.iter().any(|o| o.eq_ignore_ascii_case(os)));
         groups_ok && os_ok
     }
 }
@@ -180,11 +149,7 @@ impl PolicySet {
                             &file,
                             &text,
                             at,
-                            format!(
-                                "policy name {:?} is also used by {}",
-                                p.name,
-                                other.source.display()
-                            ),
+                            format!("policy name {:?} is also used by {}", p.name, other.source.display()),
                         ));
                     } else {
                         policies.push(Arc::new(p));
@@ -208,8 +173,7 @@ impl PolicySet {
 
 /// The `*.toml` files directly in `dir`, sorted by name.
 pub(crate) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, Located> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| Located::file(dir, format!("cannot read directory: {e}")))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Located::file(dir, format!("cannot read directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
@@ -249,27 +213,13 @@ remediation = "enable_encryption"
     #[test]
     fn errors_are_located() {
         let cases = [
-            (
-                GOOD.replace("severity = \"critical\"", "severity = \"urgent\""),
-                "p.toml:4:12:",
-            ),
-            (
-                GOOD.replace("grace = \"0s\"", "grace = \"soon\""),
-                "p.toml:5:9:",
-            ),
-            (
-                GOOD.replace("attr = \"encrypted\"", "attr = \"encrypted_disk\""),
-                "p.toml:9:9:",
-            ),
-            (
-                GOOD.replace("eq = true", "eq = true, ne = false"),
-                "p.toml:9:9:",
-            ),
+            (GOOD.replace("severity = \"critical\"", "severity = \"urgent\""), "p.toml:4:12:"),
+            (GOOD.replace("grace = \"0s\"", "grace = \"soon\""), "p.toml:5:9:"),
+            (GOOD.replace("attr = \"encrypted\"", "attr = \"encrypted_disk\""), "p.toml:9:9:"),
+            (GOOD.replace("eq = true", "eq = true, ne = false"), "p.toml:9:9:"),
             (GOOD.replace("remediation", "remedy"), "p.toml:10:1:"),
             (
-                format!(
-                    "{GOOD}\n[[rules]]\nid = \"disk-encrypted\"\ncheck = {{ attr = \"rooted\", eq = false }}\n"
-                ),
+                format!("{GOOD}\n[[rules]]\nid = \"disk-encrypted\"\ncheck = {{ attr = \"rooted\", eq = false }}\n"),
                 "p.toml:13:6:",
             ),
         ];

@@ -37,10 +37,7 @@ impl Version {
         while parts.len() > 1 && parts.last() == Some(&0) {
             parts.pop();
         }
-        Some(Self {
-            parts: parts.into_boxed_slice(),
-            text: text.into(),
-        })
+        Some(Self { parts: parts.into_boxed_slice(), text: text.into() })
     }
 }
 

@@ -29,9 +29,7 @@ pub struct Inbound {
 
 /// The wall clock, in the shells only.
 pub fn wall_now() -> UnixMillis {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -43,10 +41,7 @@ pub fn options(cfg: &Mqtt, secrets: &Secrets, node: &str) -> anyhow::Result<Mqtt
         Broker::Embedded => (cfg.listen.ip().to_string(), cfg.listen.port(), false),
         Broker::External { host, port, tls } => (host.clone(), *port, *tls),
     };
-    let client_id = cfg
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("warden-{node}"));
+    let client_id = cfg.client_id.clone().unwrap_or_else(|| format!("warden-{node}"));
     let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(false)
@@ -56,15 +51,10 @@ pub fn options(cfg: &Mqtt, secrets: &Secrets, node: &str) -> anyhow::Result<Mqtt
         .set_inflight(1000)
         .set_request_channel_capacity(4096);
     if let Some(user) = &cfg.username {
-        opts.set_credentials(
-            user.clone(),
-            secrets.mqtt_password.clone().unwrap_or_default(),
-        );
+        opts.set_credentials(user.clone(), secrets.mqtt_password.clone().unwrap_or_default());
     }
     if tls {
-        opts.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(
-            tls_config(cfg)?,
-        ))));
+        opts.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(cfg)?))));
     }
     Ok(opts)
 }
@@ -76,24 +66,19 @@ fn tls_config(cfg: &Mqtt) -> anyhow::Result<rustls::ClientConfig> {
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let ca = cfg.ca_file.as_ref().context("mqtts:// needs ca_file")?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
-    {
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
         roots.add(cert.with_context(|| format!("parsing {}", ca.display()))?)?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
     Ok(match (&cfg.cert_file, &cfg.key_file) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .with_context(|| format!("reading {}", cert.display()))?
                 .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("parsing {}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("reading key {}", key.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading key {}", key.display()))?;
             builder.with_client_auth_cert(chain, key)?
         }
         _ => builder.with_no_client_auth(),
@@ -144,12 +129,7 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let msg = Inbound {
-                    topic: p.topic,
-                    payload: p.payload,
-                    arrived: Instant::now(),
-                    wall: wall_now(),
-                };
+                let msg = Inbound { topic: p.topic, payload: p.payload, arrived: Instant::now(), wall: wall_now() };
                 // Awaiting here is the backpressure: a busy compliance task
                 // slows reading from the broker, which holds QoS 1 messages.
                 if tx.send(msg).await.is_err() {
@@ -159,19 +139,13 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 metrics.mqtt_connects.inc();
-                tracing::info!(
-                    session_present = ack.session_present,
-                    "MQTT connected; subscribing to {filter}"
-                );
+                tracing::info!(session_present = ack.session_present, "MQTT connected; subscribing to {filter}");
                 if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                     tracing::warn!(error = %e, "MQTT subscribe request failed");
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let granted = ack
-                    .return_codes
-                    .iter()
-                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                let granted = ack.return_codes.iter().all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if granted {
                     ready.store(true, Ordering::Release);
                     metrics.mqtt_connected.set(1);

@@ -50,15 +50,8 @@ impl Refusal {
     }
 
     /// Every label, for pre-registering the counters at zero.
-    pub const LABELS: [&'static str; 7] = [
-        "bad_topic",
-        "oversize",
-        "malformed",
-        "invalid_field",
-        "replay",
-        "too_old",
-        "future",
-    ];
+    pub const LABELS: [&'static str; 7] =
+        ["bad_topic", "oversize", "malformed", "invalid_field", "replay", "too_old", "future"];
 }
 
 /// A topic filter with exactly one `+` level standing for the device id,
@@ -74,13 +67,8 @@ impl TopicPattern {
     pub fn new(filter: &str) -> Result<Self, String> {
         let levels: Vec<&str> = filter.split('/').collect();
         let plus: Vec<usize> = (0..levels.len()).filter(|&i| levels[i] == "+").collect();
-        if plus.len() != 1
-            || filter.contains('#')
-            || levels.iter().any(|l| l.len() > 1 && l.contains('+'))
-        {
-            return Err(format!(
-                "topic filter {filter:?} must have exactly one '+' level (the device id) and no '#'"
-            ));
+        if plus.len() != 1 || filter.contains('#') || levels.iter().any(|l| l.len() > 1 && l.contains('+')) {
+            return Err(format!("topic filter {filter:?} must have exactly one '+' level (the device id) and no '#'"));
         }
         let at = plus[0];
         let join = |ls: &[&str]| ls.join("/");
@@ -106,11 +94,7 @@ impl TopicPattern {
             .strip_prefix(self.prefix.as_str())
             .and_then(|rest| rest.strip_suffix(self.suffix.as_str()))
             .ok_or(Refusal::BadTopic)?;
-        if valid_device_id(id) {
-            Ok(id)
-        } else {
-            Err(Refusal::BadTopic)
-        }
+        if valid_device_id(id) { Ok(id) } else { Err(Refusal::BadTopic) }
     }
 }
 
@@ -119,9 +103,7 @@ impl TopicPattern {
 pub fn valid_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_DEVICE_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// Limits on `ts` relative to the receiver's wall clock.
@@ -135,11 +117,7 @@ pub struct Freshness {
 
 /// Parses a payload and checks its `ts` against `wall_now`. The `seq` check
 /// needs the device's history and is done by the compliance engine.
-pub fn parse_payload(
-    payload: &[u8],
-    wall_now: UnixMillis,
-    fresh: Freshness,
-) -> Result<Report, Refusal> {
+pub fn parse_payload(payload: &[u8], wall_now: UnixMillis, fresh: Freshness) -> Result<Report, Refusal> {
     if payload.len() > MAX_PAYLOAD {
         return Err(Refusal::Oversize);
     }
@@ -161,10 +139,7 @@ mod tests {
     use super::*;
 
     const NOW: UnixMillis = 1_795_000_000_000; // 2026-11-18
-    const FRESH: Freshness = Freshness {
-        max_age_ms: 15 * 60_000,
-        max_skew_ms: 5 * 60_000,
-    };
+    const FRESH: Freshness = Freshness { max_age_ms: 15 * 60_000, max_skew_ms: 5 * 60_000 };
 
     fn ts(ms: UnixMillis) -> String {
         crate::telemetry::report::format_rfc3339(ms)
@@ -231,23 +206,11 @@ mod tests {
             (format!(r#"{{"ts":"{ok_ts}"}}"#), "invalid_field"),
             (r#"{"seq":1}"#.into(), "invalid_field"),
             (format!(r#"{{"seq":-1,"ts":"{ok_ts}"}}"#), "invalid_field"),
-            (
-                format!(r#"{{"seq":1,"ts":"{ok_ts}","encrypted":"yes"}}"#),
-                "invalid_field",
-            ),
-            (
-                format!(r#"{{"seq":1,"ts":"{ok_ts}","open_ports":[70000]}}"#),
-                "invalid_field",
-            ),
+            (format!(r#"{{"seq":1,"ts":"{ok_ts}","encrypted":"yes"}}"#), "invalid_field"),
+            (format!(r#"{{"seq":1,"ts":"{ok_ts}","open_ports":[70000]}}"#), "invalid_field"),
             (r#"{"seq":1,"ts":"yesterday"}"#.into(), "invalid_field"),
-            (
-                format!(r#"{{"seq":1,"ts":"{}"}}"#, ts(NOW - 16 * 60_000)),
-                "too_old",
-            ),
-            (
-                format!(r#"{{"seq":1,"ts":"{}"}}"#, ts(NOW + 6 * 60_000)),
-                "future",
-            ),
+            (format!(r#"{{"seq":1,"ts":"{}"}}"#, ts(NOW - 16 * 60_000)), "too_old"),
+            (format!(r#"{{"seq":1,"ts":"{}"}}"#, ts(NOW + 6 * 60_000)), "future"),
         ];
         for (payload, want) in cases {
             let got = parse_payload(payload.as_bytes(), NOW, FRESH).unwrap_err();

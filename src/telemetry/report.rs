@@ -60,9 +60,7 @@ pub struct Report {
 impl Report {
     /// Does the device belong to any of `groups`?
     pub fn in_any_group(&self, groups: &[String]) -> bool {
-        self.groups
-            .as_deref()
-            .is_some_and(|mine| mine.iter().any(|g| groups.iter().any(|w| **g == **w)))
+        self.groups.as_deref().is_some_and(|mine| mine.iter().any(|g| groups.iter().any(|w| **g == **w)))
     }
 }
 
@@ -78,10 +76,9 @@ mod rfc3339_millis {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         // Borrowing would fail on escaped strings; a timestamp is short anyway.
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        let at = OffsetDateTime::parse(&text, &Rfc3339)
-            .map_err(|_| D::Error::custom("ts: not an RFC 3339 timestamp"))?;
-        i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
-            .map_err(|_| D::Error::custom("ts: out of range"))
+        let at =
+            OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| D::Error::custom("ts: not an RFC 3339 timestamp"))?;
+        i64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|_| D::Error::custom("ts: out of range"))
     }
 }
 

@@ -16,7 +16,8 @@ pub fn free_port() -> u16 {
 
 /// Fails with a clear message when a Debian tool the suite needs is missing.
 pub fn require(tool: &str, package: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
     assert!(found, "{tool} not found: install the Debian package {package} (bash .ci/run does)");
 }
 
@@ -46,7 +47,8 @@ pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<
     s.read_to_string(&mut raw).ok()?;
     let status = raw.split(' ').nth(1)?.parse().ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     Some((status, body))
 }
 
@@ -186,11 +188,18 @@ impl Warden {
 
     /// Waits until a metric reaches at least `want`.
     pub fn wait_metric(&self, series: &str, want: f64) {
-        wait_for(&format!("{series} >= {want}"), Duration::from_secs(10), || (self.metric(series) >= want).then_some(()));
+        wait_for(&format!("{series} >= {want}"), Duration::from_secs(10), || {
+            (self.metric(series) >= want).then_some(())
+        });
     }
 }
 
-fn wait_for_or_log(w: &mut Warden, what: &str, limit: Duration, mut f: impl FnMut(&Warden) -> Option<()>) -> Result<(), String> {
+fn wait_for_or_log(
+    w: &mut Warden,
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut(&Warden) -> Option<()>,
+) -> Result<(), String> {
     let start = Instant::now();
     loop {
         if f(w).is_some() {
@@ -229,7 +238,13 @@ impl Mosquitto {
         let port = free_port();
         let conf = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
-        let child = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start mosquitto");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
         wait_for("mosquitto to listen", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).ok());
         Self { child, port }
     }
