@@ -12,3 +12,6 @@ mod table;
 pub use device::{Device, Enforce, Verdict};
 pub use engine::{Cause, Change, Engine};
 pub use table::Table;
+
+#[cfg(test)]
+mod tests;

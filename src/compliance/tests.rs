@@ -1,0 +1,269 @@
+//! The engine in simulated time: grace, enforcement modes, indexes, restore,
+//! and a property test against a reference model.
+
+use super::*;
+use crate::mac::Mac;
+use crate::policy::{Policy, PolicySet};
+use crate::telemetry::Report;
+use proptest::prelude::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const STALE: Duration = Duration::from_secs(5);
+const T0: i64 = 1_795_000_000_000;
+
+fn policies(texts: &[&str]) -> PolicySet {
+    let policies = texts.iter().map(|t| Arc::new(Policy::parse(Path::new("t.toml"), t).unwrap())).collect();
+    PolicySet { policies }
+}
+
+fn encrypted_policy(severity: &str, enforcement: &str, grace: &str) -> String {
+    format!(
+        "name = \"enc-{enforcement}\"\nseverity = \"{severity}\"\nenforcement = \"{enforcement}\"\ngrace = \"{grace}\"\n\
+         [[rules]]\nid = \"enc\"\ncheck = {{ attr = \"encrypted\", eq = true }}\n"
+    )
+}
+
+fn report(seq: u64, encrypted: bool, mac: Option<&str>) -> Report {
+    Report {
+        seq,
+        ts: T0,
+        encrypted: Some(encrypted),
+        mac_addresses: mac.map(|m| vec![Box::<str>::from(m)].into_boxed_slice()),
+        ..Report::default()
+    }
+}
+
+/// A simulated clock: monotonic and wall time advance together.
+struct Clock {
+    start: Instant,
+    ms: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self { start: Instant::now(), ms: 0 }
+    }
+    fn now(&self) -> Instant {
+        self.start + Duration::from_millis(self.ms)
+    }
+    fn wall(&self) -> i64 {
+        T0 + self.ms as i64
+    }
+    fn advance(&mut self, ms: u64) {
+        self.ms += ms;
+    }
+}
+
+fn drain(e: &mut Engine) -> Vec<Change> {
+    std::iter::from_fn(|| e.poll_event()).collect()
+}
+
+#[test]
+fn grace_delays_enforcement_and_a_timeout_ends_it() {
+    let mut e = Engine::new(Table::default(), policies(&[&encrypted_policy("major", "always", "1h")]), STALE * 10_000);
+    let mut c = Clock::new();
+    e.handle_telemetry("d", report(1, false, None), c.now(), c.wall()).unwrap();
+    let ev = drain(&mut e);
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].new, ev[0].enforce), (Verdict::Noncompliant, Enforce::default()), "in grace: not enforced");
+    assert_eq!(e.poll_timeout(), Some(c.now() + Duration::from_secs(3600)));
+
+    // Still failing 30 minutes later: grace still runs from the first failure.
+    c.advance(1_800_000);
+    e.handle_telemetry("d", report(2, false, None), c.now(), c.wall()).unwrap();
+    assert!(drain(&mut e).is_empty(), "same failures, same enforcement: no event");
+    c.advance(1_800_000);
+    e.handle_timeout(c.now(), c.wall());
+    let ev = drain(&mut e);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].cause, Cause::GraceExpired);
+    assert!(ev[0].enforce.quarantine && ev[0].enforce.deny_admission);
+    assert!(e.table().get("d").unwrap().enforce.quarantine);
+}
+
+#[test]
+fn enforcement_modes_and_severities() {
+    let cases = [
+        (encrypted_policy("critical", "always", "0s"), Enforce { quarantine: true, deny_admission: true }),
+        (encrypted_policy("critical", "admission", "0s"), Enforce { quarantine: false, deny_admission: true }),
+        (encrypted_policy("critical", "monitor", "0s"), Enforce::default()),
+        (encrypted_policy("minor", "always", "0s"), Enforce::default()),
+    ];
+    for (policy, want) in cases {
+        let mut e = Engine::new(Table::default(), policies(&[&policy]), STALE);
+        let c = Clock::new();
+        e.handle_telemetry("d", report(1, false, None), c.now(), c.wall()).unwrap();
+        let d = e.table().get("d").unwrap();
+        assert_eq!(d.verdict, Verdict::Noncompliant, "{policy}");
+        assert_eq!(d.enforce, want, "{policy}");
+    }
+}
+
+#[test]
+fn identities_follow_the_latest_report() {
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE);
+    let c = Clock::new();
+    let mut r = report(1, true, Some("AA-BB-CC-00-00-01"));
+    r.wg_public_key = Some("key-a".into());
+    r.cert_identity = Some("cn-a".into());
+    e.handle_telemetry("a", r, c.now(), c.wall()).unwrap();
+    let mac = Mac::parse("aa:bb:cc:00:00:01").unwrap();
+    assert_eq!(&*e.table().by_mac(mac).unwrap().id, "a");
+    assert_eq!(&*e.table().by_wg_key("key-a").unwrap().id, "a");
+    assert_eq!(&*e.table().by_cert_identity("cn-a").unwrap().id, "a");
+
+    // New identities replace the old ones.
+    let mut r = report(2, true, Some("aabb.cc00.0002"));
+    r.wg_public_key = Some("key-b".into());
+    e.handle_telemetry("a", r, c.now(), c.wall()).unwrap();
+    assert!(e.table().by_mac(mac).is_none());
+    assert!(e.table().by_wg_key("key-a").is_none());
+    assert!(e.table().by_cert_identity("cn-a").is_none());
+    assert_eq!(&*e.table().by_mac(Mac::parse("aa:bb:cc:00:00:02").unwrap()).unwrap().id, "a");
+
+    // A MAC claimed by another device moves to it; the first device's later
+    // report without it does not take it back.
+    e.handle_telemetry("b", report(1, true, Some("aa:bb:cc:00:00:02")), c.now(), c.wall()).unwrap();
+    e.handle_telemetry("a", report(3, true, None), c.now(), c.wall()).unwrap();
+    assert_eq!(&*e.table().by_mac(Mac::parse("aa:bb:cc:00:00:02").unwrap()).unwrap().id, "b");
+}
+
+#[test]
+fn policy_reload_re_evaluates_and_says_so() {
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE);
+    let c = Clock::new();
+    e.handle_telemetry("d", report(1, false, None), c.now(), c.wall()).unwrap();
+    assert_eq!(drain(&mut e)[0].new, Verdict::Compliant, "no policy: nothing to violate");
+    e.handle_policies(policies(&[&encrypted_policy("critical", "always", "0s")]), c.now(), c.wall());
+    let ev = drain(&mut e);
+    assert_eq!((ev.len(), ev[0].cause, ev[0].new), (1, Cause::PolicyReload, Verdict::Noncompliant));
+    assert_eq!(e.counts(), [0, 1, 0]);
+}
+
+#[test]
+fn restore_keeps_failure_start_and_expires_the_stale() {
+    let set = policies(&[&encrypted_policy("major", "always", "1h")]);
+    let mut e = Engine::new(Table::default(), set, STALE);
+    let c = Clock::new();
+    let since = c.wall() - 3_000;
+    e.restore(
+        "fresh",
+        report(4, false, None),
+        c.wall() - 1_000,
+        &[("enc-always/enc".into(), since)],
+        c.now(),
+        c.wall(),
+    );
+    e.restore("old", report(9, true, None), c.wall() - 6_000, &[], c.now(), c.wall());
+    assert!(drain(&mut e).is_empty(), "restore emits nothing: the planes start after it");
+    let fresh = e.table().get("fresh").unwrap();
+    assert_eq!((fresh.verdict, fresh.failures[0].since), (Verdict::Noncompliant, since));
+    assert_eq!(e.table().get("old").unwrap().verdict, Verdict::Unknown);
+    assert_eq!(e.counts(), [0, 1, 1]);
+    // It goes stale 4 s later (5 s after its last report), not 5 s from now.
+    e.handle_timeout(c.now() + Duration::from_millis(3_999), c.wall() + 3_999);
+    assert!(drain(&mut e).is_empty());
+    e.handle_timeout(c.now() + Duration::from_secs(4), c.wall() + 4_000);
+    assert_eq!(drain(&mut e)[0].cause, Cause::Stale);
+    // The replay guard survives a restart.
+    assert!(e.handle_telemetry("old", report(9, true, None), c.now(), c.wall()).is_err());
+}
+
+/// One step of a random run.
+#[derive(Clone, Debug)]
+enum Op {
+    Report { device: u8, seq: u64, encrypted: bool, mac: Option<u8> },
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u8..6, 0u64..12, any::<bool>(), proptest::option::of(0u8..4))
+            .prop_map(|(device, seq, encrypted, mac)| Op::Report { device, seq, encrypted, mac }),
+        1 => (0u64..4_000).prop_map(Op::Advance),
+    ]
+}
+
+/// The reference: what each device last said, and when.
+#[derive(Default)]
+struct Model {
+    devices: HashMap<u8, (u64, u64, bool, Option<u8>)>, // seq, seen_ms, encrypted, mac
+    mac_owner: HashMap<u8, u8>,
+}
+
+impl Model {
+    fn verdict(&self, device: u8, now_ms: u64) -> Verdict {
+        match self.devices.get(&device) {
+            None => Verdict::Unknown,
+            Some((_, seen, _, _)) if now_ms - seen >= STALE.as_millis() as u64 => Verdict::Unknown,
+            Some((_, _, true, _)) => Verdict::Compliant,
+            Some(_) => Verdict::Noncompliant,
+        }
+    }
+}
+
+fn mac_text(m: u8) -> String {
+    format!("aa:bb:cc:00:00:{m:02x}")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn table_matches_reference_model(ops in prop::collection::vec(op(), 1..80)) {
+        let mut e = Engine::new(Table::default(), policies(&[&encrypted_policy("critical", "always", "0s")]), STALE);
+        let mut c = Clock::new();
+        let mut m = Model::default();
+        for op in ops {
+            let was_advance = matches!(op, Op::Advance(_));
+            let before: Vec<Verdict> = (0..6).map(|d| m.verdict(d, c.ms)).collect();
+            match op {
+                Op::Report { device, seq, encrypted, mac } => {
+                    let macs = mac.map(mac_text);
+                    let got = e.handle_telemetry(&format!("d{device}"), report(seq, encrypted, macs.as_deref()), c.now(), c.wall());
+                    let accept = m.devices.get(&device).is_none_or(|(last, ..)| seq > *last);
+                    prop_assert_eq!(got.is_ok(), accept);
+                    if accept {
+                        let old_mac = m.devices.get(&device).and_then(|d| d.3);
+                        if let Some(om) = old_mac && Some(om) != mac && m.mac_owner.get(&om) == Some(&device) {
+                            m.mac_owner.remove(&om);
+                        }
+                        if let Some(nm) = mac {
+                            m.mac_owner.insert(nm, device);
+                        }
+                        m.devices.insert(device, (seq, c.ms, encrypted, mac));
+                    }
+                }
+                Op::Advance(ms) => {
+                    c.advance(ms);
+                    e.handle_timeout(c.now(), c.wall());
+                }
+            }
+            let after: Vec<Verdict> = (0..6).map(|d| m.verdict(d, c.ms)).collect();
+            let flips = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+            let events: Vec<Change> = drain(&mut e);
+            prop_assert_eq!(events.iter().filter(|ev| ev.old != ev.new).count(), flips);
+            let mut counts = [0usize; 3];
+            for d in 0..6u8 {
+                let got = e.table().get(&format!("d{d}")).map(|x| x.verdict);
+                if m.devices.contains_key(&d) {
+                    prop_assert_eq!(got, Some(after[d as usize]), "device d{}", d);
+                    counts[after[d as usize].index()] += 1;
+                } else {
+                    prop_assert_eq!(got, None);
+                }
+            }
+            prop_assert_eq!(e.counts(), counts);
+            for mac in 0..4u8 {
+                let got = e.table().by_mac(Mac::parse(&mac_text(mac)).unwrap()).map(|d| d.id.to_string());
+                prop_assert_eq!(got, m.mac_owner.get(&mac).map(|d| format!("d{d}")));
+            }
+            // After a timeout is handled, every deadline left lies ahead.
+            if was_advance && let Some(at) = e.poll_timeout() {
+                prop_assert!(at > c.now());
+            }
+        }
+    }
+}
