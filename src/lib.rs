@@ -13,6 +13,8 @@ pub mod commands;
 pub mod compliance;
 pub mod config;
 pub mod diag;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod mac;

@@ -64,11 +64,20 @@ pub struct Engine {
     deadlines: BTreeSet<(Instant, Arc<str>)>,
     events: VecDeque<Change>,
     counts: [usize; 3],
+    interner: super::intern::Interner,
 }
 
 impl Engine {
     pub fn new(table: Table, policies: PolicySet, stale_after: Duration) -> Self {
-        Self { table, policies, stale_after, deadlines: BTreeSet::new(), events: VecDeque::new(), counts: [0; 3] }
+        Self {
+            table,
+            policies,
+            stale_after,
+            deadlines: BTreeSet::new(),
+            events: VecDeque::new(),
+            counts: [0; 3],
+            interner: Default::default(),
+        }
     }
 
     /// The read handle this engine writes to.
@@ -90,7 +99,7 @@ impl Engine {
     pub fn handle_telemetry(
         &mut self,
         id: &str,
-        report: Report,
+        mut report: Report,
         now: Instant,
         wall: UnixMillis,
     ) -> Result<(), Refusal> {
@@ -101,6 +110,7 @@ impl Engine {
             return Err(Refusal::Replay { seq: report.seq, last: old.report.seq });
         }
         let id: Arc<str> = old.as_ref().map_or_else(|| id.into(), |d| Arc::clone(&d.id));
+        self.interner.report(&mut report);
         let failures = decide(&self.policies, &report, wall).failures;
         let mut device = Device {
             id,
@@ -169,7 +179,7 @@ impl Engine {
     pub fn restore(
         &mut self,
         id: &str,
-        report: Report,
+        mut report: Report,
         last_seen: UnixMillis,
         prior: &[(String, UnixMillis)],
         now: Instant,
@@ -177,6 +187,7 @@ impl Engine {
     ) {
         let age = Duration::from_millis(u64::try_from(wall.saturating_sub(last_seen)).unwrap_or(0));
         let seen_at = now.checked_sub(age).unwrap_or(now);
+        self.interner.report(&mut report);
         let mut device = Device {
             id: id.into(),
             report,

@@ -6,6 +6,7 @@
 
 mod device;
 mod engine;
+mod intern;
 pub mod snapshot;
 mod table;
 

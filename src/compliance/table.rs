@@ -23,8 +23,8 @@ pub struct Table {
 struct Inner {
     devices: Map<Arc<str>, Arc<Device>>,
     by_mac: Map<Mac, Arc<str>>,
-    by_wg_key: Map<Box<str>, Arc<str>>,
-    by_cert: Map<Box<str>, Arc<str>>,
+    by_wg_key: Map<Arc<str>, Arc<str>>,
+    by_cert: Map<Arc<str>, Arc<str>>,
 }
 
 impl Table {
@@ -88,12 +88,12 @@ impl Table {
             if old_r.wg_public_key != new_r.wg_public_key
                 && let Some(k) = &old_r.wg_public_key
             {
-                self.inner.by_wg_key.remove_if(k, |_, owner| owner == id);
+                self.inner.by_wg_key.remove_if(&**k, |_, owner| owner == id);
             }
             if old_r.cert_identity != new_r.cert_identity
                 && let Some(c) = &old_r.cert_identity
             {
-                self.inner.by_cert.remove_if(c, |_, owner| owner == id);
+                self.inner.by_cert.remove_if(&**c, |_, owner| owner == id);
             }
         }
         // A MAC or key claimed by two devices goes to the latest reporter.
@@ -101,10 +101,10 @@ impl Table {
             self.inner.by_mac.insert(mac, Arc::clone(id));
         }
         if let Some(k) = &new_r.wg_public_key {
-            self.inner.by_wg_key.insert(k.clone(), Arc::clone(id));
+            self.inner.by_wg_key.insert(Arc::clone(k), Arc::clone(id));
         }
         if let Some(c) = &new_r.cert_identity {
-            self.inner.by_cert.insert(c.clone(), Arc::clone(id));
+            self.inner.by_cert.insert(Arc::clone(c), Arc::clone(id));
         }
         self.inner.devices.insert(Arc::clone(id), device);
     }

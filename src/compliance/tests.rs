@@ -31,7 +31,7 @@ fn report(seq: u64, encrypted: bool, mac: Option<&str>) -> Report {
         seq,
         ts: T0,
         encrypted: Some(encrypted),
-        mac_addresses: mac.map(|m| vec![Box::<str>::from(m)].into_boxed_slice()),
+        mac_addresses: mac.map(|m| Arc::from(vec![Arc::<str>::from(m)])),
         ..Report::default()
     }
 }

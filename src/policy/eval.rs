@@ -85,15 +85,15 @@ enum Value<'a> {
     Bool(bool),
     Num(f64),
     Str(&'a str),
-    Strs(&'a [Box<str>]),
+    Strs(&'a [Arc<str>]),
     Ports(&'a [u16]),
     Time(UnixMillis),
     Json(&'a serde_json::Value),
 }
 
 fn observe<'a>(attr: &Attr, r: &'a Report) -> Option<Value<'a>> {
-    let s = |v: &'a Option<Box<str>>| v.as_deref().map(Value::Str);
-    let l = |v: &'a Option<Box<[Box<str>]>>| v.as_deref().map(Value::Strs);
+    let s = |v: &'a Option<Arc<str>>| v.as_deref().map(Value::Str);
+    let l = |v: &'a Option<Arc<[Arc<str>]>>| v.as_deref().map(Value::Strs);
     match attr {
         Attr::Ts => Some(Value::Time(r.ts)),
         Attr::Os => s(&r.os),

@@ -1,6 +1,7 @@
 //! The device report: one telemetry message, as the compliance table keeps it.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Milliseconds since the Unix epoch (wall clock). Kept as an integer so the
 /// cores never read the clock themselves: the shell passes "now" in.
@@ -8,9 +9,12 @@ pub type UnixMillis = i64;
 
 /// One telemetry report. Field names are the wire names of PRODUCT.md.
 ///
-/// Strings and lists are boxed slices rather than `String`/`Vec`: a fleet of a
-/// million devices keeps one report each, and the spare capacity and the
-/// extra word per field add up (see bench/RESULTS.md, memory per device).
+/// Strings and lists are `Arc` slices rather than `String`/`Vec`: a fleet of a
+/// million devices keeps one report each, most of whose values (OS, versions,
+/// app lists, groups) are the same across the fleet. The engine interns those
+/// (see `compliance::intern`) so each distinct value is stored once, and the
+/// indexes share the identity strings instead of copying them
+/// (bench/RESULTS.md, memory per device).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Strictly increasing per device; required.
@@ -19,11 +23,11 @@ pub struct Report {
     #[serde(with = "rfc3339_millis")]
     pub ts: UnixMillis,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub os: Option<Box<str>>,
+    pub os: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub os_version: Option<Box<str>>,
+    pub os_version: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub security_patch: Option<Box<str>>,
+    pub security_patch: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encrypted: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,23 +39,23 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kiosk_mode: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub apps_installed: Option<Box<[Box<str>]>>,
+    pub apps_installed: Option<Arc<[Arc<str>]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub apps_running: Option<Box<[Box<str>]>>,
+    pub apps_running: Option<Arc<[Arc<str>]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wifi_ssid: Option<Box<str>>,
+    pub wifi_ssid: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub open_ports: Option<Box<[u16]>>,
+    pub open_ports: Option<Arc<[u16]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mac_addresses: Option<Box<[Box<str>]>>,
+    pub mac_addresses: Option<Arc<[Arc<str>]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wg_public_key: Option<Box<str>>,
+    pub wg_public_key: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cert_identity: Option<Box<str>>,
+    pub cert_identity: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub groups: Option<Box<[Box<str>]>>,
+    pub groups: Option<Arc<[Arc<str>]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent_version: Option<Box<str>>,
+    pub agent_version: Option<Arc<str>>,
     /// Free-form extras, addressed in policies as `attributes.<key>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attributes: Option<Box<serde_json::Map<String, serde_json::Value>>>,

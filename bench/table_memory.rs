@@ -1,0 +1,55 @@
+//! Resident memory per device with 1,000,000 devices in the compliance
+//! table (with its MAC, WireGuard-key and certificate indexes and deadlines).
+//! `cargo bench --bench table_memory [-- DEVICES]` (target: <= 1 KiB/device).
+
+use std::time::{Duration, Instant};
+use warden::compliance::{Engine, Table};
+use warden::policy::PolicySet;
+use warden::telemetry::Report;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("linux /proc");
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("statm rss");
+    pages * 4096
+}
+
+/// A report shaped like PRODUCT.md's example, with per-device identities.
+fn report(i: u32) -> Report {
+    let json = serde_json::json!({
+        "seq": 1, "ts": "2026-11-22T10:15:00Z", "os": "android", "os_version": "14.0.1",
+        "security_patch": "2026-10-05", "encrypted": true, "passcode": true, "firewall": true,
+        "rooted": false, "kiosk_mode": true, "apps_installed": ["com.acme.pos"],
+        "apps_running": ["com.acme.pos"], "wifi_ssid": "ACME-STORE", "open_ports": [443],
+        "mac_addresses": [format!("aa:bb:{:02x}:{:02x}:{:02x}:{:02x}", i >> 24, (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)],
+        "wg_public_key": format!("{:0>43}=", i),
+        "cert_identity": format!("pos-{i:07}"),
+        "groups": ["pos", format!("store-{}", i % 500)], "agent_version": "3.2.0"
+    });
+    serde_json::from_value(json).expect("valid report")
+}
+
+fn main() {
+    let n: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let policies = PolicySet::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+        .expect("shipped policies");
+    let before = rss_bytes();
+    let mut engine = Engine::new(Table::default(), policies, Duration::from_secs(900));
+    let start = Instant::now();
+    let now = Instant::now();
+    for i in 0..n {
+        engine.handle_telemetry(&format!("pos-{i:07}"), report(i), now, 1_795_342_500_000).expect("accepted");
+        while engine.poll_event().is_some() {}
+    }
+    let took = start.elapsed();
+    let after = rss_bytes();
+    let per = (after - before) as f64 / f64::from(n);
+    println!("table_memory: {n} devices (indexed by MAC, WireGuard key, certificate identity)");
+    println!(
+        "  inserted in {:.2} s ({:.0} reports/s, one thread, shipped policies)",
+        took.as_secs_f64(),
+        f64::from(n) / took.as_secs_f64()
+    );
+    println!("  RSS grew {:.0} MiB: {per:.0} bytes per device", (after - before) as f64 / 1048576.0);
+    println!("  target <= 1024 bytes/device: {}", if per <= 1024.0 { "met" } else { "NOT met" });
+    assert_eq!(engine.table().len(), n as usize);
+}
