@@ -1,1 +1,145 @@
-fn main() {}
+//! MQTT load generator for the ingest and latency benchmarks (driven by
+//! bench/ingest.py). Loopback only: it connects to 127.0.0.1 and nothing else.
+//!
+//!   mqtt_load publish PORT COUNT PUBLISHERS QOS DEVICES   # 300-byte reports
+//!   mqtt_load latency PORT FLIPS                          # publish → retained verdict
+//!
+//! `publish` prints the time it took to hand every message to the broker
+//! (QoS 1: until every PUBACK). `latency` flips one device between compliant
+//! and noncompliant FLIPS times, each time waiting for warden's retained
+//! status message, and prints p50/p99 of publish → status received.
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use std::time::{Duration, Instant};
+
+fn report(seq: u64, encrypted: bool, ts: &str) -> Vec<u8> {
+    let mut r = format!(
+        r#"{{"seq":{seq},"ts":"{ts}","os":"android","os_version":"14.0.1","security_patch":"{}","encrypted":{encrypted},"passcode":true,"rooted":false,"kiosk_mode":true,"apps_running":["com.acme.pos"],"apps_installed":["com.acme.pos"],"wifi_ssid":"ACME-STORE","open_ports":[443],"groups":["pos"],"agent_version":"3.2.0""#,
+        &ts[..10]
+    );
+    // Pad to 300 bytes, the message size the targets are stated for.
+    let pad = 300usize.saturating_sub(r.len() + 22);
+    r.push_str(&format!(r#","attributes":{{"p":"{}"}}}}"#, "x".repeat(pad)));
+    r.into_bytes()
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn connect(id: &str, port: u16, cap: usize) -> (AsyncClient, rumqttc::EventLoop) {
+    let (c, mut el) = AsyncClient::new(options(id, port), cap);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    el.set_network_options(net);
+    (c, el)
+}
+
+fn options(id: &str, port: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30)).set_inflight(1000).set_request_channel_capacity(10_000);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o
+}
+
+async fn publish(port: u16, count: u64, publishers: u64, qos: QoS, devices: u64) {
+    let ts = now_rfc3339();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..publishers {
+        let ts = ts.clone();
+        tasks.push(tokio::spawn(async move {
+            let (client, mut el) = connect(&format!("bench-pub-{p}-{}", std::process::id()), port, 10_000);
+            let mine = count / publishers + u64::from(p < count % publishers);
+            let done = tokio::spawn(async move {
+                let mut acked = 0u64;
+                let mut sent = 0u64;
+                loop {
+                    match el.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                        Ok(Event::Outgoing(Outgoing::Publish(_))) => sent += 1,
+                        Ok(_) => {}
+                        Err(e) => panic!("publisher connection failed: {e}"),
+                    }
+                    let finished = if qos == QoS::AtMostOnce { sent >= mine } else { acked >= mine };
+                    if finished {
+                        // Let the last packets leave the socket buffer.
+                        let _ = tokio::time::timeout(Duration::from_millis(50), el.poll()).await;
+                        return;
+                    }
+                }
+            });
+            // Publisher p owns devices p, p+P, p+2P...: each device's seq rises in order.
+            let mine_devices = (devices / publishers).max(1);
+            for i in 0..mine {
+                let device = p + (i % mine_devices) * publishers;
+                let seq = i / mine_devices + 1;
+                let topic = format!("devices/dev-{device}/telemetry");
+                client.publish(topic, qos, false, report(seq, true, &ts)).await.expect("queue publish");
+            }
+            done.await.expect("publisher task");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    println!("published {count} in {:.3} s", start.elapsed().as_secs_f64());
+}
+
+async fn latency(port: u16, flips: u32) {
+    let (client, mut el) = connect(&format!("bench-lat-{}", std::process::id()), port, 100);
+    let device = format!("lat-{}", std::process::id());
+    client.subscribe(format!("warden/compliance/{device}"), QoS::AtMostOnce).await.expect("subscribe");
+    // Wait for the SUBACK.
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = el.poll().await.expect("connect") {
+            break;
+        }
+    }
+    let mut samples = Vec::with_capacity(flips as usize);
+    for i in 0..flips {
+        let encrypted = i % 2 == 1;
+        let want: &[u8] = if encrypted { b"\"verdict\":\"compliant\"" } else { b"\"verdict\":\"noncompliant\"" };
+        let start = Instant::now();
+        client
+            .publish(
+                format!("devices/{device}/telemetry"),
+                QoS::AtMostOnce,
+                false,
+                report(u64::from(i) + 1, encrypted, &now_rfc3339()),
+            )
+            .await
+            .expect("publish");
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = el.poll().await.expect("connection")
+                    && p.payload.windows(want.len()).any(|w| w == want)
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(got.is_ok(), "no status message within 5 s for flip {i}");
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let q = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
+    println!("latency over {flips} flips: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms", q(0.5), q(0.99), q(1.0));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| -> u64 {
+        args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("usage: see bench/mqtt_load.rs"))
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    match args.get(1).map(String::as_str) {
+        Some("publish") => {
+            let qos = if arg(5) == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            rt.block_on(publish(arg(2) as u16, arg(3), arg(4), qos, arg(6)));
+        }
+        Some("latency") => rt.block_on(latency(arg(2) as u16, arg(3) as u32)),
+        _ => eprintln!("usage: mqtt_load publish PORT COUNT PUBLISHERS QOS DEVICES | latency PORT FLIPS"),
+    }
+}

@@ -43,7 +43,7 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
         id: 0,
         router: rumqttd::RouterConfig {
             max_connections: 100_000,
-            max_outgoing_packet_count: 1000,
+            max_outgoing_packet_count: 10_000,
             max_segment_size: 64 * 1024 * 1024,
             max_segment_count: 4,
             custom_segment: None,

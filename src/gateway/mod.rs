@@ -77,7 +77,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let ready = Arc::new(Readiness::default());
     let mut tasks = tokio::task::JoinSet::new();
 
-    let (client, eventloop) = rumqttc::AsyncClient::new(mqtt_options, 4096);
+    let (client, eventloop) = ingest::connect(mqtt_options);
     let filter = cfg.mqtt.telemetry_topic.filter();
     tasks.spawn(ingest::run(
         client.clone(),
