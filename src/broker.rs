@@ -6,12 +6,12 @@
 //! ../shared/DEPENDENCIES.md), the TCP path did not, and it keeps one client
 //! code path for the embedded and the external broker.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 /// Largest MQTT payload the embedded broker accepts. Above warden's own
 /// 64 KiB telemetry limit, so an oversized report reaches warden and is
 /// counted as `oversize` rather than cutting the publisher off unseen.
+#[cfg(feature = "embedded-broker")]
 const MAX_PAYLOAD: usize = 256 * 1024;
 
 /// Starts the broker on `listen` in its own threads.
@@ -50,7 +50,7 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
-        v4: Some(HashMap::from([("warden-embedded".to_string(), server)])),
+        v4: Some(std::collections::HashMap::from([("warden-embedded".to_string(), server)])),
         ..Default::default()
     };
     std::thread::Builder::new().name("mqtt-broker".into()).spawn(move || {
