@@ -87,3 +87,21 @@ pub struct Device {
     /// The engine's next deadline for this device (staleness or grace).
     pub(crate) deadline: Option<Instant>,
 }
+
+impl Device {
+    /// A device whose `report` arrived at `seen_at` (`last_seen` on the wall
+    /// clock), before any verdict: the engine settles it next.
+    pub(crate) fn reported(id: Arc<str>, report: Report, seen_at: Instant, last_seen: UnixMillis) -> Self {
+        Self {
+            id,
+            report,
+            verdict: Verdict::Unknown,
+            failures: Vec::new(),
+            enforce: Enforce::default(),
+            since: last_seen,
+            last_seen,
+            seen_at,
+            deadline: None,
+        }
+    }
+}

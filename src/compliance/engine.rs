@@ -112,17 +112,7 @@ impl Engine {
         let id: Arc<str> = old.as_ref().map_or_else(|| id.into(), |d| Arc::clone(&d.id));
         self.interner.report(&mut report);
         let failures = decide(&self.policies, &report, wall).failures;
-        let mut device = Device {
-            id,
-            report,
-            verdict: Verdict::Unknown,
-            failures: Vec::new(),
-            enforce: Enforce::default(),
-            since: wall,
-            last_seen: wall,
-            seen_at: now,
-            deadline: None,
-        };
+        let mut device = Device::reported(id, report, now, wall);
         self.settle(&mut device, old.as_deref(), failures, now, wall);
         self.store(device, old.as_deref(), Cause::Telemetry, now, wall, true);
         Ok(())
@@ -188,17 +178,8 @@ impl Engine {
         let age = Duration::from_millis(u64::try_from(wall.saturating_sub(last_seen)).unwrap_or(0));
         let seen_at = now.checked_sub(age).unwrap_or(now);
         self.interner.report(&mut report);
-        let mut device = Device {
-            id: id.into(),
-            report,
-            verdict: Verdict::Unknown,
-            failures: Vec::new(),
-            enforce: Enforce::default(),
-            since: wall,
-            last_seen,
-            seen_at,
-            deadline: None,
-        };
+        let mut device = Device::reported(id.into(), report, seen_at, last_seen);
+        device.since = wall;
         if age < self.stale_after {
             let mut failures = decide(&self.policies, &device.report, wall).failures;
             for f in &mut failures {
