@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers from Debian: mosquitto (external broker), mosquitto_pub (the
-# device side). Installed only when missing.
-packages=(mosquitto mosquitto-clients)
+# device side), openssl (a throwaway PKI for the mqtts test). Installed only
+# when missing.
+packages=(mosquitto mosquitto-clients openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -110,31 +110,45 @@ impl Warden {
 
     /// Starts warden in `dir` and waits until `/readyz` says ready.
     pub fn start(dir: &Path, setup: &Setup) -> Self {
-        let http = free_port();
         let config = format!(
             "[node]\nname = \"test\"\nstate_dir = \"state\"\nsnapshot_every = \"1s\"\n\
-             [mqtt]\nbroker = \"{}\"\nlisten = \"127.0.0.1:{}\"\nclient_id = \"warden-test-{http}\"\n\
-             [policy]\ndir = \"policies\"\nstale_after = \"{}\"\n\
-             [http]\nlisten = \"127.0.0.1:{http}\"\n{}",
-            setup.broker, setup.mqtt, setup.stale_after, setup.extra
+             [mqtt]\nbroker = \"{}\"\nlisten = \"127.0.0.1:{}\"\nclient_id = \"warden-test-{}\"\n\
+             [policy]\ndir = \"policies\"\nstale_after = \"{}\"\n",
+            setup.broker,
+            setup.mqtt,
+            free_port(),
+            setup.stale_after
         );
-        std::fs::write(dir.join("warden.toml"), config).unwrap();
+        let mut w = Self::launch(dir, &config, setup.mqtt, &setup.extra);
+        w.wait_ready();
+        w
+    }
+
+    /// Starts warden with `config` (every table but `[http]`, which is added
+    /// with a free port and `http_extra`), without waiting for readiness.
+    pub fn launch(dir: &Path, config: &str, mqtt: u16, http_extra: &str) -> Self {
+        let http = free_port();
+        let file = dir.join(format!("warden-{http}.toml"));
+        std::fs::write(&file, format!("{config}\n[http]\nlisten = \"127.0.0.1:{http}\"\n{http_extra}")).unwrap();
         let log = dir.join(format!("warden-{http}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["run", "--config"])
-            .arg(dir.join("warden.toml"))
+            .arg(&file)
             .env("RUST_LOG", "info,warden=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start warden");
-        let mut w = Self { child: Some(child), dir: dir.to_path_buf(), http, mqtt: setup.mqtt, log };
-        let ready = wait_for_or_log(&mut w, "warden /readyz", Duration::from_secs(20), |w| {
+        Self { child: Some(child), dir: dir.to_path_buf(), http, mqtt, log }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&mut self) {
+        let ready = wait_for_or_log(self, "warden /readyz", Duration::from_secs(20), |w| {
             http_get(w.http, "/readyz").filter(|(code, _)| *code == 200).map(|_| ())
         });
         ready.unwrap_or_else(|e| panic!("{e}"));
-        w
     }
 
     /// Stops it with SIGTERM (a graceful stop: the final snapshot is written).
@@ -230,23 +244,51 @@ impl Drop for Warden {
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
+    conf: PathBuf,
 }
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, free_port(), "", "allow_anonymous true\n")
+    }
+
+    /// Starts mosquitto on `port`, with `global` lines before the listener
+    /// and `extra` lines after it.
+    pub fn start_with(dir: &Path, port: u16, global: &str, extra: &str) -> Self {
         require("mosquitto", "mosquitto");
-        let port = free_port();
         let conf = dir.join(format!("mosquitto-{port}.conf"));
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
-        let child = Command::new("mosquitto")
+        let text = format!("{global}persistence false\nset_tcp_nodelay true\nlistener {port} 127.0.0.1\n{extra}");
+        std::fs::write(&conf, text).unwrap();
+        let mut m = Self { child: Self::spawn(&conf), port, conf };
+        m.wait_listening();
+        m
+    }
+
+    fn spawn(conf: &Path) -> Child {
+        Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start mosquitto");
+            .expect("start mosquitto")
+    }
+
+    fn wait_listening(&mut self) {
+        let port = self.port;
         wait_for("mosquitto to listen", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).ok());
-        Self { child, port }
+    }
+
+    /// Kills the broker (sessions and subscriptions are lost: no persistence).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and configuration.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.conf);
+        self.wait_listening();
     }
 }
 
