@@ -52,4 +52,26 @@ fn main() {
     println!("  RSS grew {:.0} MiB: {per:.0} bytes per device", (after - before) as f64 / 1048576.0);
     println!("  target <= 1024 bytes/device: {}", if per <= 1024.0 { "met" } else { "NOT met" });
     assert_eq!(engine.table().len(), n as usize);
+
+    // The snapshot a restart resumes from: write, then read and restore.
+    let dir = std::env::temp_dir().join(format!("warden-bench-snapshot-{}", std::process::id()));
+    let start = Instant::now();
+    let written = warden::compliance::snapshot::write(engine.table(), &dir).expect("snapshot written");
+    let write_s = start.elapsed().as_secs_f64();
+    let size = std::fs::metadata(warden::compliance::snapshot::path(&dir)).map(|m| m.len()).unwrap_or(0);
+    let start = Instant::now();
+    let (entries, bad) = warden::compliance::snapshot::read(&dir).expect("snapshot read");
+    let policies = engine.policies().clone();
+    let mut restored = Engine::new(Table::default(), policies, Duration::from_secs(900));
+    let (now, wall) = (Instant::now(), 1_795_342_500_000);
+    for e in entries {
+        restored.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
+    }
+    let read_s = start.elapsed().as_secs_f64();
+    assert_eq!((written, bad, restored.table().len()), (n as usize, 0, n as usize));
+    println!(
+        "  snapshot: {:.0} MiB, written in {write_s:.2} s, read and restored in {read_s:.2} s",
+        size as f64 / 1048576.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

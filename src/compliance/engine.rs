@@ -65,6 +65,9 @@ pub struct Engine {
     events: VecDeque<Change>,
     counts: [usize; 3],
     interner: super::intern::Interner,
+    /// Bumped by every write to the table: a snapshot is only worth writing
+    /// when it moved.
+    generation: u64,
 }
 
 impl Engine {
@@ -77,6 +80,7 @@ impl Engine {
             events: VecDeque::new(),
             counts: [0; 3],
             interner: Default::default(),
+            generation: 0,
         }
     }
 
@@ -87,6 +91,11 @@ impl Engine {
 
     pub fn policies(&self) -> &PolicySet {
         &self.policies
+    }
+
+    /// Changes with every write to the table.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Devices by verdict, indexed by [`Verdict`] order.
@@ -277,6 +286,7 @@ impl Engine {
                 wall,
             });
         }
+        self.generation += 1;
         let device = Arc::new(device);
         if reindex || old.is_none() {
             self.table.put(device, old);

@@ -36,6 +36,7 @@ impl ComplianceTask {
         snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         snapshot_tick.tick().await; // the first tick is immediate
         let snapshot_busy = Arc::new(AtomicBool::new(false));
+        let mut snapshot_generation = self.engine.generation();
         let mut refusal_log = LogLimiter::new();
         loop {
             let deadline = self.engine.poll_timeout();
@@ -58,7 +59,12 @@ impl ComplianceTask {
                     }
                 }
                 _ = sleep_until(deadline) => self.engine.handle_timeout(Instant::now(), wall_now()),
-                _ = snapshot_tick.tick() => self.snapshot(&snapshot_busy),
+                _ = snapshot_tick.tick() => {
+                    // Nothing changed since the last one: nothing to write.
+                    if self.engine.generation() != snapshot_generation && self.snapshot(&snapshot_busy) {
+                        snapshot_generation = self.engine.generation();
+                    }
+                }
             }
             self.drain();
         }
@@ -108,10 +114,11 @@ impl ComplianceTask {
         }
     }
 
-    /// Writes the snapshot off the async threads, one at a time.
-    fn snapshot(&self, busy: &Arc<AtomicBool>) {
+    /// Writes the snapshot off the async threads, one at a time; false when
+    /// one is still being written.
+    fn snapshot(&self, busy: &Arc<AtomicBool>) -> bool {
         if busy.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
         let (table, dir, metrics, busy) =
             (self.engine.table().clone(), self.state_dir.clone(), Arc::clone(&self.metrics), Arc::clone(busy));
@@ -125,6 +132,7 @@ impl ComplianceTask {
             }
             busy.store(false, Ordering::Release);
         });
+        true
     }
 }
 
