@@ -39,3 +39,27 @@ pub fn telemetry(data: &[u8]) {
     assert!(engine.handle_telemetry(id, report, now, NOW).is_ok());
     assert!(engine.poll_event().is_some(), "a first report is always a change");
 }
+
+/// A datagram from a NAS: decode → encode → decode must give the same
+/// packet, and every check on it must run without panicking.
+pub fn radius(data: &[u8]) {
+    use crate::radius::{AttrType, Builder, Packet, crypto, packet::vendor_attrs};
+    let Ok(p) = Packet::decode(data) else { return };
+    let mut b = Builder::new(p.code(), p.identifier(), false);
+    for a in p.attrs() {
+        assert!(b.attr(a.typ, a.value).is_ok(), "a decoded attribute must re-encode");
+        if a.typ == AttrType::VendorSpecific {
+            let _ = vendor_attrs(a.value);
+        }
+        if a.typ == AttrType::UserPassword {
+            let _ = crypto::unhide_password(a.value, b"secret", &p.authenticator());
+        }
+    }
+    let again = b.finish_access_request(b"secret", &p.authenticator());
+    let q = Packet::decode(&again).unwrap_or_else(|e| panic!("re-encoded packet must decode: {e}"));
+    assert_eq!(q.as_bytes(), p.as_bytes());
+    let _ = p.message_authenticator_valid(b"secret", None);
+    let _ = p.message_authenticator_valid(b"secret", Some(&[0; 16]));
+    let _ = p.request_authenticator_valid(b"secret");
+    let _ = p.eap_message();
+}

@@ -20,4 +20,5 @@ pub mod http;
 pub mod mac;
 pub mod metrics;
 pub mod policy;
+pub mod radius;
 pub mod telemetry;

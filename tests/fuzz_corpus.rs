@@ -18,3 +18,8 @@ fn replay(target: &str, run: fn(&[u8])) {
 fn telemetry_corpus() {
     replay("telemetry", warden::fuzzing::telemetry);
 }
+
+#[test]
+fn radius_corpus() {
+    replay("radius", warden::fuzzing::radius);
+}

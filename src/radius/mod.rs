@@ -1,0 +1,18 @@
+//! RADIUS (RFC 2865, 2866, 2868, 2869, 3579, 5176, 5997): a sans-IO codec.
+//!
+//! Written here rather than taken from the `radius` crate, which computes
+//! no Message-Authenticator, cannot read vendor attributes and compares in
+//! variable time (../shared/DEPENDENCIES.md); that crate is kept as a test
+//! oracle for our encoding.
+
+pub mod builder;
+pub mod crypto;
+pub mod dictionary;
+pub mod packet;
+
+pub use builder::{Builder, EncodeError};
+pub use dictionary::{AcctStatus, AttrType, Code, ErrorCause};
+pub use packet::{Attr, DecodeError, Packet};
+
+#[cfg(test)]
+mod tests;
