@@ -9,6 +9,7 @@ pub mod builder;
 pub mod crypto;
 pub mod dictionary;
 pub mod packet;
+pub mod server;
 
 pub use builder::{Builder, EncodeError};
 pub use dictionary::{AcctStatus, AttrType, Code, ErrorCause};

@@ -1,0 +1,598 @@
+//! The RADIUS server as a sans-IO state machine: which NAS may talk, what it
+//! must prove (Message-Authenticator, authenticators), duplicate detection,
+//! and turning a decision into a signed reply. It knows nothing of policies:
+//! it asks for a decision ([`Event::AccessRequest`]) and is told one
+//! ([`Server::handle_decision`]).
+//!
+//! Drive it: `handle_datagram` / `handle_decision` / `handle_timeout` with
+//! `now`, then drain `poll_transmit` and `poll_event` until both are `None`,
+//! then sleep until `poll_timeout` or the next input.
+
+use super::builder::Builder;
+use super::dictionary::{AcctStatus, AttrType, Code, TUNNEL_MEDIUM_IEEE_802, TUNNEL_TYPE_VLAN};
+use super::{crypto, packet::Packet};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// How long a reply is kept to answer retransmissions (RFC 5080 §2.2.2).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(10);
+/// Replies kept at most; the oldest go first.
+const MAX_CACHED: usize = 65_536;
+/// Requests waiting for a decision at most; past it new ones are dropped.
+const MAX_PENDING: usize = 16_384;
+/// A decision not made in this time is abandoned: the NAS retransmits.
+const DECISION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A shared secret: never printed, wiped when dropped.
+#[derive(Clone)]
+pub struct Secret(Arc<Zeroizing<Vec<u8>>>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Arc::new(Zeroizing::new(bytes)))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// A NAS allowed to talk to warden.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub name: Arc<str>,
+    pub net: ipnet::IpNet,
+    pub secret: Secret,
+    /// Discard Access-Requests without a valid Message-Authenticator (BlastRADIUS).
+    pub require_message_authenticator: bool,
+}
+
+/// Which of warden's sockets a datagram came in on / goes out of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Port {
+    Auth,
+    Acct,
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    pub port: Port,
+    pub to: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// Identifies a request waiting for [`Server::handle_decision`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DecisionId(u64);
+
+/// Why a datagram got no answer. Each is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Discard {
+    UnknownClient,
+    Malformed(&'static str),
+    /// A request code that does not belong on this port.
+    UnexpectedCode,
+    MissingMessageAuthenticator,
+    BadMessageAuthenticator,
+    BadRequestAuthenticator,
+    /// A retransmission of a request still being decided.
+    InProgress,
+    Overloaded,
+}
+
+impl Discard {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::UnknownClient => "unknown_client",
+            Self::Malformed(_) => "malformed",
+            Self::UnexpectedCode => "unexpected_code",
+            Self::MissingMessageAuthenticator => "missing_message_authenticator",
+            Self::BadMessageAuthenticator => "bad_message_authenticator",
+            Self::BadRequestAuthenticator => "bad_request_authenticator",
+            Self::InProgress => "in_progress",
+            Self::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// An Access-Request, reduced to what a decision needs.
+#[derive(Debug)]
+pub struct AccessRequest {
+    pub id: DecisionId,
+    pub client: Arc<str>,
+    pub user_name: Option<String>,
+    /// The revealed User-Password (wiped on drop).
+    pub password: Option<Zeroizing<Vec<u8>>>,
+    pub calling_station_id: Option<String>,
+    pub service_type: Option<u32>,
+    pub nas_ip: Option<Ipv4Addr>,
+    pub nas_port_id: Option<String>,
+    pub eap: bool,
+    pub chap: bool,
+}
+
+/// An Accounting-Request, reduced to the session record it carries.
+#[derive(Clone, Debug)]
+pub struct AccountingRequest {
+    pub id: DecisionId,
+    pub client: Arc<str>,
+    pub nas: IpAddr,
+    pub status: AcctStatus,
+    pub session_id: Option<String>,
+    pub user_name: Option<String>,
+    pub calling_station_id: Option<String>,
+    pub nas_ip: Option<Ipv4Addr>,
+    pub nas_port: Option<u32>,
+    pub nas_port_id: Option<String>,
+    pub framed_ip: Option<Ipv4Addr>,
+}
+
+/// What the server reports.
+#[derive(Debug)]
+pub enum Event {
+    Discarded {
+        from: SocketAddr,
+        reason: Discard,
+    },
+    /// Decide with `handle_decision(id, Decision::Accept | Reject)`.
+    AccessRequest(AccessRequest),
+    /// Store it, then `handle_decision(id, Decision::Stored)`: the
+    /// Accounting-Response is only sent once the record is safe.
+    Accounting(AccountingRequest),
+    /// A Status-Server was answered.
+    StatusServer,
+    /// A retransmission was answered from the cache.
+    Duplicate,
+}
+
+/// The answer to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Access-Accept, with a VLAN (Tunnel-Private-Group-Id) if given.
+    Accept { vlan: Option<String>, reply_message: Option<String> },
+    /// Access-Reject; Reply-Message says why.
+    Reject { reply_message: String },
+    /// The accounting record is stored.
+    Stored,
+    /// Do not answer at all (the NAS will retransmit).
+    Drop,
+}
+
+type CacheKey = (SocketAddr, Port, u8, [u8; 16]);
+
+struct Pending {
+    key: CacheKey,
+    client: usize,
+    code: Code,
+    identifier: u8,
+    authenticator: [u8; 16],
+    proxy_state: Vec<Vec<u8>>,
+}
+
+pub struct Server {
+    clients: Vec<Client>,
+    /// `None` while the decision is pending.
+    cache: HashMap<CacheKey, Option<Arc<Vec<u8>>>>,
+    cache_order: VecDeque<(Instant, CacheKey)>,
+    pending: HashMap<DecisionId, Pending>,
+    pending_order: VecDeque<(Instant, DecisionId)>,
+    next_id: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+}
+
+impl Server {
+    pub fn new(clients: Vec<Client>) -> Self {
+        Self {
+            clients,
+            cache: HashMap::new(),
+            cache_order: VecDeque::new(),
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            next_id: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The most specific client whose network holds `ip`.
+    fn client_for(&self, ip: IpAddr) -> Option<usize> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        self.clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.net.contains(&ip))
+            .max_by_key(|(_, c)| c.net.prefix_len())
+            .map(|(i, _)| i)
+    }
+
+    pub fn handle_datagram(&mut self, port: Port, from: SocketAddr, datagram: &[u8], now: Instant) {
+        self.expire(now);
+        let discard = |s: &mut Self, reason| s.events.push_back(Event::Discarded { from, reason });
+        // Unknown sources get nothing, not even a parse.
+        let Some(ci) = self.client_for(from.ip()) else { return discard(self, Discard::UnknownClient) };
+        let packet = match Packet::decode(datagram) {
+            Ok(p) => p,
+            Err(e) => return discard(self, Discard::Malformed(e.label())),
+        };
+        let secret = self.clients[ci].secret.clone();
+        let code = packet.code();
+        match (port, code) {
+            (Port::Auth, Code::AccessRequest | Code::StatusServer)
+            | (Port::Acct, Code::AccountingRequest | Code::StatusServer) => {}
+            _ => return discard(self, Discard::UnexpectedCode),
+        }
+        // Authenticity first, before anything is cached or decided.
+        let ma = packet.message_authenticator_valid(secret.expose(), None);
+        match (code, ma) {
+            (_, Some(false)) => return discard(self, Discard::BadMessageAuthenticator),
+            (Code::StatusServer, None) => return discard(self, Discard::MissingMessageAuthenticator),
+            (Code::AccessRequest, None)
+                if self.clients[ci].require_message_authenticator || packet.attr(AttrType::EapMessage).is_some() =>
+            {
+                return discard(self, Discard::MissingMessageAuthenticator);
+            }
+            (Code::AccountingRequest, _) if !packet.request_authenticator_valid(secret.expose()) => {
+                return discard(self, Discard::BadRequestAuthenticator);
+            }
+            _ => {}
+        }
+        let key: CacheKey = (from, port, packet.identifier(), packet.authenticator());
+        match self.cache.get(&key) {
+            Some(Some(reply)) => {
+                self.transmits.push_back(Transmit { port, to: from, payload: reply.to_vec() });
+                self.events.push_back(Event::Duplicate);
+                return;
+            }
+            Some(None) => return discard(self, Discard::InProgress),
+            None => {}
+        }
+        if code == Code::StatusServer {
+            // RFC 5997 §3: Access-Accept on the auth port, Accounting-Response on acct.
+            let reply_code = if port == Port::Auth { Code::AccessAccept } else { Code::AccountingResponse };
+            let reply = Builder::new(reply_code, packet.identifier(), true)
+                .finish_response(secret.expose(), &packet.authenticator());
+            self.remember(key, reply.clone(), now);
+            self.transmits.push_back(Transmit { port, to: from, payload: reply });
+            self.events.push_back(Event::StatusServer);
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            return discard(self, Discard::Overloaded);
+        }
+        let id = DecisionId(self.next_id);
+        self.next_id += 1;
+        let client = Arc::clone(&self.clients[ci].name);
+        let text = |t| packet.attr(t).map(|v| String::from_utf8_lossy(v).into_owned());
+        let ipv4 = |t| packet.attr(t).and_then(|v| <[u8; 4]>::try_from(v).ok()).map(Ipv4Addr::from);
+        let event = match code {
+            Code::AccessRequest => Event::AccessRequest(AccessRequest {
+                id,
+                client,
+                user_name: text(AttrType::UserName),
+                password: packet
+                    .attr(AttrType::UserPassword)
+                    .map(|h| Zeroizing::new(crypto::unhide_password(h, secret.expose(), &packet.authenticator()))),
+                calling_station_id: text(AttrType::CallingStationId),
+                service_type: packet.attr_u32(AttrType::ServiceType),
+                nas_ip: ipv4(AttrType::NasIpAddress),
+                nas_port_id: text(AttrType::NasPortId),
+                eap: packet.attr(AttrType::EapMessage).is_some(),
+                chap: packet.attr(AttrType::ChapPassword).is_some(),
+            }),
+            _ => {
+                let Some(status) = packet.attr_u32(AttrType::AcctStatusType) else {
+                    return discard(self, Discard::Malformed("no_acct_status_type"));
+                };
+                Event::Accounting(AccountingRequest {
+                    id,
+                    client,
+                    nas: from.ip(),
+                    status: AcctStatus::from(u8::try_from(status).unwrap_or(0)),
+                    session_id: text(AttrType::AcctSessionId),
+                    user_name: text(AttrType::UserName),
+                    calling_station_id: text(AttrType::CallingStationId),
+                    nas_ip: ipv4(AttrType::NasIpAddress),
+                    nas_port: packet.attr_u32(AttrType::NasPort),
+                    nas_port_id: text(AttrType::NasPortId),
+                    framed_ip: ipv4(AttrType::FramedIpAddress),
+                })
+            }
+        };
+        let deadline = now + DECISION_TIMEOUT;
+        let proxy_state = packet.attrs().filter(|a| a.typ == AttrType::ProxyState).map(|a| a.value.to_vec()).collect();
+        self.pending.insert(
+            id,
+            Pending {
+                key,
+                client: ci,
+                code,
+                identifier: packet.identifier(),
+                authenticator: packet.authenticator(),
+                proxy_state,
+            },
+        );
+        self.pending_order.push_back((deadline, id));
+        self.cache.insert(key, None);
+        self.events.push_back(event);
+    }
+
+    /// Answers the request `id`. An unknown or expired id is ignored.
+    pub fn handle_decision(&mut self, id: DecisionId, decision: Decision, now: Instant) {
+        let Some(p) = self.pending.remove(&id) else { return };
+        let secret = self.clients[p.client].secret.clone();
+        let reply = match (p.code, &decision) {
+            (_, Decision::Drop) => {
+                self.cache.remove(&p.key);
+                return;
+            }
+            (Code::AccessRequest, Decision::Accept { vlan, reply_message }) => {
+                let mut b = Builder::new(Code::AccessAccept, p.identifier, true);
+                if let Some(vlan) = vlan {
+                    // Values and lengths here are fixed or come from config
+                    // (validated there), so these cannot overflow a packet.
+                    let _ = b.attr_tagged_u32(AttrType::TunnelType, 0, TUNNEL_TYPE_VLAN);
+                    let _ = b.attr_tagged_u32(AttrType::TunnelMediumType, 0, TUNNEL_MEDIUM_IEEE_802);
+                    let _ = b.attr_tagged_str(AttrType::TunnelPrivateGroupId, 0, vlan.as_bytes());
+                }
+                if let Some(m) = reply_message {
+                    let _ = b.attr(AttrType::ReplyMessage, truncate(m.as_bytes()));
+                }
+                Some(b)
+            }
+            (Code::AccessRequest, Decision::Reject { reply_message }) => {
+                let mut b = Builder::new(Code::AccessReject, p.identifier, true);
+                let _ = b.attr(AttrType::ReplyMessage, truncate(reply_message.as_bytes()));
+                Some(b)
+            }
+            (Code::AccountingRequest, Decision::Stored) => {
+                Some(Builder::new(Code::AccountingResponse, p.identifier, false))
+            }
+            // A decision of the wrong kind for the request: no answer.
+            _ => None,
+        };
+        let Some(mut b) = reply else {
+            self.cache.remove(&p.key);
+            return;
+        };
+        for ps in &p.proxy_state {
+            // RFC 2865 §5.33: Proxy-State goes back unmodified, in order.
+            let _ = b.attr(AttrType::ProxyState, ps);
+        }
+        let payload = b.finish_response(secret.expose(), &p.authenticator);
+        self.remember(p.key, payload.clone(), now);
+        self.transmits.push_back(Transmit { port: p.key.1, to: p.key.0, payload });
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next cache or decision expiry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let a = self.cache_order.front().map(|(t, _)| *t);
+        let b = self.pending_order.front().map(|(t, _)| *t);
+        a.into_iter().chain(b).min()
+    }
+
+    /// Requests waiting for a decision.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn remember(&mut self, key: CacheKey, reply: Vec<u8>, now: Instant) {
+        if self.cache_order.len() >= MAX_CACHED
+            && let Some((_, old)) = self.cache_order.pop_front()
+            && matches!(self.cache.get(&old), Some(Some(_)))
+        {
+            self.cache.remove(&old);
+        }
+        self.cache.insert(key, Some(Arc::new(reply)));
+        self.cache_order.push_back((now + DUPLICATE_WINDOW, key));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.cache_order.front()
+            && at <= now
+        {
+            self.cache_order.pop_front();
+            if matches!(self.cache.get(&key), Some(Some(_))) {
+                self.cache.remove(&key);
+            }
+        }
+        while let Some(&(at, id)) = self.pending_order.front()
+            && at <= now
+        {
+            self.pending_order.pop_front();
+            if let Some(p) = self.pending.remove(&id) {
+                self.cache.remove(&p.key);
+            }
+        }
+    }
+}
+
+/// Reply-Message values are at most 253 bytes.
+fn truncate(b: &[u8]) -> &[u8] {
+    &b[..b.len().min(253)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::radius::packet::Packet;
+
+    const SECRET: &[u8] = b"a-long-shared-secret";
+
+    fn server(require_ma: bool) -> Server {
+        Server::new(vec![Client {
+            name: "lab".into(),
+            net: "127.0.0.0/8".parse().unwrap(),
+            secret: Secret::new(SECRET.to_vec()),
+            require_message_authenticator: require_ma,
+        }])
+    }
+
+    fn nas() -> SocketAddr {
+        "127.0.0.2:40000".parse().unwrap()
+    }
+
+    fn access_request(id: u8, signed: bool, secret: &[u8]) -> Vec<u8> {
+        let ra = [id; 16];
+        let mut b = Builder::new(Code::AccessRequest, id, signed);
+        b.attr(AttrType::UserName, b"alice").unwrap();
+        b.user_password(b"correct horse", secret, &ra).unwrap();
+        b.attr(AttrType::CallingStationId, b"AA-BB-CC-00-00-01").unwrap();
+        b.attr(AttrType::ProxyState, b"ps-1").unwrap();
+        b.finish_access_request(secret, &ra)
+    }
+
+    fn events(s: &mut Server) -> Vec<Event> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    #[test]
+    fn an_access_request_is_decided_and_answered_signed() {
+        let mut s = server(true);
+        let now = Instant::now();
+        s.handle_datagram(Port::Auth, nas(), &access_request(7, true, SECRET), now);
+        let ev = events(&mut s);
+        let Event::AccessRequest(req) = &ev[0] else { panic!("{ev:?}") };
+        assert_eq!(req.user_name.as_deref(), Some("alice"));
+        assert_eq!(req.password.as_deref().map(|p| p.as_slice()), Some(&b"correct horse"[..]));
+        assert_eq!(req.calling_station_id.as_deref(), Some("AA-BB-CC-00-00-01"));
+        assert!(s.poll_transmit().is_none(), "nothing is sent before the decision");
+        s.handle_decision(req.id, Decision::Accept { vlan: Some("100".into()), reply_message: None }, now);
+        let tx = s.poll_transmit().unwrap();
+        assert_eq!((tx.port, tx.to), (Port::Auth, nas()));
+        let p = Packet::decode(&tx.payload).unwrap();
+        assert_eq!((p.code(), p.identifier()), (Code::AccessAccept, 7));
+        assert_eq!(p.attrs().next().unwrap().typ, AttrType::MessageAuthenticator, "Message-Authenticator first");
+        assert_eq!(p.message_authenticator_valid(SECRET, Some(&[7; 16])), Some(true));
+        assert!(p.response_authenticator_valid(SECRET, &[7; 16]));
+        assert_eq!(p.attr(AttrType::TunnelPrivateGroupId), Some(&b"\x00100"[..]));
+        assert_eq!(p.attr(AttrType::ProxyState), Some(&b"ps-1"[..]), "Proxy-State comes back");
+    }
+
+    #[test]
+    fn blastradius_hardening_and_wrong_secrets() {
+        let mut s = server(true);
+        let now = Instant::now();
+        let reasons = |s: &mut Server| -> Vec<&'static str> {
+            events(s)
+                .iter()
+                .map(|e| match e {
+                    Event::Discarded { reason, .. } => reason.label(),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        s.handle_datagram(Port::Auth, nas(), &access_request(1, false, SECRET), now);
+        s.handle_datagram(Port::Auth, nas(), &access_request(2, true, b"not-the-secret"), now);
+        s.handle_datagram(Port::Auth, "10.1.2.3:1812".parse().unwrap(), &access_request(3, true, SECRET), now);
+        s.handle_datagram(Port::Auth, nas(), b"\x01\x00\x00", now);
+        s.handle_datagram(Port::Acct, nas(), &access_request(4, true, SECRET), now);
+        assert_eq!(
+            reasons(&mut s),
+            [
+                "missing_message_authenticator",
+                "bad_message_authenticator",
+                "unknown_client",
+                "malformed",
+                "unexpected_code"
+            ]
+        );
+        assert!(s.poll_transmit().is_none(), "no answer to any of them");
+        // Without the requirement an unsigned PAP request is served.
+        let mut lax = server(false);
+        lax.handle_datagram(Port::Auth, nas(), &access_request(5, false, SECRET), now);
+        assert!(matches!(events(&mut lax)[0], Event::AccessRequest(_)));
+    }
+
+    #[test]
+    fn retransmissions_get_the_cached_reply_not_a_second_decision() {
+        let mut s = server(true);
+        let now = Instant::now();
+        let req = access_request(9, true, SECRET);
+        s.handle_datagram(Port::Auth, nas(), &req, now);
+        let Event::AccessRequest(r) = events(&mut s).remove(0) else { panic!() };
+        s.handle_datagram(Port::Auth, nas(), &req, now);
+        assert!(matches!(events(&mut s)[0], Event::Discarded { reason: Discard::InProgress, .. }));
+        s.handle_decision(r.id, Decision::Reject { reply_message: "rooted".into() }, now);
+        let first = s.poll_transmit().unwrap().payload;
+        s.handle_datagram(Port::Auth, nas(), &req, now + Duration::from_secs(1));
+        assert!(matches!(events(&mut s)[0], Event::Duplicate));
+        assert_eq!(s.poll_transmit().unwrap().payload, first);
+        // After the window it is a new request.
+        s.handle_datagram(Port::Auth, nas(), &req, now + DUPLICATE_WINDOW + Duration::from_secs(1));
+        assert!(matches!(events(&mut s)[0], Event::AccessRequest(_)));
+    }
+
+    #[test]
+    fn an_undecided_request_expires() {
+        let mut s = server(true);
+        let now = Instant::now();
+        s.handle_datagram(Port::Auth, nas(), &access_request(3, true, SECRET), now);
+        let Event::AccessRequest(r) = events(&mut s).remove(0) else { panic!() };
+        assert_eq!(s.poll_timeout(), Some(now + DECISION_TIMEOUT));
+        s.handle_timeout(now + DECISION_TIMEOUT);
+        assert_eq!(s.pending(), 0);
+        s.handle_decision(r.id, Decision::Accept { vlan: None, reply_message: None }, now + DECISION_TIMEOUT);
+        assert!(s.poll_transmit().is_none(), "a late decision is ignored");
+    }
+
+    #[test]
+    fn status_server_and_accounting() {
+        let mut s = server(true);
+        let now = Instant::now();
+        let status = Builder::new(Code::StatusServer, 4, true).finish_access_request(SECRET, &[4; 16]);
+        s.handle_datagram(Port::Auth, nas(), &status, now);
+        let p = Packet::decode(&s.poll_transmit().unwrap().payload).unwrap().code();
+        assert_eq!(p, Code::AccessAccept);
+        let unsigned = Builder::new(Code::StatusServer, 5, false).finish_access_request(SECRET, &[5; 16]);
+        s.handle_datagram(Port::Auth, nas(), &unsigned, now);
+        assert!(s.poll_transmit().is_none(), "Status-Server without Message-Authenticator is discarded");
+
+        let mut b = Builder::new(Code::AccountingRequest, 6, false);
+        b.attr_u32(AttrType::AcctStatusType, 1).unwrap();
+        b.attr(AttrType::AcctSessionId, b"s-1").unwrap();
+        b.attr(AttrType::CallingStationId, b"aa:bb:cc:00:00:01").unwrap();
+        let acct = b.finish_request(SECRET);
+        s.handle_datagram(Port::Acct, nas(), &acct, now);
+        let ev = events(&mut s);
+        let Some(Event::Accounting(a)) = ev.iter().find(|e| matches!(e, Event::Accounting(_))) else {
+            panic!("{ev:?}")
+        };
+        assert_eq!((a.status, a.session_id.as_deref()), (AcctStatus::Start, Some("s-1")));
+        assert!(s.poll_transmit().is_none(), "no Accounting-Response before the record is stored");
+        s.handle_decision(a.id, Decision::Stored, now);
+        let reply = s.poll_transmit().unwrap();
+        let p = Packet::decode(&reply.payload).unwrap();
+        assert_eq!((reply.port, p.code()), (Port::Acct, Code::AccountingResponse));
+        assert!(p.response_authenticator_valid(SECRET, &Packet::decode(&acct).unwrap().authenticator()));
+        let mut forged = acct.clone();
+        forged[1] = 7;
+        s.handle_datagram(Port::Acct, nas(), &forged, now);
+        assert!(matches!(events(&mut s)[0], Event::Discarded { reason: Discard::BadRequestAuthenticator, .. }));
+    }
+}
