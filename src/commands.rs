@@ -12,21 +12,36 @@ pub fn load(file: Option<&Path>) -> Result<Loaded, ExitCode> {
     match file {
         None => {
             tracing::warn!("no --config: running the embedded default (loopback only, for trying warden)");
-            Ok(Loaded::embedded_default())
-        }
-        Some(f) => Loaded::from_file(f).map_err(|errors| {
-            for e in &errors {
-                eprintln!("{e}");
+            let loaded = Loaded::embedded_default();
+            for w in &loaded.warnings {
+                // Shown once, on the terminal that started warden.
+                eprintln!("warning: {w}");
             }
-            ExitCode::FAILURE
-        }),
+            Ok(loaded)
+        }
+        Some(f) => Loaded::from_file(f)
+            .inspect(|l| {
+                for w in &l.warnings {
+                    tracing::warn!("{w}");
+                }
+            })
+            .map_err(|errors| {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                ExitCode::FAILURE
+            }),
     }
 }
 
 /// `warden check`: the configuration and every policy.
 pub fn check(file: Option<&Path>) -> ExitCode {
     let loaded = match file {
-        None => Loaded::embedded_default(),
+        None => {
+            let mut l = Loaded::embedded_default();
+            l.warnings.clear(); // no secret to show: `check` starts nothing
+            l
+        }
         Some(f) => match Loaded::from_file(f) {
             Ok(l) => l,
             Err(errors) => {

@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod policy;
 pub mod radius;
 pub mod telemetry;
+pub mod users;

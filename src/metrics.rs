@@ -34,7 +34,14 @@ pub struct Metrics {
     pub snapshot_failures: IntCounter,
     pub snapshot_bad_lines: IntCounter,
     pub events_lagged: IntCounter,
+    radius_requests: Vec<IntCounter>,
+    radius_discarded: IntCounterVec,
+    pub radius_duration: Histogram,
 }
+
+/// `kind` and `result` label values of `warden_radius_requests_total`.
+pub const RADIUS_KINDS: [&str; 6] = ["mab", "pap", "eap", "chap", "accounting", "status"];
+pub const RADIUS_RESULTS: [&str; 4] = ["accept", "quarantine", "reject", "stored"];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -103,6 +110,33 @@ impl Metrics {
             IntCounterVec::new(opts("warden_mqtt_connections_total", "MQTT connection events, by event"), &["event"])
                 .unwrap_or_else(|e| panic!("{e}"));
         let mqtt_connects = reg(&registry, mqtt_connects);
+        let radius = reg(
+            &registry,
+            IntCounterVec::new(
+                opts("warden_radius_requests_total", "RADIUS requests answered, by kind and result"),
+                &["kind", "result"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let radius_discarded = reg(
+            &registry,
+            IntCounterVec::new(
+                opts("warden_radius_discarded_total", "RADIUS datagrams discarded without an answer, by reason"),
+                &["reason"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let radius_duration = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "warden_radius_request_duration_seconds",
+                    "From a RADIUS request's arrival to its answer being sent",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
         let status = reg(
             &registry,
             IntCounterVec::new(
@@ -134,6 +168,12 @@ impl Metrics {
                 "Snapshot lines skipped at start because they did not parse",
             ),
             events_lagged: counter("warden_events_lagged_total", "Verdict changes a slow subscriber missed"),
+            radius_requests: RADIUS_KINDS
+                .iter()
+                .flat_map(|k| RADIUS_RESULTS.iter().map(|r| radius.with_label_values(&[*k, *r])))
+                .collect(),
+            radius_discarded,
+            radius_duration,
             registry,
         }
     }
@@ -156,6 +196,20 @@ impl Metrics {
         for (g, n) in self.devices.iter().zip(counts) {
             g.set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Counts one answered RADIUS request.
+    pub fn radius_request(&self, kind: &str, result: &str) {
+        let k = RADIUS_KINDS.iter().position(|x| *x == kind);
+        let r = RADIUS_RESULTS.iter().position(|x| *x == result);
+        if let (Some(k), Some(r)) = (k, r) {
+            self.radius_requests[k * RADIUS_RESULTS.len() + r].inc();
+        }
+    }
+
+    /// Counts one discarded RADIUS datagram (a small fixed set of reasons).
+    pub fn radius_discard(&self, reason: &str) {
+        self.radius_discarded.with_label_values(&[reason]).inc();
     }
 
     /// The histogram of one enforcement plane (`radius`, `wireguard`).

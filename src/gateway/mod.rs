@@ -1,7 +1,9 @@
 //! `warden run`: builds the cores, starts one task per connection or job,
 //! routes events between them, and stops them all on SIGINT/SIGTERM.
 
+mod authorize;
 mod compliance_task;
+mod radius_task;
 mod reload;
 mod status;
 
@@ -66,6 +68,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("HTTP cannot listen on {}", cfg.http.listen))?;
     tracing::info!(listen = %http_listener.local_addr()?, "HTTP API and metrics listening");
+    let radius = match &cfg.radius {
+        Some(r) => Some(radius_task(r, &loaded, &table, &metrics).await?),
+        None => None,
+    };
     if *cfg.mqtt.broker.get_ref() == Broker::Embedded {
         crate::broker::start(cfg.mqtt.listen)?;
     }
@@ -107,6 +113,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         }
         .run(),
     );
+    if let Some(mut task) = radius {
+        task.shutdown = shutdown.clone();
+        tasks.spawn(task.run());
+    }
     tasks.spawn(reload::run(cfg.policy.dir.clone(), policy_tx, Arc::clone(&metrics), shutdown.clone()));
     let api = crate::http::router(ApiState {
         table,
@@ -142,6 +152,55 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Binds the RADIUS sockets and builds the server from `[radius]`.
+async fn radius_task(
+    r: &crate::config::Radius,
+    loaded: &Loaded,
+    table: &Table,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<radius_task::RadiusTask> {
+    use crate::radius::server::{Client, Secret, Server};
+    let mut clients = Vec::new();
+    for c in &r.clients {
+        let secret =
+            loaded.secrets.radius.iter().find(|(n, _)| *n == c.name).map(|(_, s)| s.clone()).unwrap_or_default();
+        let net = c.net().map_err(anyhow::Error::msg)?;
+        clients.push(Client {
+            name: c.name.as_str().into(),
+            net,
+            secret: Secret::new(secret),
+            require_message_authenticator: c.require_message_authenticator,
+        });
+    }
+    let users = match &r.users_file {
+        Some(path) => crate::users::Users::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => crate::users::Users::default(),
+    };
+    let auth = tokio::net::UdpSocket::bind(r.auth_listen)
+        .await
+        .with_context(|| format!("RADIUS auth cannot listen on {}", r.auth_listen))?;
+    let acct = tokio::net::UdpSocket::bind(r.acct_listen)
+        .await
+        .with_context(|| format!("RADIUS acct cannot listen on {}", r.acct_listen))?;
+    tracing::info!(auth = %auth.local_addr()?, acct = %acct.local_addr()?, clients = clients.len(), "RADIUS listening");
+    Ok(radius_task::RadiusTask {
+        server: Server::new(clients),
+        auth,
+        acct,
+        table: table.clone(),
+        users,
+        policy: authorize::AccessPolicy {
+            compliant_vlan: r.compliant_vlan.clone(),
+            quarantine_vlan: r.quarantine_vlan.clone(),
+            noncompliant: r.noncompliant,
+            unknown_device: loaded.config.policy.unknown_device,
+        },
+        metrics: Arc::clone(metrics),
+        journal: radius_task::open_journal(&loaded.config.node.state_dir).context("opening the accounting journal")?,
+        shutdown: watch::channel(false).1,
+    })
 }
 
 async fn wait_for_signal() {

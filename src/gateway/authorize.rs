@@ -1,0 +1,114 @@
+//! Where the compliance verdict becomes a RADIUS answer. Neither core knows
+//! the other: the RADIUS server asks, the table answers, this decides.
+
+use crate::compliance::{Device, Table, Verdict};
+use crate::config::{Noncompliant, UnknownDevice};
+use crate::mac::Mac;
+use crate::radius::server::{AccessRequest, Decision};
+use crate::users::Users;
+use std::sync::Arc;
+
+/// The access rules from `[radius]` and `[policy]`.
+pub struct AccessPolicy {
+    pub compliant_vlan: String,
+    pub quarantine_vlan: String,
+    pub noncompliant: Noncompliant,
+    pub unknown_device: UnknownDevice,
+}
+
+/// What was decided and why, for the metric labels and the INFO log line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// `mab`, `pap`, `eap`, `chap`.
+    pub kind: &'static str,
+    /// `accept`, `quarantine`, `reject`.
+    pub result: &'static str,
+    pub reason: String,
+    pub device: Option<Arc<str>>,
+}
+
+/// MAC Authentication Bypass: the NAS sends the MAC as User-Name (and,
+/// usually, as the password too), or marks it Call-Check (Service-Type 10).
+fn mab_mac(req: &AccessRequest) -> Option<Mac> {
+    let name = req.user_name.as_deref()?;
+    let mac = Mac::parse(name)?;
+    let password_is_mac = match req.password.as_deref() {
+        None => true,
+        Some(p) => std::str::from_utf8(p).ok().and_then(Mac::parse) == Some(mac),
+    };
+    (req.service_type == Some(10) || password_is_mac).then_some(mac)
+}
+
+pub fn authorize(req: &AccessRequest, table: &Table, users: &Users, policy: &AccessPolicy) -> (Decision, Outcome) {
+    let reject = |kind, reason: String| {
+        (Decision::Reject { reply_message: reason.clone() }, Outcome { kind, result: "reject", reason, device: None })
+    };
+    if req.eap {
+        return reject("eap", "EAP is not enabled on this server".into());
+    }
+    if req.chap {
+        return reject("chap", "CHAP is not supported; use PAP, MAB or EAP".into());
+    }
+    if let Some(mac) = mab_mac(req) {
+        return by_verdict("mab", table.by_mac(mac).as_deref(), policy);
+    }
+    let (Some(name), Some(password)) = (req.user_name.as_deref(), req.password.as_deref()) else {
+        return reject("pap", "no User-Name and User-Password".into());
+    };
+    let user = users.get(name);
+    // Verify even for an unknown name, so timing does not tell names apart.
+    let ok = user.map_or_else(
+        || {
+            let _ = crate::radius::crypto::ct_eq(password, password);
+            false
+        },
+        |u| u.verify(password),
+    );
+    if !ok {
+        return reject("pap", "invalid credentials".into());
+    }
+    let device = user
+        .and_then(|u| u.device_id.as_deref())
+        .and_then(|id| table.get(id))
+        .or_else(|| req.calling_station_id.as_deref().and_then(Mac::parse).and_then(|m| table.by_mac(m)));
+    by_verdict("pap", device.as_deref(), policy)
+}
+
+fn by_verdict(kind: &'static str, device: Option<&Device>, p: &AccessPolicy) -> (Decision, Outcome) {
+    let id = device.map(|d| Arc::clone(&d.id));
+    let accept = |vlan: &str, result, reason: String| {
+        (
+            Decision::Accept { vlan: Some(vlan.to_string()), reply_message: None },
+            Outcome { kind, result, reason, device: id.clone() },
+        )
+    };
+    let reject = |reason: String| {
+        (
+            Decision::Reject { reply_message: reason.clone() },
+            Outcome { kind, result: "reject", reason, device: id.clone() },
+        )
+    };
+    match device {
+        Some(d) if d.verdict == Verdict::Compliant => accept(&p.compliant_vlan, "accept", "compliant".into()),
+        Some(d) if d.verdict == Verdict::Noncompliant && !d.enforce.deny_admission => {
+            // Monitor-only, minor, or still in grace: the answer does not change.
+            accept(&p.compliant_vlan, "accept", "noncompliant, not enforced".into())
+        }
+        Some(d) if d.verdict == Verdict::Noncompliant => {
+            let failed: Vec<String> = d.failures.iter().map(|f| f.key()).collect();
+            let reason = format!("noncompliant: {}", failed.join(", "));
+            match p.noncompliant {
+                Noncompliant::Quarantine => accept(&p.quarantine_vlan, "quarantine", reason),
+                Noncompliant::Reject => reject(reason),
+            }
+        }
+        _ => {
+            let reason = if device.is_some() { "unknown: no recent report" } else { "unknown device" }.to_string();
+            match p.unknown_device {
+                UnknownDevice::Allow => accept(&p.compliant_vlan, "accept", reason),
+                UnknownDevice::Quarantine => accept(&p.quarantine_vlan, "quarantine", reason),
+                UnknownDevice::Reject => reject(reason),
+            }
+        }
+    }
+}

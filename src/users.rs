@@ -1,0 +1,149 @@
+//! Local credentials (`radius.users_file`) for PAP: a name, a password or its
+//! NT hash, and optionally the device whose verdict decides the user's access.
+
+use crate::diag::Located;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    users: Vec<UserEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserEntry {
+    name: String,
+    password: Option<String>,
+    nt_hash: Option<String>,
+    device_id: Option<String>,
+}
+
+/// How a user's password is checked.
+enum Credential {
+    /// Plain text: for trying warden and for tests (`warden check` warns).
+    Plain(Zeroizing<Vec<u8>>),
+    /// MD4 of the UTF-16LE password (what MS-CHAPv2 also needs).
+    NtHash([u8; 16]),
+}
+
+pub struct User {
+    pub name: String,
+    credential: Credential,
+    pub device_id: Option<String>,
+}
+
+impl User {
+    /// Checks a PAP password, in constant time over the compared bytes.
+    pub fn verify(&self, password: &[u8]) -> bool {
+        match &self.credential {
+            Credential::Plain(p) => crate::radius::crypto::ct_eq(p, password),
+            Credential::NtHash(h) => {
+                std::str::from_utf8(password).map(|p| crate::radius::crypto::ct_eq(&nt_hash(p), h)).unwrap_or(false)
+            }
+        }
+    }
+}
+
+/// MD4 of the UTF-16LE encoding (RFC 2759 §8.3's NtPasswordHash).
+pub fn nt_hash(password: &str) -> [u8; 16] {
+    use md4::{Digest, Md4};
+    let utf16: Vec<u8> = password.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    Md4::digest(&utf16).into()
+}
+
+/// Credentials are never printed: Debug shows the names only.
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.users.iter().map(|u| &u.name)).finish()
+    }
+}
+
+#[derive(Default)]
+pub struct Users {
+    users: Vec<User>,
+    file: PathBuf,
+}
+
+impl Users {
+    pub fn load(path: &Path) -> Result<Self, Located> {
+        let text = std::fs::read_to_string(path).map_err(|e| Located::file(path, format!("cannot read: {e}")))?;
+        let f: File = toml::from_str(&text).map_err(|e| Located::toml(path, &text, &e))?;
+        let mut users: Vec<User> = Vec::new();
+        for u in f.users {
+            let at = text.find(&format!("{:?}", u.name)).unwrap_or(0);
+            let credential = match (u.password, u.nt_hash) {
+                (Some(p), None) => Credential::Plain(Zeroizing::new(p.into_bytes())),
+                (None, Some(h)) => Credential::NtHash(parse_hash(&h).ok_or_else(|| {
+                    Located::at(path, &text, at, format!("user {:?}: nt_hash must be 32 hex digits", u.name))
+                })?),
+                _ => return Err(Located::at(path, &text, at, format!("user {:?}: give password or nt_hash", u.name))),
+            };
+            if users.iter().any(|o| o.name == u.name) {
+                return Err(Located::at(path, &text, at, format!("duplicate user {:?}", u.name)));
+            }
+            users.push(User { name: u.name, credential, device_id: u.device_id });
+        }
+        Ok(Self { users, file: path.to_path_buf() })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// What `warden check` should point out.
+    pub fn warnings(&self) -> Vec<String> {
+        let plain = self.users.iter().filter(|u| matches!(u.credential, Credential::Plain(_))).count();
+        if plain == 0 {
+            return Vec::new();
+        }
+        vec![format!("{}: {plain} user(s) with a plain-text password; use nt_hash outside tests", self.file.display())]
+    }
+}
+
+fn parse_hash(h: &str) -> Option<[u8; 16]> {
+    let h = h.trim();
+    if h.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nt_hash_matches_rfc_2759() {
+        // RFC 2759 §9.2: NtPasswordHash("clientPass").
+        assert_eq!(nt_hash("clientPass"), parse_hash("44EBBA8D5312B8D611474411F56989AE").unwrap());
+    }
+
+    #[test]
+    fn verifies_plain_and_hashed_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        std::fs::write(
+            &path,
+            "[[users]]\nname = \"alice\"\npassword = \"correct horse\"\ndevice_id = \"laptop-1\"\n\
+             [[users]]\nname = \"bob\"\nnt_hash = \"44ebba8d5312b8d611474411f56989ae\"\n",
+        )
+        .unwrap();
+        let users = Users::load(&path).unwrap();
+        assert!(users.get("alice").unwrap().verify(b"correct horse"));
+        assert!(!users.get("alice").unwrap().verify(b"correct horsE"));
+        assert!(users.get("bob").unwrap().verify(b"clientPass"));
+        assert!(!users.get("bob").unwrap().verify(b"clientpass"));
+        assert!(users.get("carol").is_none());
+        assert_eq!(users.warnings().len(), 1);
+        std::fs::write(&path, "[[users]]\nname = \"x\"\nnt_hash = \"zz\"\n").unwrap();
+        assert!(Users::load(&path).unwrap_err().to_string().contains("users.toml:2:8: user \"x\": nt_hash"));
+    }
+}
