@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers from Debian: mosquitto (external broker), mosquitto_pub (the
-# device side), openssl (a throwaway PKI for the mqtts test). Installed only
+# device side), openssl (a throwaway PKI for the mqtts test), radclient
+# (freeradius-utils: the NAS side of the RADIUS tests). Installed only
 # when missing.
-packages=(mosquitto mosquitto-clients openssl)
+packages=(mosquitto mosquitto-clients openssl freeradius-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
