@@ -6,6 +6,7 @@
 //! oracle for our encoding.
 
 pub mod builder;
+pub mod coa;
 pub mod crypto;
 pub mod dictionary;
 pub mod packet;
