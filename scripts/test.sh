@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Real peers from Debian: mosquitto (external broker), mosquitto_pub (the
 # device side), openssl (a throwaway PKI for the mqtts test), radclient
-# (freeradius-utils: the NAS side of the RADIUS tests). Installed only
+# (freeradius-utils: the NAS side of the RADIUS tests), python3 (the test
+# NAS answering CoA). Installed only
 # when missing.
-packages=(mosquitto mosquitto-clients openssl freeradius-utils)
+packages=(mosquitto mosquitto-clients openssl freeradius-utils python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -37,7 +37,14 @@ pub struct Metrics {
     radius_requests: Vec<IntCounter>,
     radius_discarded: IntCounterVec,
     pub radius_duration: Histogram,
+    coa_requests: Vec<IntCounter>,
+    pub radius_sessions: IntGauge,
+    pub enforcement_radius: Histogram,
 }
+
+/// `kind` and `result` label values of `warden_coa_requests_total`.
+pub const COA_KINDS: [&str; 2] = ["coa", "disconnect"];
+pub const COA_RESULTS: [&str; 4] = ["ack", "nak", "timeout", "dropped"];
 
 /// `kind` and `result` label values of `warden_radius_requests_total`.
 pub const RADIUS_KINDS: [&str; 6] = ["mab", "pap", "eap", "chap", "accounting", "status"];
@@ -137,6 +144,14 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("{e}")),
         );
+        let coa = reg(
+            &registry,
+            IntCounterVec::new(
+                opts("warden_coa_requests_total", "CoA and Disconnect requests to NASes, by kind and result"),
+                &["kind", "result"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
         let status = reg(
             &registry,
             IntCounterVec::new(
@@ -145,6 +160,7 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("{e}")),
         );
+        let enforcement_radius = enforcement_seconds.with_label_values(&["radius"]);
         Self {
             devices: Verdict::ALL.map(|v| devices.with_label_values(&[v.label()])),
             telemetry_accepted: telemetry.with_label_values(&["accepted"]),
@@ -174,6 +190,12 @@ impl Metrics {
                 .collect(),
             radius_discarded,
             radius_duration,
+            coa_requests: COA_KINDS
+                .iter()
+                .flat_map(|k| COA_RESULTS.iter().map(|r| coa.with_label_values(&[*k, *r])))
+                .collect(),
+            radius_sessions: gauge("warden_radius_sessions", "Active RADIUS sessions known from accounting"),
+            enforcement_radius,
             registry,
         }
     }
@@ -204,6 +226,15 @@ impl Metrics {
         let r = RADIUS_RESULTS.iter().position(|x| *x == result);
         if let (Some(k), Some(r)) = (k, r) {
             self.radius_requests[k * RADIUS_RESULTS.len() + r].inc();
+        }
+    }
+
+    /// Counts one CoA/Disconnect outcome.
+    pub fn coa_request(&self, kind: &str, result: &str) {
+        let k = COA_KINDS.iter().position(|x| *x == kind);
+        let r = COA_RESULTS.iter().position(|x| *x == result);
+        if let (Some(k), Some(r)) = (k, r) {
+            self.coa_requests[k * COA_RESULTS.len() + r].inc();
         }
     }
 

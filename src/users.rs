@@ -94,6 +94,11 @@ impl Users {
         self.users.iter().find(|u| u.name == name)
     }
 
+    /// The users whose access a device's verdict decides.
+    pub fn names_for_device(&self, device: &str) -> Vec<&str> {
+        self.users.iter().filter(|u| u.device_id.as_deref() == Some(device)).map(|u| u.name.as_str()).collect()
+    }
+
     /// What `warden check` should point out.
     pub fn warnings(&self) -> Vec<String> {
         let plain = self.users.iter().filter(|u| matches!(u.credential, Credential::Plain(_))).count();

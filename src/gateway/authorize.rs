@@ -5,6 +5,7 @@ use crate::compliance::{Device, Table, Verdict};
 use crate::config::{Noncompliant, UnknownDevice};
 use crate::mac::Mac;
 use crate::radius::server::{AccessRequest, Decision};
+use crate::radius::sessions::Access;
 use crate::users::Users;
 use std::sync::Arc;
 
@@ -111,4 +112,36 @@ fn by_verdict(kind: &'static str, device: Option<&Device>, p: &AccessPolicy) -> 
             }
         }
     }
+}
+
+/// The access an existing session should have now. Unlike admission, only
+/// an enforced `always` failure (`quarantine`) acts on a running session.
+pub fn session_access(device: Option<&Device>, p: &AccessPolicy) -> Access {
+    let enforced = match p.noncompliant {
+        Noncompliant::Quarantine => Access::Quarantine,
+        Noncompliant::Reject => Access::Reject,
+    };
+    match device {
+        Some(d) if d.verdict == Verdict::Compliant => Access::Normal,
+        Some(d) if d.verdict == Verdict::Noncompliant => {
+            if d.enforce.quarantine {
+                enforced
+            } else {
+                Access::Normal
+            }
+        }
+        _ => match p.unknown_device {
+            UnknownDevice::Allow => Access::Normal,
+            UnknownDevice::Quarantine => Access::Quarantine,
+            UnknownDevice::Reject => Access::Reject,
+        },
+    }
+}
+
+/// The device an accounting record's session belongs to: by its MAC, else
+/// by the user's `device_id`.
+pub fn session_device(mac: Option<&str>, user: Option<&str>, table: &Table, users: &Users) -> Option<Arc<Device>> {
+    mac.and_then(Mac::parse)
+        .and_then(|m| table.by_mac(m))
+        .or_else(|| user.and_then(|u| users.get(u)).and_then(|u| u.device_id.as_deref()).and_then(|id| table.get(id)))
 }

@@ -68,8 +68,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("HTTP cannot listen on {}", cfg.http.listen))?;
     tracing::info!(listen = %http_listener.local_addr()?, "HTTP API and metrics listening");
+    let (changes_tx, _) = broadcast::channel(CHANGES_CAPACITY);
     let radius = match &cfg.radius {
-        Some(r) => Some(radius_task(r, &loaded, &table, &metrics).await?),
+        Some(r) => Some(radius_task(r, &loaded, &table, &metrics, changes_tx.subscribe()).await?),
         None => None,
     };
     if *cfg.mqtt.broker.get_ref() == Broker::Embedded {
@@ -77,7 +78,6 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     }
 
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let (changes_tx, _) = broadcast::channel(CHANGES_CAPACITY);
     let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_QUEUE);
     let (policy_tx, policy_rx) = mpsc::channel(4);
     let ready = Arc::new(Readiness::default());
@@ -160,17 +160,24 @@ async fn radius_task(
     loaded: &Loaded,
     table: &Table,
     metrics: &Arc<Metrics>,
+    changes: broadcast::Receiver<Arc<crate::compliance::Change>>,
 ) -> anyhow::Result<radius_task::RadiusTask> {
     use crate::radius::server::{Client, Secret, Server};
     let mut clients = Vec::new();
+    let mut nas = std::collections::HashMap::new();
     for c in &r.clients {
         let secret =
             loaded.secrets.radius.iter().find(|(n, _)| *n == c.name).map(|(_, s)| s.clone()).unwrap_or_default();
         let net = c.net().map_err(anyhow::Error::msg)?;
+        let secret = Secret::new(secret);
+        nas.insert(
+            c.name.as_str().into(),
+            radius_task::NasConfig { secret: secret.clone(), coa_port: c.coa_port, coa_mode: c.coa_mode },
+        );
         clients.push(Client {
             name: c.name.as_str().into(),
             net,
-            secret: Secret::new(secret),
+            secret,
             require_message_authenticator: c.require_message_authenticator,
         });
     }
@@ -184,7 +191,16 @@ async fn radius_task(
     let acct = tokio::net::UdpSocket::bind(r.acct_listen)
         .await
         .with_context(|| format!("RADIUS acct cannot listen on {}", r.acct_listen))?;
-    tracing::info!(auth = %auth.local_addr()?, acct = %acct.local_addr()?, clients = clients.len(), "RADIUS listening");
+    // CoA requests leave from an ephemeral port of the auth address's family.
+    let coa_bind = std::net::SocketAddr::new(
+        if r.auth_listen.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() },
+        0,
+    );
+    let coa_socket = tokio::net::UdpSocket::bind(coa_bind).await.context("binding the CoA socket")?;
+    let mut sessions = crate::radius::sessions::Sessions::default();
+    let replayed = radius_task::replay_journal(&loaded.config.node.state_dir, &mut sessions);
+    metrics.radius_sessions.set(sessions.len() as i64);
+    tracing::info!(auth = %auth.local_addr()?, acct = %acct.local_addr()?, clients = clients.len(), sessions = sessions.len(), replayed, "RADIUS listening");
     Ok(radius_task::RadiusTask {
         server: Server::new(clients),
         auth,
@@ -199,6 +215,11 @@ async fn radius_task(
         },
         metrics: Arc::clone(metrics),
         journal: radius_task::open_journal(&loaded.config.node.state_dir).context("opening the accounting journal")?,
+        sessions,
+        coa: crate::radius::coa::CoaClient::default(),
+        coa_socket,
+        changes,
+        nas,
         shutdown: watch::channel(false).1,
     })
 }

@@ -2,17 +2,30 @@
 //! [`Server`], decisions from [`authorize`], accounting appended to a
 //! journal in `state_dir` before it is acknowledged.
 
-use super::authorize::{AccessPolicy, authorize};
-use crate::compliance::Table;
+use super::authorize::{AccessPolicy, authorize, session_access, session_device};
+use crate::compliance::{Change, Table};
+use crate::config::CoaMode;
+use crate::mac::Mac;
 use crate::metrics::Metrics;
-use crate::radius::server::{Decision, Event, Port, Server};
+use crate::radius::coa::{self, CoaClient, Kind};
+use crate::radius::server::{AccountingRequest, Decision, Event, Port, Secret, Server};
+use crate::radius::sessions::{Access, Applied, Sessions};
 use crate::users::Users;
+use std::collections::HashMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+
+/// How to reach one NAS's Dynamic Authorization Server.
+pub struct NasConfig {
+    pub secret: Secret,
+    pub coa_port: u16,
+    pub coa_mode: CoaMode,
+}
 
 pub struct RadiusTask {
     pub server: Server,
@@ -23,7 +36,52 @@ pub struct RadiusTask {
     pub policy: AccessPolicy,
     pub metrics: Arc<Metrics>,
     pub journal: std::fs::File,
+    pub sessions: Sessions,
+    pub coa: CoaClient,
+    pub coa_socket: UdpSocket,
+    pub changes: broadcast::Receiver<Arc<Change>>,
+    pub nas: HashMap<Arc<str>, NasConfig>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Rebuilds the session table from the accounting journal, so a restart
+/// still knows whom to send a CoA to. Unreadable lines are skipped.
+pub fn replay_journal(state_dir: &Path, sessions: &mut Sessions) -> usize {
+    use crate::radius::dictionary::AcctStatus;
+    let Ok(text) = std::fs::read_to_string(state_dir.join("accounting.jsonl")) else { return 0 };
+    let mut applied = 0;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let s = |k: &str| v[k].as_str().map(str::to_string);
+        let status = match v["status"].as_str() {
+            Some("Start") => AcctStatus::Start,
+            Some("InterimUpdate") => AcctStatus::InterimUpdate,
+            Some("Stop") => AcctStatus::Stop,
+            Some("AccountingOn") => AcctStatus::AccountingOn,
+            Some("AccountingOff") => AcctStatus::AccountingOff,
+            _ => continue,
+        };
+        let Some(nas) = v["nas"].as_str().and_then(|n| n.parse().ok()) else { continue };
+        let record = AccountingRequest {
+            id: crate::radius::server::DecisionId::none(),
+            client: s("client").unwrap_or_default().into(),
+            nas,
+            status,
+            session_id: s("session_id"),
+            user_name: s("user_name"),
+            calling_station_id: s("calling_station_id"),
+            nas_ip: v["nas_ip"].as_str().and_then(|i| i.parse().ok()),
+            nas_port: v["nas_port"].as_u64().and_then(|p| u32::try_from(p).ok()),
+            nas_port_id: s("nas_port_id"),
+            framed_ip: v["framed_ip"].as_str().and_then(|i| i.parse().ok()),
+        };
+        // Replayed sessions get their access from the current verdicts when
+        // the first change arrives; until then they count as normal.
+        if sessions.apply(&record, Access::Normal) != Applied::Ignored {
+            applied += 1;
+        }
+    }
+    applied
 }
 
 /// Opens (appending) the accounting journal in `state_dir`.
@@ -37,10 +95,23 @@ impl RadiusTask {
         // longer datagram apart (it is refused by the decoder as too long).
         let mut auth_buf = vec![0u8; 4097];
         let mut acct_buf = vec![0u8; 4097];
+        let mut coa_buf = vec![0u8; 4097];
         loop {
-            let deadline = self.server.poll_timeout();
+            let deadline = self.server.poll_timeout().into_iter().chain(self.coa.poll_timeout()).min();
             tokio::select! {
                 _ = self.shutdown.changed() => return,
+                change = self.changes.recv() => match change {
+                    Ok(change) => self.handle_change(&change, Instant::now()),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        self.metrics.events_lagged.inc_by(n);
+                        tracing::warn!(missed = n, "RADIUS plane fell behind on verdict changes");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                r = self.coa_socket.recv_from(&mut coa_buf) => match r {
+                    Ok((n, from)) => self.coa.handle_datagram(from, &coa_buf[..n], Instant::now()),
+                    Err(e) => tracing::debug!(error = %e, "CoA socket receive error"),
+                },
                 r = self.auth.recv_from(&mut auth_buf) => match r {
                     Ok((n, from)) => self.server.handle_datagram(Port::Auth, from, &auth_buf[..n], Instant::now()),
                     Err(e) => tracing::debug!(error = %e, "RADIUS auth socket receive error"),
@@ -49,7 +120,11 @@ impl RadiusTask {
                     Ok((n, from)) => self.server.handle_datagram(Port::Acct, from, &acct_buf[..n], Instant::now()),
                     Err(e) => tracing::debug!(error = %e, "RADIUS acct socket receive error"),
                 },
-                _ = sleep_until(deadline) => self.server.handle_timeout(Instant::now()),
+                _ = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    self.server.handle_timeout(now);
+                    self.coa.handle_timeout(now);
+                }
             }
             self.drain(Instant::now()).await;
         }
@@ -77,6 +152,13 @@ impl RadiusTask {
                     self.server.handle_decision(req.id, decision, Instant::now());
                 }
                 Event::Accounting(acct) => {
+                    let device = session_device(
+                        acct.calling_station_id.as_deref(),
+                        acct.user_name.as_deref(),
+                        &self.table,
+                        &self.users,
+                    );
+                    let access = session_access(device.as_deref(), &self.policy);
                     let record = serde_json::json!({
                         "at": crate::telemetry::report::format_rfc3339(crate::telemetry::ingest::wall_now()),
                         "client": &*acct.client,
@@ -95,6 +177,10 @@ impl RadiusTask {
                     let stored = writeln!(self.journal, "{record}").and_then(|()| self.journal.flush());
                     match stored {
                         Ok(()) => {
+                            if self.sessions.apply(&acct, access) == Applied::Full {
+                                tracing::warn!("session table full; this session cannot be reached by CoA");
+                            }
+                            self.metrics.radius_sessions.set(self.sessions.len() as i64);
                             self.metrics.radius_request("accounting", "stored");
                             self.server.handle_decision(acct.id, Decision::Stored, Instant::now());
                         }
@@ -106,6 +192,38 @@ impl RadiusTask {
                 }
                 Event::StatusServer => self.metrics.radius_request("status", "accept"),
                 Event::Duplicate => self.metrics.radius_discard("duplicate_answered_from_cache"),
+            }
+        }
+        while let Some(event) = self.coa.poll_event() {
+            match event {
+                coa::Event::Sent { origin, .. } => {
+                    self.metrics.enforcement_radius.observe(origin.elapsed().as_secs_f64())
+                }
+                coa::Event::Ack { kind, device } => {
+                    self.metrics.coa_request(kind.label(), "ack");
+                    tracing::info!(%device, kind = kind.label(), "NAS acknowledged");
+                }
+                coa::Event::Nak { kind, device, cause } => {
+                    self.metrics.coa_request(kind.label(), "nak");
+                    tracing::warn!(%device, kind = kind.label(), ?cause, "NAS refused");
+                }
+                coa::Event::Timeout { kind, device } => {
+                    self.metrics.coa_request(kind.label(), "timeout");
+                    tracing::warn!(%device, kind = kind.label(), "NAS did not answer");
+                }
+                coa::Event::Dropped { kind, device } => {
+                    self.metrics.coa_request(kind.label(), "dropped");
+                    tracing::warn!(%device, kind = kind.label(), "CoA queue full; request dropped");
+                }
+                coa::Event::Ignored { from } => {
+                    self.metrics.radius_discard("coa_answer_ignored");
+                    tracing::debug!(%from, "CoA answer matched nothing or failed its authenticators");
+                }
+            }
+        }
+        while let Some((to, payload)) = self.coa.poll_transmit() {
+            if let Err(e) = self.coa_socket.send_to(&payload, to).await {
+                tracing::debug!(error = %e, %to, "CoA send failed");
             }
         }
         let mut answered = false;
@@ -121,6 +239,53 @@ impl RadiusTask {
         }
         if answered {
             self.metrics.radius_duration.observe(received.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl RadiusTask {
+    /// A device's verdict changed: every session of it whose access no
+    /// longer matches gets a CoA or Disconnect, per its NAS's `coa_mode`.
+    fn handle_change(&mut self, change: &Change, now: Instant) {
+        let Some(device) = self.table.get(&change.device) else { return };
+        let access = session_access(Some(&device), &self.policy);
+        let macs: Vec<Mac> =
+            device.report.mac_addresses.iter().flat_map(|v| v.iter()).filter_map(|m| Mac::parse(m)).collect();
+        let users = self.users.names_for_device(&change.device);
+        let unix_time = u32::try_from(change.wall / 1000).unwrap_or(0);
+        for key in self.sessions.find(&macs, &users) {
+            let Some(session) = self.sessions.get_mut(&key) else { continue };
+            if session.access == access {
+                continue;
+            }
+            session.access = access;
+            let Some(nas) = self.nas.get(&session.client) else { continue };
+            let vlan = match access {
+                Access::Normal => Some(self.policy.compliant_vlan.clone()),
+                Access::Quarantine => Some(self.policy.quarantine_vlan.clone()),
+                Access::Reject => None,
+            };
+            // Reject has no VLAN to move to: only a Disconnect does it.
+            let (kind, fallback) = match (nas.coa_mode, &vlan) {
+                (_, None) | (CoaMode::Disconnect, _) => (Kind::Disconnect, false),
+                (CoaMode::Coa, Some(_)) => (Kind::Coa, false),
+                (CoaMode::CoaThenDisconnect, Some(_)) => (Kind::Coa, true),
+            };
+            tracing::info!(device = %change.device, kind = kind.label(), access = ?access, "changing an active session");
+            self.coa.request(
+                coa::Request {
+                    nas: SocketAddr::new(session.nas, nas.coa_port),
+                    secret: nas.secret.clone(),
+                    kind,
+                    vlan,
+                    fallback_to_disconnect: fallback,
+                    session: session.id.clone(),
+                    device: Arc::clone(&change.device),
+                    origin: change.at,
+                    unix_time,
+                },
+                now,
+            );
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod dictionary;
 pub mod packet;
 pub mod server;
+pub mod sessions;
 
 pub use builder::{Builder, EncodeError};
 pub use dictionary::{AcctStatus, AttrType, Code, ErrorCause};

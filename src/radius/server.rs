@@ -75,6 +75,14 @@ pub struct Transmit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DecisionId(u64);
 
+impl DecisionId {
+    /// An id that no server ever hands out, for records replayed from the
+    /// accounting journal and for tests.
+    pub fn none() -> Self {
+        Self(u64::MAX)
+    }
+}
+
 /// Why a datagram got no answer. Each is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Discard {

@@ -1,0 +1,187 @@
+//! CoA / Disconnect end to end: a session known from accounting (sent by
+//! the real radclient), a verdict flipped over MQTT, and the request received
+//! by a test NAS (tests/nas.py, an independent implementation that checks
+//! warden's authenticators with the shared secret).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "a-long-shared-secret";
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The test NAS, with its JSON lines delivered on a channel.
+struct TestNas {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl TestNas {
+    fn start(port: u16, nak_coa: bool) -> Self {
+        require("python3", "python3");
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nas.py"))
+            .arg(port.to_string())
+            .arg(SECRET)
+            .args(["--seconds", "60"]);
+        if nak_coa {
+            cmd.arg("--nak-coa");
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start tests/nas.py");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let nas = Self { child, lines };
+        let first = nas.next(Duration::from_secs(10)).expect("test NAS listening");
+        assert_eq!(first["listening"], port);
+        nas
+    }
+
+    fn next(&self, limit: Duration) -> Option<Value> {
+        self.lines.recv_timeout(limit).ok()
+    }
+}
+
+impl Drop for TestNas {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_warden(dir: &std::path::Path, nas_port: u16, coa_mode: &str) -> (Warden, u16) {
+    let (auth, acct, mqtt) = (free_udp_port(), free_udp_port(), free_port());
+    let config = format!(
+        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
+         [policy]\ndir = \"policies\"\n\
+         [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
+         [[radius.clients]]\nname = \"lab-switch\"\naddress = \"127.0.0.0/8\"\nsecret = \"{SECRET}\"\n\
+         coa_port = {nas_port}\ncoa_mode = \"{coa_mode}\"\n"
+    );
+    let mut w = Warden::launch(dir, &config, mqtt, "");
+    w.wait_ready();
+    (w, acct)
+}
+
+fn accounting_start(acct: u16) {
+    require("radclient", "freeradius-utils");
+    let mut child = Command::new("radclient")
+        .args(["-r", "1", "-t", "2", &format!("127.0.0.1:{acct}"), "acct", SECRET])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        b"Acct-Status-Type = Start, Acct-Session-Id = \"sess-7\", Calling-Station-Id = \"AA-BB-CC-00-00-01\", NAS-IP-Address = 127.0.0.1, NAS-Port = 7",
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Accounting-Response"), "accounting start answered");
+}
+
+fn assert_authentic(req: &Value, code: &str) {
+    assert_eq!(req["code"], code, "{req}");
+    assert_eq!(req["request_authenticator_ok"], true, "{req}");
+    assert_eq!(req["message_authenticator_ok"], true, "{req}");
+    assert_eq!(req["acct_session_id"], "sess-7", "{req}");
+    assert_eq!(req["calling_station_id"], "AA-BB-CC-00-00-01", "{req}");
+    assert_eq!(req["event_timestamp"], true, "{req}");
+}
+
+#[test]
+fn disconnect_on_drift_and_on_recovery() {
+    let dir = Warden::workdir();
+    let nas_port = free_udp_port();
+    let (w, acct) = start_warden(&dir, nas_port, "disconnect");
+    publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
+    w.wait_verdict("pos-0001", "compliant");
+    accounting_start(acct);
+    let nas = TestNas::start(nas_port, false);
+
+    let published = Instant::now();
+    publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
+    let req = nas.next(Duration::from_secs(5)).expect("Disconnect-Request after the violating report");
+    let within = published.elapsed();
+    assert_authentic(&req, "Disconnect-Request");
+    // The bound includes starting mosquitto_pub; warden's own share is the metric below.
+    assert!(within < Duration::from_secs(2), "took {within:?}");
+    w.wait_metric("warden_coa_requests_total{kind=\"disconnect\",result=\"ack\"}", 1.0);
+    let sum = w.metric("warden_enforcement_seconds_sum{plane=\"radius\"}");
+    assert_eq!(w.metric("warden_enforcement_seconds_count{plane=\"radius\"}"), 1.0);
+    assert!(sum < 0.05, "telemetry arrival → Disconnect sent took {sum} s");
+
+    // Compliant again: the session is disconnected so it re-authenticates into the normal VLAN.
+    publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(3, json!({})));
+    let req = nas.next(Duration::from_secs(5)).expect("Disconnect-Request after recovery");
+    assert_authentic(&req, "Disconnect-Request");
+    w.wait_metric("warden_coa_requests_total{kind=\"disconnect\",result=\"ack\"}", 2.0);
+    // A report that changes nothing sends nothing.
+    publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(4, json!({})));
+    assert!(nas.next(Duration::from_millis(700)).is_none(), "no request without a change of access");
+}
+
+#[test]
+fn coa_then_disconnect_falls_back_when_the_nas_refuses() {
+    let dir = Warden::workdir();
+    let nas_port = free_udp_port();
+    let (w, acct) = start_warden(&dir, nas_port, "coa_then_disconnect");
+    publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
+    w.wait_verdict("pos-0001", "compliant");
+    accounting_start(acct);
+    let nas = TestNas::start(nas_port, true);
+    publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"encrypted": false})));
+    let coa = nas.next(Duration::from_secs(5)).expect("CoA-Request");
+    assert_authentic(&coa, "CoA-Request");
+    assert_eq!(coa["vlan"], "999", "the CoA moves the session to the quarantine VLAN");
+    let disconnect = nas.next(Duration::from_secs(5)).expect("Disconnect-Request after the NAK");
+    assert_authentic(&disconnect, "Disconnect-Request");
+    w.wait_metric("warden_coa_requests_total{kind=\"coa\",result=\"nak\"}", 1.0);
+    w.wait_metric("warden_coa_requests_total{kind=\"disconnect\",result=\"ack\"}", 1.0);
+}
+
+#[test]
+fn sessions_survive_a_restart() {
+    let dir = Warden::workdir();
+    let nas_port = free_udp_port();
+    let (mut w, acct) = start_warden(&dir, nas_port, "disconnect");
+    publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
+    w.wait_verdict("pos-0001", "compliant");
+    accounting_start(acct);
+    w.stop();
+    // Same directory and ports: the journal brings the session back.
+    let config = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "toml")
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("warden-"))
+        })
+        .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let body = text.split("\n[http]").next().unwrap().to_string();
+    let mut w2 = Warden::launch(&dir, &body, w.mqtt, "");
+    w2.wait_ready();
+    assert_eq!(w2.metric("warden_radius_sessions"), 1.0);
+    let nas = TestNas::start(nas_port, false);
+    publish(w2.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
+    let req = nas.next(Duration::from_secs(5)).expect("Disconnect-Request for the replayed session");
+    assert_authentic(&req, "Disconnect-Request");
+}
