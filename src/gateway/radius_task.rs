@@ -96,8 +96,16 @@ impl RadiusTask {
         let mut auth_buf = vec![0u8; 4097];
         let mut acct_buf = vec![0u8; 4097];
         let mut coa_buf = vec![0u8; 4097];
+        // One timer, moved when the deadline moves, not one per iteration.
+        let sleep = tokio::time::sleep_until(far_future());
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
         loop {
             let deadline = self.server.poll_timeout().into_iter().chain(self.coa.poll_timeout()).min();
+            if deadline != armed {
+                sleep.as_mut().reset(deadline.map_or_else(far_future, Into::into));
+                armed = deadline;
+            }
             tokio::select! {
                 _ = self.shutdown.changed() => return,
                 change = self.changes.recv() => match change {
@@ -113,17 +121,31 @@ impl RadiusTask {
                     Err(e) => tracing::debug!(error = %e, "CoA socket receive error"),
                 },
                 r = self.auth.recv_from(&mut auth_buf) => match r {
-                    Ok((n, from)) => self.server.handle_datagram(Port::Auth, from, &auth_buf[..n], Instant::now()),
+                    Ok((n, from)) => {
+                        let now = Instant::now();
+                        self.server.handle_datagram(Port::Auth, from, &auth_buf[..n], now);
+                        // Whatever else has already arrived is taken in the same
+                        // wake-up (bounded), and answered in one drain.
+                        for _ in 0..BATCH {
+                            match self.auth.try_recv_from(&mut auth_buf) {
+                                Ok((n, from)) => self.server.handle_datagram(Port::Auth, from, &auth_buf[..n], now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "RADIUS auth socket receive error"),
                 },
                 r = self.acct.recv_from(&mut acct_buf) => match r {
                     Ok((n, from)) => self.server.handle_datagram(Port::Acct, from, &acct_buf[..n], Instant::now()),
                     Err(e) => tracing::debug!(error = %e, "RADIUS acct socket receive error"),
                 },
-                _ = sleep_until(deadline) => {
+                _ = &mut sleep => {
                     let now = Instant::now();
                     self.server.handle_timeout(now);
                     self.coa.handle_timeout(now);
+                    // A fired timer stays ready: park it until re-armed.
+                    sleep.as_mut().reset(far_future());
+                    armed = None;
                 }
             }
             self.drain(Instant::now()).await;
@@ -290,9 +312,10 @@ impl RadiusTask {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
+/// Datagrams taken per wake-up beyond the first.
+const BATCH: usize = 64;
+
+/// A deadline that never comes (a day away), for an idle timer.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400)
 }

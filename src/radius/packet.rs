@@ -158,15 +158,18 @@ impl<'a> Packet<'a> {
     /// authenticator field zeroed; an Access-Request or Status-Server uses its own.
     pub fn message_authenticator_valid(&self, secret: &[u8], request_authenticator: Option<&[u8; 16]>) -> Option<bool> {
         let offset = self.attr_offset(AttrType::MessageAuthenticator)?;
-        let mut copy = self.bytes.to_vec();
-        let given: [u8; 16] = copy[offset + 2..offset + 18].try_into().ok()?;
-        copy[offset + 2..offset + 18].fill(0);
-        match (request_authenticator, self.code()) {
-            (Some(ra), _) => copy[4..20].copy_from_slice(ra),
-            (None, Code::AccountingRequest | Code::CoaRequest | Code::DisconnectRequest) => copy[4..20].fill(0),
-            (None, _) => {}
-        }
-        Some(crypto::ct_eq(&crypto::hmac_md5(secret, &[&copy]), &given))
+        let b = self.bytes;
+        let given = &b[offset + 2..offset + 18];
+        // HMAC over the packet with the authenticator field replaced as the
+        // packet kind requires and the Message-Authenticator zeroed, fed in
+        // pieces: no copy of the packet.
+        let auth: &[u8] = match (request_authenticator, self.code()) {
+            (Some(ra), _) => ra,
+            (None, Code::AccountingRequest | Code::CoaRequest | Code::DisconnectRequest) => &[0u8; 16],
+            (None, _) => &b[4..20],
+        };
+        let mac = crypto::hmac_md5(secret, &[&b[..4], auth, &b[20..offset + 2], &[0u8; 16], &b[offset + 18..]]);
+        Some(crypto::ct_eq(&mac, given))
     }
 
     /// Checks a computed Request Authenticator: Accounting-Request (RFC 2866

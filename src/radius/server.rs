@@ -11,7 +11,7 @@
 use super::builder::Builder;
 use super::dictionary::{AcctStatus, AttrType, Code, TUNNEL_MEDIUM_IEEE_802, TUNNEL_TYPE_VLAN};
 use super::{crypto, packet::Packet};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -177,6 +177,9 @@ pub enum Decision {
 }
 
 type CacheKey = (SocketAddr, Port, u8, [u8; 16]);
+/// foldhash: the maps are touched several times per request, and SipHash
+/// cost more than the rest of the bookkeeping.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Pending {
     key: CacheKey,
@@ -203,9 +206,9 @@ impl Server {
     pub fn new(clients: Vec<Client>) -> Self {
         Self {
             clients,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
             cache_order: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             pending_order: VecDeque::new(),
             next_id: 0,
             transmits: VecDeque::new(),
