@@ -3,6 +3,7 @@
 //!
 //!   mqtt_load publish PORT COUNT PUBLISHERS QOS DEVICES   # 300-byte reports
 //!   mqtt_load latency PORT FLIPS                          # publish → retained verdict
+//!   mqtt_load quarantine MQTT ACCT NAS SECRET FLIPS       # publish → Disconnect received
 //!
 //! `publish` prints the time it took to hand every message to the broker
 //! (QoS 1: until every PUBACK). `latency` flips one device between compliant
@@ -128,6 +129,65 @@ async fn latency(port: u16, flips: u32) {
     println!("latency over {flips} flips: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms", q(0.5), q(0.99), q(1.0));
 }
 
+/// Publish → Disconnect-Request received, over FLIPS verdict flips of one
+/// device whose session warden knows from an Accounting Start we send.
+async fn quarantine(mqtt: u16, acct: u16, nas_port: u16, secret: String, flips: u32) {
+    use warden::radius::{AttrType, Builder, Code, Packet};
+    let secret = secret.into_bytes();
+    let nas = tokio::net::UdpSocket::bind(("127.0.0.1", nas_port)).await.expect("bind the NAS port");
+    let (client, mut el) = connect(&format!("bench-q-{}", std::process::id()), mqtt, 100);
+    tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let device = format!("q-{}", std::process::id());
+    let mac = "aa:bb:cc:fe:fe:01";
+    let publish = |seq: u64, encrypted: bool| {
+        let mut r: serde_json::Value = serde_json::from_slice(&report(seq, encrypted, &now_rfc3339())).expect("json");
+        r["mac_addresses"] = serde_json::json!([mac]);
+        let topic = format!("devices/{device}/telemetry");
+        let client = client.clone();
+        async move { client.publish(topic, QoS::AtMostOnce, false, r.to_string()).await.expect("publish") }
+    };
+    publish(1, true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The session: Accounting Start from "the NAS" (127.0.0.1).
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let mut b = Builder::new(Code::AccountingRequest, 1, false);
+    b.attr_u32(AttrType::AcctStatusType, 1).unwrap();
+    b.attr(AttrType::AcctSessionId, b"bench-session").unwrap();
+    b.attr(AttrType::CallingStationId, mac.as_bytes()).unwrap();
+    sock.send_to(&b.finish_request(&secret), ("127.0.0.1", acct)).await.expect("send accounting");
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("Accounting-Response")
+        .expect("recv");
+    let mut samples = Vec::with_capacity(flips as usize);
+    for i in 0..flips {
+        let start = Instant::now();
+        // Even flips break the encryption rule (quarantine), odd ones restore it.
+        publish(u64::from(i) + 2, i % 2 == 1).await;
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), nas.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no Disconnect-Request within 5 s for flip {i}"))
+            .expect("recv");
+        samples.push(start.elapsed());
+        let req = Packet::decode(&buf[..n]).expect("a RADIUS packet");
+        assert_eq!(req.code(), Code::DisconnectRequest);
+        assert!(req.request_authenticator_valid(&secret), "Disconnect-Request authenticator");
+        let ack =
+            Builder::new(Code::DisconnectAck, req.identifier(), false).finish_response(&secret, &req.authenticator());
+        nas.send_to(&ack, from).await.expect("ack");
+    }
+    samples.sort();
+    let q = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
+    println!("quarantine over {flips} flips: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms", q(0.5), q(0.99), q(1.0));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> u64 {
@@ -140,6 +200,10 @@ fn main() {
             rt.block_on(publish(arg(2) as u16, arg(3), arg(4), qos, arg(6)));
         }
         Some("latency") => rt.block_on(latency(arg(2) as u16, arg(3) as u32)),
+        Some("quarantine") => {
+            let secret = args.get(5).cloned().expect("secret");
+            rt.block_on(quarantine(arg(2) as u16, arg(3) as u16, arg(4) as u16, secret, arg(6) as u32));
+        }
         _ => eprintln!("usage: mqtt_load publish PORT COUNT PUBLISHERS QOS DEVICES | latency PORT FLIPS"),
     }
 }

@@ -4,6 +4,7 @@
 use crate::diag::Located;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 #[derive(Deserialize)]
@@ -19,6 +20,7 @@ struct UserEntry {
     name: String,
     password: Option<String>,
     nt_hash: Option<String>,
+    argon2: Option<String>,
     device_id: Option<String>,
 }
 
@@ -28,6 +30,9 @@ enum Credential {
     Plain(Zeroizing<Vec<u8>>),
     /// MD4 of the UTF-16LE password (what MS-CHAPv2 also needs).
     NtHash([u8; 16]),
+    /// An Argon2 PHC string (`$argon2id$v=19$...`): PAP only, and slow on
+    /// purpose, so it is checked off the RADIUS task.
+    Argon2(Arc<str>),
 }
 
 pub struct User {
@@ -44,8 +49,23 @@ impl User {
             Credential::NtHash(h) => {
                 std::str::from_utf8(password).map(|p| crate::radius::crypto::ct_eq(&nt_hash(p), h)).unwrap_or(false)
             }
+            Credential::Argon2(phc) => verify_argon2(phc, password),
         }
     }
+
+    /// The Argon2 hash, when checking this user is slow.
+    pub fn slow_hash(&self) -> Option<Arc<str>> {
+        match &self.credential {
+            Credential::Argon2(phc) => Some(Arc::clone(phc)),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a password against an Argon2 PHC string (takes tens of ms).
+pub fn verify_argon2(phc: &str, password: &[u8]) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(phc).is_ok_and(|h| argon2::Argon2::default().verify_password(password, &h).is_ok())
 }
 
 /// MD4 of the UTF-16LE encoding (RFC 2759 §8.3's NtPasswordHash).
@@ -75,12 +95,30 @@ impl Users {
         let mut users: Vec<User> = Vec::new();
         for u in f.users {
             let at = text.find(&format!("{:?}", u.name)).unwrap_or(0);
-            let credential = match (u.password, u.nt_hash) {
-                (Some(p), None) => Credential::Plain(Zeroizing::new(p.into_bytes())),
-                (None, Some(h)) => Credential::NtHash(parse_hash(&h).ok_or_else(|| {
+            let credential = match (u.password, u.nt_hash, u.argon2) {
+                (Some(p), None, None) => Credential::Plain(Zeroizing::new(p.into_bytes())),
+                (None, Some(h), None) => Credential::NtHash(parse_hash(&h).ok_or_else(|| {
                     Located::at(path, &text, at, format!("user {:?}: nt_hash must be 32 hex digits", u.name))
                 })?),
-                _ => return Err(Located::at(path, &text, at, format!("user {:?}: give password or nt_hash", u.name))),
+                (None, None, Some(phc)) => {
+                    if argon2::password_hash::PasswordHash::new(&phc).is_err() {
+                        return Err(Located::at(
+                            path,
+                            &text,
+                            at,
+                            format!("user {:?}: argon2 is not a PHC string ($argon2id$v=19$...)", u.name),
+                        ));
+                    }
+                    Credential::Argon2(phc.into())
+                }
+                _ => {
+                    return Err(Located::at(
+                        path,
+                        &text,
+                        at,
+                        format!("user {:?}: give one of password, nt_hash or argon2", u.name),
+                    ));
+                }
             };
             if users.iter().any(|o| o.name == u.name) {
                 return Err(Located::at(path, &text, at, format!("duplicate user {:?}", u.name)));
@@ -129,6 +167,16 @@ mod tests {
     fn nt_hash_matches_rfc_2759() {
         // RFC 2759 §9.2: NtPasswordHash("clientPass").
         assert_eq!(nt_hash("clientPass"), parse_hash("44EBBA8D5312B8D611474411F56989AE").unwrap());
+    }
+
+    #[test]
+    fn argon2_hashes() {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"warden-test-salt").unwrap();
+        let phc = argon2::Argon2::default().hash_password(b"s3cret pass", &salt).unwrap().to_string();
+        assert!(verify_argon2(&phc, b"s3cret pass"));
+        assert!(!verify_argon2(&phc, b"s3cret pasS"));
+        assert!(!verify_argon2("$argon2id$broken", b"x"));
     }
 
     #[test]

@@ -24,10 +24,16 @@ struct Nas {
 
 /// warden with MQTT (embedded) and RADIUS for clients in `clients_cidr`.
 fn start(dir: &std::path::Path, clients_cidr: &str, noncompliant: &str) -> (Warden, Nas) {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(b"warden-test-salt").unwrap();
+    let phc = argon2::Argon2::default().hash_password(b"battery staple", &salt).unwrap().to_string();
     std::fs::write(
         dir.join("users.toml"),
-        "[[users]]\nname = \"alice\"\npassword = \"correct horse\"\ndevice_id = \"pos-0001\"\n\
-         [[users]]\nname = \"bob\"\nnt_hash = \"44ebba8d5312b8d611474411f56989ae\"\n",
+        format!(
+            "[[users]]\nname = \"alice\"\npassword = \"correct horse\"\ndevice_id = \"pos-0001\"\n\
+             [[users]]\nname = \"bob\"\nnt_hash = \"44ebba8d5312b8d611474411f56989ae\"\n\
+             [[users]]\nname = \"carol\"\nargon2 = \"{phc}\"\n"
+        ),
     )
     .unwrap();
     let (auth, acct, mqtt) = (free_udp_port(), free_udp_port(), free_port());
@@ -111,6 +117,10 @@ fn pap_and_mab_follow_the_verdict() {
     assert!(out.contains("Received Access-Reject"), "{out}");
     // NT-hash credentials (RFC 2759's "clientPass"); bob has no device: unknown → quarantine.
     assert_eq!(vlan(&pap(&nas, "bob", "clientPass")).as_deref(), Some("999"));
+    // Argon2 credentials, checked off the RADIUS task.
+    assert_eq!(vlan(&pap(&nas, "carol", "battery staple")).as_deref(), Some("999"));
+    let out = pap(&nas, "carol", "battery stapler");
+    assert!(out.contains("Received Access-Reject"), "{out}");
 
     publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
     w.wait_verdict("pos-0001", "noncompliant");

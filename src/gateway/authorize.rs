@@ -28,6 +28,14 @@ pub struct Outcome {
     pub device: Option<Arc<str>>,
 }
 
+/// The Argon2 hash to check off the task, when `req` is PAP for such a user.
+pub fn slow_check(req: &AccessRequest, users: &Users) -> Option<Arc<str>> {
+    if req.eap || req.chap || mab_mac(req).is_some() || req.password.is_none() {
+        return None;
+    }
+    users.get(req.user_name.as_deref()?)?.slow_hash()
+}
+
 /// MAC Authentication Bypass: the NAS sends the MAC as User-Name (and,
 /// usually, as the password too), or marks it Call-Check (Service-Type 10).
 fn mab_mac(req: &AccessRequest) -> Option<Mac> {
@@ -40,7 +48,15 @@ fn mab_mac(req: &AccessRequest) -> Option<Mac> {
     (req.service_type == Some(10) || password_is_mac).then_some(mac)
 }
 
-pub fn authorize(req: &AccessRequest, table: &Table, users: &Users, policy: &AccessPolicy) -> (Decision, Outcome) {
+/// Decides `req`. `verified` is the outcome of a slow (Argon2) password
+/// check done elsewhere; `None` checks the password here.
+pub fn authorize(
+    req: &AccessRequest,
+    table: &Table,
+    users: &Users,
+    policy: &AccessPolicy,
+    verified: Option<bool>,
+) -> (Decision, Outcome) {
     let reject = |kind, reason: String| {
         (Decision::Reject { reply_message: reason.clone() }, Outcome { kind, result: "reject", reason, device: None })
     };
@@ -58,13 +74,15 @@ pub fn authorize(req: &AccessRequest, table: &Table, users: &Users, policy: &Acc
     };
     let user = users.get(name);
     // Verify even for an unknown name, so timing does not tell names apart.
-    let ok = user.map_or_else(
-        || {
+    let ok = match (verified, user) {
+        (Some(v), _) => v,
+        (None, Some(u)) => u.verify(password),
+        (None, None) => {
+            // Compare anyway, so timing does not tell unknown names apart.
             let _ = crate::radius::crypto::ct_eq(password, password);
             false
-        },
-        |u| u.verify(password),
-    );
+        }
+    };
     if !ok {
         return reject("pap", "invalid credentials".into());
     }

@@ -220,6 +220,7 @@ async fn radius_task(
         coa_socket,
         changes,
         nas,
+        slow: radius_task::SlowChecks::new(),
         shutdown: watch::channel(false).1,
     })
 }

@@ -2,7 +2,7 @@
 //! [`Server`], decisions from [`authorize`], accounting appended to a
 //! journal in `state_dir` before it is acknowledged.
 
-use super::authorize::{AccessPolicy, authorize, session_access, session_device};
+use super::authorize::{AccessPolicy, authorize, session_access, session_device, slow_check};
 use crate::compliance::{Change, Table};
 use crate::config::CoaMode;
 use crate::mac::Mac;
@@ -41,7 +41,32 @@ pub struct RadiusTask {
     pub coa_socket: UdpSocket,
     pub changes: broadcast::Receiver<Arc<Change>>,
     pub nas: HashMap<Arc<str>, NasConfig>,
+    /// Argon2 checks running on blocking threads, and their results.
+    pub slow: SlowChecks,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Argon2 verifications off the task: at most `MAX_SLOW` at once (each
+/// takes tens of ms and ~19 MiB); the request waits in `waiting`.
+pub struct SlowChecks {
+    pub tx: tokio::sync::mpsc::Sender<(crate::radius::server::DecisionId, bool)>,
+    pub rx: tokio::sync::mpsc::Receiver<(crate::radius::server::DecisionId, bool)>,
+    pub waiting: HashMap<crate::radius::server::DecisionId, crate::radius::server::AccessRequest>,
+}
+
+const MAX_SLOW: usize = 4;
+
+impl SlowChecks {
+    pub fn new() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_SLOW * 2);
+        Self { tx, rx, waiting: HashMap::new() }
+    }
+}
+
+impl Default for SlowChecks {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Rebuilds the session table from the accounting journal, so a restart
@@ -108,6 +133,11 @@ impl RadiusTask {
             }
             tokio::select! {
                 _ = self.shutdown.changed() => return,
+                Some((id, ok)) = self.slow.rx.recv() => {
+                    if let Some(req) = self.slow.waiting.remove(&id) {
+                        self.decide(&req, Some(ok));
+                    }
+                }
                 change = self.changes.recv() => match change {
                     Ok(change) => self.handle_change(&change, Instant::now()),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -159,20 +189,23 @@ impl RadiusTask {
                     self.metrics.radius_discard(reason.label());
                     tracing::debug!(%from, reason = reason.label(), "RADIUS datagram discarded");
                 }
-                Event::AccessRequest(req) => {
-                    let (decision, outcome) = authorize(&req, &self.table, &self.users, &self.policy);
-                    self.metrics.radius_request(outcome.kind, outcome.result);
-                    tracing::info!(
-                        client = %req.client,
-                        kind = outcome.kind,
-                        result = outcome.result,
-                        reason = %outcome.reason,
-                        device = outcome.device.as_deref().unwrap_or("-"),
-                        "access decision"
-                    );
-                    tracing::debug!(user = ?req.user_name, calling_station = ?req.calling_station_id, "access request identities");
-                    self.server.handle_decision(req.id, decision, Instant::now());
-                }
+                Event::AccessRequest(req) => match slow_check(&req, &self.users) {
+                    None => self.decide(&req, None),
+                    Some(_) if self.slow.waiting.len() >= MAX_SLOW => {
+                        // No answer: the NAS retransmits when a check is free.
+                        self.metrics.radius_discard("slow_check_busy");
+                        self.server.handle_decision(req.id, Decision::Drop, Instant::now());
+                    }
+                    Some(phc) => {
+                        let (id, tx) = (req.id, self.slow.tx.clone());
+                        let password = req.password.clone().unwrap_or_default();
+                        tokio::task::spawn_blocking(move || {
+                            let ok = crate::users::verify_argon2(&phc, &password);
+                            let _ = tx.blocking_send((id, ok));
+                        });
+                        self.slow.waiting.insert(id, req);
+                    }
+                },
                 Event::Accounting(acct) => {
                     let device = session_device(
                         acct.calling_station_id.as_deref(),
@@ -266,6 +299,22 @@ impl RadiusTask {
 }
 
 impl RadiusTask {
+    /// Authorizes one Access-Request and hands the decision to the server.
+    fn decide(&mut self, req: &crate::radius::server::AccessRequest, verified: Option<bool>) {
+        let (decision, outcome) = authorize(req, &self.table, &self.users, &self.policy, verified);
+        self.metrics.radius_request(outcome.kind, outcome.result);
+        tracing::info!(
+            client = %req.client,
+            kind = outcome.kind,
+            result = outcome.result,
+            reason = %outcome.reason,
+            device = outcome.device.as_deref().unwrap_or("-"),
+            "access decision"
+        );
+        tracing::debug!(user = ?req.user_name, calling_station = ?req.calling_station_id, "access request identities");
+        self.server.handle_decision(req.id, decision, Instant::now());
+    }
+
     /// A device's verdict changed: every session of it whose access no
     /// longer matches gets a CoA or Disconnect, per its NAS's `coa_mode`.
     fn handle_change(&mut self, change: &Change, now: Instant) {
