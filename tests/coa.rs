@@ -8,16 +8,11 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "a-long-shared-secret";
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The test NAS, with its JSON lines delivered on a channel.
 struct TestNas {

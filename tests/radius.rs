@@ -13,10 +13,6 @@ use warden::radius::{AttrType, Builder, Code, Packet};
 
 const SECRET: &str = "a-long-shared-secret";
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct Nas {
     auth: u16,
     acct: u16,

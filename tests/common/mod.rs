@@ -14,6 +14,11 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free loopback UDP port.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Fails with a clear message when a Debian tool the suite needs is missing.
 pub fn require(tool: &str, package: &str) {
     let found =
