@@ -38,8 +38,9 @@ impl ComplianceTask {
         let snapshot_busy = Arc::new(AtomicBool::new(false));
         let mut snapshot_generation = self.engine.generation();
         let mut refusal_log = LogLimiter::new();
+        let mut timer = super::timer::Timer::new();
         loop {
-            let deadline = self.engine.poll_timeout();
+            timer.arm(self.engine.poll_timeout());
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
@@ -58,7 +59,7 @@ impl ComplianceTask {
                         }
                     }
                 }
-                _ = sleep_until(deadline) => self.engine.handle_timeout(Instant::now(), wall_now()),
+                _ = timer.fired() => self.engine.handle_timeout(Instant::now(), wall_now()),
                 _ = snapshot_tick.tick() => {
                     // Nothing changed since the last one: nothing to write.
                     if self.engine.generation() != snapshot_generation && self.snapshot(&snapshot_busy) {
@@ -133,13 +134,6 @@ impl ComplianceTask {
             busy.store(false, Ordering::Release);
         });
         true
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -6,6 +6,7 @@ mod compliance_task;
 mod radius_task;
 mod reload;
 mod status;
+mod timer;
 
 use crate::compliance::{Engine, Table, snapshot};
 use crate::config::{Broker, Loaded};

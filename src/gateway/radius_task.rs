@@ -121,16 +121,9 @@ impl RadiusTask {
         let mut auth_buf = vec![0u8; 4097];
         let mut acct_buf = vec![0u8; 4097];
         let mut coa_buf = vec![0u8; 4097];
-        // One timer, moved when the deadline moves, not one per iteration.
-        let sleep = tokio::time::sleep_until(far_future());
-        tokio::pin!(sleep);
-        let mut armed: Option<Instant> = None;
+        let mut timer = super::timer::Timer::new();
         loop {
-            let deadline = self.server.poll_timeout().into_iter().chain(self.coa.poll_timeout()).min();
-            if deadline != armed {
-                sleep.as_mut().reset(deadline.map_or_else(far_future, Into::into));
-                armed = deadline;
-            }
+            timer.arm(self.server.poll_timeout().into_iter().chain(self.coa.poll_timeout()).min());
             tokio::select! {
                 _ = self.shutdown.changed() => return,
                 Some((id, ok)) = self.slow.rx.recv() => {
@@ -169,13 +162,10 @@ impl RadiusTask {
                     Ok((n, from)) => self.server.handle_datagram(Port::Acct, from, &acct_buf[..n], Instant::now()),
                     Err(e) => tracing::debug!(error = %e, "RADIUS acct socket receive error"),
                 },
-                _ = &mut sleep => {
+                _ = timer.fired() => {
                     let now = Instant::now();
                     self.server.handle_timeout(now);
                     self.coa.handle_timeout(now);
-                    // A fired timer stays ready: park it until re-armed.
-                    sleep.as_mut().reset(far_future());
-                    armed = None;
                 }
             }
             self.drain(Instant::now()).await;
@@ -363,8 +353,3 @@ impl RadiusTask {
 
 /// Datagrams taken per wake-up beyond the first.
 const BATCH: usize = 64;
-
-/// A deadline that never comes (a day away), for an idle timer.
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400)
-}
