@@ -21,7 +21,6 @@ pub struct Metrics {
     verdict_changes: [[IntCounter; 3]; 3],
     /// Telemetry arrival → verdict change published to the planes.
     pub verdict_seconds: Histogram,
-    enforcement_seconds: HistogramVec,
     pub policy_reloads_ok: IntCounter,
     pub policy_reloads_failed: IntCounter,
     pub policy_rules: IntGauge,
@@ -35,7 +34,7 @@ pub struct Metrics {
     pub snapshot_bad_lines: IntCounter,
     pub events_lagged: IntCounter,
     radius_requests: Vec<IntCounter>,
-    radius_discarded: IntCounterVec,
+    radius_discarded: Vec<IntCounter>,
     pub radius_duration: Histogram,
     coa_requests: Vec<IntCounter>,
     pub radius_sessions: IntGauge,
@@ -49,6 +48,22 @@ pub const COA_RESULTS: [&str; 4] = ["ack", "nak", "timeout", "dropped"];
 /// `kind` and `result` label values of `warden_radius_requests_total`.
 pub const RADIUS_KINDS: [&str; 6] = ["mab", "pap", "eap", "chap", "accounting", "status"];
 pub const RADIUS_RESULTS: [&str; 4] = ["accept", "quarantine", "reject", "stored"];
+/// `reason` label values of `warden_radius_discarded_total`: every reason the
+/// RADIUS plane can discard for, so a flood of garbage costs an index, not a
+/// label lookup.
+pub const RADIUS_DISCARDS: [&str; 11] = [
+    "unknown_client",
+    "malformed",
+    "unexpected_code",
+    "missing_message_authenticator",
+    "bad_message_authenticator",
+    "bad_request_authenticator",
+    "in_progress",
+    "overloaded",
+    "duplicate_answered_from_cache",
+    "slow_check_busy",
+    "coa_answer_ignored",
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -59,38 +74,30 @@ impl Metrics {
             r.register(Box::new(m.clone())).unwrap_or_else(|e| panic!("metric registration: {e}"));
             m
         }
-        let opts = |name: &str, help: &str| Opts::new(name, help);
+        // Metric names and labels are constants: construction cannot fail.
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{e}")))
+        };
+        let histogram = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            reg(&registry, Histogram::with_opts(opts).unwrap_or_else(|e| panic!("{e}")))
+        };
+        let gauge =
+            |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).unwrap_or_else(|e| panic!("{e}")));
+        let counter =
+            |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).unwrap_or_else(|e| panic!("{e}")));
         let devices = reg(
             &registry,
-            IntGaugeVec::new(opts("warden_devices", "Devices in the compliance table, by verdict"), &["verdict"])
+            IntGaugeVec::new(Opts::new("warden_devices", "Devices in the compliance table, by verdict"), &["verdict"])
                 .unwrap_or_else(|e| panic!("{e}")),
         );
-        let telemetry = reg(
-            &registry,
-            IntCounterVec::new(
-                opts("warden_telemetry_messages_total", "Telemetry messages received, by result"),
-                &["result"],
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-        );
-        let changes = reg(
-            &registry,
-            IntCounterVec::new(
-                opts("warden_verdict_changes_total", "Verdict changes, by old and new verdict"),
-                &["from", "to"],
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-        );
-        let verdict_seconds = reg(
-            &registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "warden_verdict_seconds",
-                    "From telemetry arrival to the verdict change published to the enforcement planes",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
+        let telemetry =
+            counters("warden_telemetry_messages_total", "Telemetry messages received, by result", &["result"]);
+        let changes =
+            counters("warden_verdict_changes_total", "Verdict changes, by old and new verdict", &["from", "to"]);
+        let verdict_seconds = histogram(
+            "warden_verdict_seconds",
+            "From telemetry arrival to the verdict change published to the enforcement planes",
         );
         let enforcement_seconds = reg(
             &registry,
@@ -104,61 +111,31 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("{e}")),
         );
-        let reloads = reg(
-            &registry,
-            IntCounterVec::new(opts("warden_policy_reloads_total", "Policy reloads, by result"), &["result"])
-                .unwrap_or_else(|e| panic!("{e}")),
+        let reloads = counters("warden_policy_reloads_total", "Policy reloads, by result", &["result"]);
+        let mqtt_connects = counters("warden_mqtt_connections_total", "MQTT connection events, by event", &["event"]);
+        let radius = counters(
+            "warden_radius_requests_total",
+            "RADIUS requests answered, by kind and result",
+            &["kind", "result"],
         );
-        let gauge =
-            |name: &str, help: &str| reg(&registry, IntGauge::new(name, help).unwrap_or_else(|e| panic!("{e}")));
-        let counter =
-            |name: &str, help: &str| reg(&registry, IntCounter::new(name, help).unwrap_or_else(|e| panic!("{e}")));
-        let mqtt_connects =
-            IntCounterVec::new(opts("warden_mqtt_connections_total", "MQTT connection events, by event"), &["event"])
-                .unwrap_or_else(|e| panic!("{e}"));
-        let mqtt_connects = reg(&registry, mqtt_connects);
-        let radius = reg(
-            &registry,
-            IntCounterVec::new(
-                opts("warden_radius_requests_total", "RADIUS requests answered, by kind and result"),
-                &["kind", "result"],
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
+        let radius_discarded = counters(
+            "warden_radius_discarded_total",
+            "RADIUS datagrams discarded without an answer, by reason",
+            &["reason"],
         );
-        let radius_discarded = reg(
-            &registry,
-            IntCounterVec::new(
-                opts("warden_radius_discarded_total", "RADIUS datagrams discarded without an answer, by reason"),
-                &["reason"],
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
+        let radius_duration = histogram(
+            "warden_radius_request_duration_seconds",
+            "From a RADIUS request's arrival to its answer being sent",
         );
-        let radius_duration = reg(
-            &registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "warden_radius_request_duration_seconds",
-                    "From a RADIUS request's arrival to its answer being sent",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
+        let coa = counters(
+            "warden_coa_requests_total",
+            "CoA and Disconnect requests to NASes, by kind and result",
+            &["kind", "result"],
         );
-        let coa = reg(
-            &registry,
-            IntCounterVec::new(
-                opts("warden_coa_requests_total", "CoA and Disconnect requests to NASes, by kind and result"),
-                &["kind", "result"],
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
-        );
-        let status = reg(
-            &registry,
-            IntCounterVec::new(
-                opts("warden_status_messages_total", "Retained verdict messages to status_topic, by result"),
-                &["result"],
-            )
-            .unwrap_or_else(|e| panic!("{e}")),
+        let status = counters(
+            "warden_status_messages_total",
+            "Retained verdict messages to status_topic, by result",
+            &["result"],
         );
         let enforcement_radius = enforcement_seconds.with_label_values(&["radius"]);
         Self {
@@ -168,7 +145,6 @@ impl Metrics {
             verdict_changes: Verdict::ALL
                 .map(|from| Verdict::ALL.map(|to| changes.with_label_values(&[from.label(), to.label()]))),
             verdict_seconds,
-            enforcement_seconds,
             policy_reloads_ok: reloads.with_label_values(&["ok"]),
             policy_reloads_failed: reloads.with_label_values(&["error"]),
             policy_rules: gauge("warden_policy_rules", "Rules in force across all policies"),
@@ -188,7 +164,7 @@ impl Metrics {
                 .iter()
                 .flat_map(|k| RADIUS_RESULTS.iter().map(|r| radius.with_label_values(&[*k, *r])))
                 .collect(),
-            radius_discarded,
+            radius_discarded: RADIUS_DISCARDS.map(|r| radius_discarded.with_label_values(&[r])).to_vec(),
             radius_duration,
             coa_requests: COA_KINDS
                 .iter()
@@ -240,12 +216,10 @@ impl Metrics {
 
     /// Counts one discarded RADIUS datagram (a small fixed set of reasons).
     pub fn radius_discard(&self, reason: &str) {
-        self.radius_discarded.with_label_values(&[reason]).inc();
-    }
-
-    /// The histogram of one enforcement plane (`radius`, `wireguard`).
-    pub fn enforcement(&self, plane: &str) -> Histogram {
-        self.enforcement_seconds.with_label_values(&[plane])
+        match RADIUS_DISCARDS.iter().position(|r| *r == reason) {
+            Some(i) => self.radius_discarded[i].inc(),
+            None => debug_assert!(false, "unlisted discard reason {reason}"),
+        }
     }
 
     /// The Prometheus text exposition.
@@ -260,5 +234,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::radius::server::Discard;
+
+    #[test]
+    fn every_discard_reason_has_a_cached_counter() {
+        let m = Metrics::new();
+        let reasons = [
+            Discard::UnknownClient,
+            Discard::Malformed("too_short"),
+            Discard::UnexpectedCode,
+            Discard::MissingMessageAuthenticator,
+            Discard::BadMessageAuthenticator,
+            Discard::BadRequestAuthenticator,
+            Discard::InProgress,
+            Discard::Overloaded,
+        ];
+        for r in reasons {
+            assert!(RADIUS_DISCARDS.contains(&r.label()), "{} is not in RADIUS_DISCARDS", r.label());
+            m.radius_discard(r.label());
+        }
+        let text = m.render();
+        assert!(text.contains("warden_radius_discarded_total{reason=\"overloaded\"} 1"), "{text}");
+        assert!(text.contains("warden_radius_discarded_total{reason=\"slow_check_busy\"} 0"), "exported at zero");
     }
 }
