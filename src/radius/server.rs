@@ -68,7 +68,8 @@ pub enum Port {
 pub struct Transmit {
     pub port: Port,
     pub to: SocketAddr,
-    pub payload: Vec<u8>,
+    /// Shared with the duplicate cache: a reply is built once and never copied.
+    pub payload: bytes::Bytes,
 }
 
 /// Identifies a request waiting for [`Server::handle_decision`].
@@ -193,7 +194,7 @@ struct Pending {
 pub struct Server {
     clients: Vec<Client>,
     /// `None` while the decision is pending.
-    cache: HashMap<CacheKey, Option<Arc<Vec<u8>>>>,
+    cache: HashMap<CacheKey, Option<bytes::Bytes>>,
     cache_order: VecDeque<(Instant, CacheKey)>,
     pending: HashMap<DecisionId, Pending>,
     pending_order: VecDeque<(Instant, DecisionId)>,
@@ -264,7 +265,7 @@ impl Server {
         let key: CacheKey = (from, port, packet.identifier(), packet.authenticator());
         match self.cache.get(&key) {
             Some(Some(reply)) => {
-                self.transmits.push_back(Transmit { port, to: from, payload: reply.to_vec() });
+                self.transmits.push_back(Transmit { port, to: from, payload: reply.clone() });
                 self.events.push_back(Event::Duplicate);
                 return;
             }
@@ -274,8 +275,9 @@ impl Server {
         if code == Code::StatusServer {
             // RFC 5997 §3: Access-Accept on the auth port, Accounting-Response on acct.
             let reply_code = if port == Port::Auth { Code::AccessAccept } else { Code::AccountingResponse };
-            let reply = Builder::new(reply_code, packet.identifier(), true)
-                .finish_response(secret.expose(), &packet.authenticator());
+            let reply: bytes::Bytes = Builder::new(reply_code, packet.identifier(), true)
+                .finish_response(secret.expose(), &packet.authenticator())
+                .into();
             self.remember(key, reply.clone(), now);
             self.transmits.push_back(Transmit { port, to: from, payload: reply });
             self.events.push_back(Event::StatusServer);
@@ -383,7 +385,7 @@ impl Server {
             // RFC 2865 §5.33: Proxy-State goes back unmodified, in order.
             let _ = b.attr(AttrType::ProxyState, ps);
         }
-        let payload = b.finish_response(secret.expose(), &p.authenticator);
+        let payload: bytes::Bytes = b.finish_response(secret.expose(), &p.authenticator).into();
         self.remember(p.key, payload.clone(), now);
         self.transmits.push_back(Transmit { port: p.key.1, to: p.key.0, payload });
     }
@@ -412,14 +414,14 @@ impl Server {
         self.pending.len()
     }
 
-    fn remember(&mut self, key: CacheKey, reply: Vec<u8>, now: Instant) {
+    fn remember(&mut self, key: CacheKey, reply: bytes::Bytes, now: Instant) {
         if self.cache_order.len() >= MAX_CACHED
             && let Some((_, old)) = self.cache_order.pop_front()
             && matches!(self.cache.get(&old), Some(Some(_)))
         {
             self.cache.remove(&old);
         }
-        self.cache.insert(key, Some(Arc::new(reply)));
+        self.cache.insert(key, Some(reply));
         self.cache_order.push_back((now + DUPLICATE_WINDOW, key));
     }
 
