@@ -101,15 +101,21 @@ fn assert_authentic(req: &Value, code: &str) {
     assert_eq!(req["event_timestamp"], true, "{req}");
 }
 
-#[test]
-fn disconnect_on_drift_and_on_recovery() {
+/// warden with a compliant pos-0001 whose session (from an Accounting
+/// Start) lives on a test NAS listening for CoA.
+fn compliant_session(coa_mode: &str, nak_coa: bool) -> (Warden, TestNas) {
     let dir = Warden::workdir();
     let nas_port = free_udp_port();
-    let (w, acct) = start_warden(&dir, nas_port, "disconnect");
+    let (w, acct) = start_warden(&dir, nas_port, coa_mode);
     publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
     w.wait_verdict("pos-0001", "compliant");
     accounting_start(acct);
-    let nas = TestNas::start(nas_port, false);
+    (w, TestNas::start(nas_port, nak_coa))
+}
+
+#[test]
+fn disconnect_on_drift_and_on_recovery() {
+    let (w, nas) = compliant_session("disconnect", false);
 
     let published = Instant::now();
     publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
@@ -135,13 +141,7 @@ fn disconnect_on_drift_and_on_recovery() {
 
 #[test]
 fn coa_then_disconnect_falls_back_when_the_nas_refuses() {
-    let dir = Warden::workdir();
-    let nas_port = free_udp_port();
-    let (w, acct) = start_warden(&dir, nas_port, "coa_then_disconnect");
-    publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
-    w.wait_verdict("pos-0001", "compliant");
-    accounting_start(acct);
-    let nas = TestNas::start(nas_port, true);
+    let (w, nas) = compliant_session("coa_then_disconnect", true);
     publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"encrypted": false})));
     let coa = nas.next(Duration::from_secs(5)).expect("CoA-Request");
     assert_authentic(&coa, "CoA-Request");

@@ -286,9 +286,7 @@ impl RadiusTask {
             self.metrics.radius_duration.observe(received.elapsed().as_secs_f64());
         }
     }
-}
 
-impl RadiusTask {
     /// Authorizes one Access-Request and hands the decision to the server.
     fn decide(&mut self, req: &crate::radius::server::AccessRequest, verified: Option<bool>) {
         let (decision, outcome) = authorize(req, &self.table, &self.users, &self.policy, verified);
