@@ -12,7 +12,7 @@ warden's wildcard subscription when many new topics appeared (20,830 of 30,000 r
 30,000 new devices delivered; mosquitto: 30,000 of 30,000), so the table could not be filled
 through it.
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "a-long-shared-secret"
@@ -85,12 +85,14 @@ def main():
         print(f"telemetry: {tele}")
         print(f"{n:.0f} devices in the table after {time.monotonic() - t0:.1f} s; RSS "
               f"{int(open(f'/proc/{w.pid}/statm').read().split()[1]) * 4096 / 2**20:.0f} MiB")
-        res = []
+        res, hops = [], []
         for _ in range(a.runs):
             out = subprocess.run([load, "quarantine", str(mqtt), str(acct), str(nas), SECRET, str(a.flips)], check=True,
                                  capture_output=True, text=True).stdout
-            parts = out.split()
-            res.append((float(parts[5]), float(parts[8]), float(parts[11])))
+            (e2e, hop) = [tuple(float(x) for x in re.findall(r"(?:p50|p99|max) ([0-9.]+) ms", l))
+                          for l in out.strip().splitlines()]
+            res.append(e2e)
+            hops.append(hop)
             print("  " + out.strip())
         m = metrics(http)
         share = 1e3 * m['warden_enforcement_seconds_sum{plane="radius"}'] / m['warden_enforcement_seconds_count{plane="radius"}']
@@ -103,9 +105,16 @@ def main():
         print(f"quarantine latency, {a.flips} flips x {a.runs} runs with {n:.0f} devices: "
               f"p50 {statistics.median(r[0] for r in res):.3f} ms  p99 {statistics.median(r[1] for r in res):.3f} ms  "
               f"(warden's share, arrival → Disconnect sent: mean {share:.3f} ms)")
+        print(f"mqtt hop alone (publish → a plain subscriber of the same broker, same run): "
+              f"p50 {statistics.median(h[0] for h in hops):.3f} ms  p99 {statistics.median(h[1] for h in hops):.3f} ms")
     finally:
         w.terminate()
         w.wait(60)
+        log = open(os.path.join(tmp, "log")).read().splitlines()
+        if log:
+            print(f"warden logged {len(log)} lines at WARN or above; the first ones:")
+            for line in log[:5]:
+                print("  " + line[:300])
         if broker:
             broker.terminate()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -84,6 +84,16 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let ready = Arc::new(Readiness::default());
     let mut tasks = tokio::task::JoinSet::new();
 
+    // Status messages get their own connection. rumqttc does not read while
+    // it flushes, so on one shared connection a burst of status publishes
+    // and a broker pushing telemetry at full speed blocked each other until
+    // the flush timed out and the session dropped (seen at 1M devices:
+    // "Flush timeout", then ~100k QoS 1 redeliveries). The telemetry
+    // connection now writes nothing but acks.
+    let mut status_options = mqtt_options.clone();
+    status_options.set_client_id(format!("{}-status", mqtt_options.client_id())).set_clean_session(true);
+    let (status_client, status_eventloop) = ingest::connect(status_options);
+    tasks.spawn(ingest::run_publisher(status_client.clone(), status_eventloop, shutdown.clone()));
     let (client, eventloop) = ingest::connect(mqtt_options);
     let filter = cfg.mqtt.telemetry_topic.filter();
     tasks.spawn(ingest::run(
@@ -95,7 +105,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         Arc::clone(&ready.telemetry),
         shutdown.clone(),
     ));
-    tasks.spawn(status::run(client, cfg.mqtt.status_topic.clone(), changes_tx.subscribe(), Arc::clone(&metrics)));
+    tasks.spawn(status::run(
+        status_client,
+        cfg.mqtt.status_topic.clone(),
+        changes_tx.subscribe(),
+        Arc::clone(&metrics),
+    ));
     tasks.spawn(
         compliance_task::ComplianceTask {
             engine,

@@ -183,6 +183,32 @@ pub async fn run(
     let _ = client.try_disconnect();
 }
 
+/// Drives a publish-only connection (the status publisher's) until
+/// `shutdown`: it carries no subscription, so all it needs is to be polled
+/// and to come back after a failure, with the same backoff.
+pub async fn run_publisher(client: AsyncClient, mut eventloop: EventLoop, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new();
+    loop {
+        let event = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = shutdown.changed() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => backoff.reset(),
+            Ok(_) => {}
+            Err(e) => {
+                let wait = backoff.wait();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT status connection lost");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
