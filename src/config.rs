@@ -23,6 +23,8 @@ pub struct Config {
     pub http: Http,
     /// The RADIUS server; absent: not started.
     pub radius: Option<Radius>,
+    /// The WireGuard endpoint; absent: not started.
+    pub wireguard: Option<crate::wireguard::config::WireGuard>,
 }
 
 /// What to do with a noncompliant device whose violation is enforced.

@@ -4,6 +4,7 @@
 //! - [`telemetry`]: MQTT device reports in;
 //! - [`policy`]: what compliant means, evaluated by a pure function;
 //! - [`compliance`]: the table of every device's verdict, and its changes;
+//! - [`wireguard`]: remote devices' tunnels, every packet checked against the verdict;
 //! - [`http`] and [`metrics`]: what operators and Prometheus read.
 #![forbid(unsafe_code)]
 
@@ -23,3 +24,4 @@ pub mod policy;
 pub mod radius;
 pub mod telemetry;
 pub mod users;
+pub mod wireguard;

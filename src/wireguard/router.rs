@@ -1,0 +1,290 @@
+//! The WireGuard data plane's core: datagrams and inner packets in,
+//! transmits out, every decision tallied. No sockets and no TUN: the shell
+//! (`gateway::wireguard_task`) reads them and sends what lands in the
+//! [`Transmits`]. Safe to call from several threads at once (one per
+//! direction): peer sessions are behind per-peer locks, access is atomic.
+
+use super::acl::{self, Access, Direction, Rule};
+use super::packet;
+use super::peers::{Peer, PeerSet, PeerSpec};
+use super::tunnel::{Addressed, BUF, Discard, Gate, Step};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// What became of an inner packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Forwarded: the peer's access allows everything.
+    Forward,
+    /// Forwarded under quarantine: a remediation destination.
+    Remediation,
+    /// Dropped: quarantined and not a remediation destination.
+    DropQuarantine,
+    /// Dropped: the peer's access is blocked.
+    DropBlocked,
+    /// Dropped: its inner source is not in the sending peer's allowed IPs.
+    DropSpoofed,
+    /// Dropped: not a well-formed IPv4/IPv6 packet.
+    DropMalformed,
+    /// Dropped: no peer's allowed IPs hold the destination (or the peer
+    /// has no endpoint yet).
+    DropNoRoute,
+}
+
+impl Fate {
+    pub const ALL: [Fate; 7] = [
+        Fate::Forward,
+        Fate::Remediation,
+        Fate::DropQuarantine,
+        Fate::DropBlocked,
+        Fate::DropSpoofed,
+        Fate::DropMalformed,
+        Fate::DropNoRoute,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Fate::Forward => "forward",
+            Fate::Remediation => "remediation",
+            Fate::DropQuarantine => "drop_quarantine",
+            Fate::DropBlocked => "drop_blocked",
+            Fate::DropSpoofed => "drop_spoofed",
+            Fate::DropMalformed => "drop_malformed",
+            Fate::DropNoRoute => "drop_no_route",
+        }
+    }
+}
+
+/// Where a transmit goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    Network(SocketAddr),
+    Tun,
+}
+
+/// Transmits produced by one or more calls, in one reusable buffer (no
+/// allocation per packet once warm), and the tallies of what was decided.
+#[derive(Default)]
+pub struct Transmits {
+    bytes: Vec<u8>,
+    items: Vec<(Dest, Range<usize>)>,
+    /// Per direction (from peer, to peer), per [`Fate`].
+    pub fates: [[u64; Fate::ALL.len()]; 2],
+    /// Per [`Discard`] reason.
+    pub discards: [u64; Discard::ALL.len()],
+}
+
+impl Transmits {
+    fn push(&mut self, dest: Dest, data: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.items.push((dest, start..self.bytes.len()));
+    }
+
+    fn fate(&mut self, direction: Direction, fate: Fate) {
+        let d = match direction {
+            Direction::FromPeer => 0,
+            Direction::ToPeer => 1,
+        };
+        self.fates[d][fate as usize] += 1;
+    }
+
+    fn discard(&mut self, reason: Discard) {
+        if let Some(i) = Discard::ALL.iter().position(|d| *d == reason) {
+            self.discards[i] += 1;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Dest, &[u8])> {
+        self.items.iter().map(|(d, r)| (*d, &self.bytes[r.clone()]))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Forgets the transmits (after sending) and the tallies (after counting).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+        self.fates = Default::default();
+        self.discards = Default::default();
+    }
+}
+
+/// Peers and remediation rules: replaced as a whole on reload.
+struct Plan {
+    peers: PeerSet,
+    remediation: Arc<[Rule]>,
+}
+
+pub struct Router {
+    private_key: [u8; 32],
+    gate: Gate,
+    plan: RwLock<Arc<Plan>>,
+    next_index: Mutex<u32>,
+}
+
+/// A scratch buffer of [`BUF`] bytes, one per calling thread.
+pub fn scratch() -> Box<[u8]> {
+    vec![0u8; BUF].into_boxed_slice()
+}
+
+impl Router {
+    pub fn new(private_key: [u8; 32], remediation: Vec<Rule>) -> Self {
+        Self {
+            gate: Gate::new(&private_key),
+            private_key,
+            plan: RwLock::new(Arc::new(Plan { peers: PeerSet::default(), remediation: remediation.into() })),
+            next_index: Mutex::new(fastrand::u32(1..1 << 24)),
+        }
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.gate.public_key()
+    }
+
+    fn plan(&self) -> Arc<Plan> {
+        Arc::clone(&self.plan.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Installs a new peer set and remediation list. `access` gives a new
+    /// peer its starting access; peers that left are blocked at once (a
+    /// packet already past the lookup cannot slip through) and returned.
+    pub fn set_peers(
+        &self,
+        specs: &[PeerSpec],
+        remediation: Vec<Rule>,
+        access: impl Fn(&PeerSpec) -> Access,
+    ) -> Vec<Arc<Peer>> {
+        let mut plan = self.plan.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
+        let (peers, removed) = PeerSet::build(specs, &plan.peers, &self.private_key, &mut next, access);
+        for p in &removed {
+            p.set_access(Access::Block);
+        }
+        *plan = Arc::new(Plan { peers, remediation: remediation.into() });
+        removed
+    }
+
+    /// Every peer now, for verdict binding, timers and gauges.
+    pub fn peers(&self) -> Vec<Arc<Peer>> {
+        self.plan().peers.iter().map(Arc::clone).collect()
+    }
+
+    pub fn peers_of_device(&self, device: &str) -> Vec<Arc<Peer>> {
+        self.plan().peers.for_device(device).to_vec()
+    }
+
+    pub fn peer_by_key(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
+        self.plan().peers.by_key(key).map(Arc::clone)
+    }
+
+    /// Starts a new handshake rate-limit second (call every second).
+    pub fn reset_rate_limit(&self) {
+        self.gate.reset();
+    }
+
+    /// A UDP datagram from `from`.
+    pub fn handle_datagram(&self, from: SocketAddr, datagram: &[u8], scratch: &mut [u8], out: &mut Transmits) {
+        let plan = self.plan();
+        let peer = match self.gate.check(from.ip(), datagram, scratch) {
+            Ok(Addressed::Initiation(key)) => plan.peers.by_key(&key).ok_or(Discard::UnknownKey),
+            Ok(Addressed::Index(i)) => plan.peers.by_index(i).ok_or(Discard::UnknownIndex),
+            Err((reason, reply)) => {
+                if let Some(reply) = reply {
+                    out.push(Dest::Network(from), reply);
+                }
+                out.discard(reason);
+                return;
+            }
+        };
+        let peer = match peer {
+            Ok(p) => p,
+            Err(reason) => return out.discard(reason),
+        };
+        let mut session = peer.session();
+        match session.tunnel.decapsulate(Some(from.ip()), datagram, scratch) {
+            Step::Done => session.endpoint = Some(from),
+            Step::Discard(reason) => out.discard(reason),
+            Step::Network(reply) => {
+                // Authenticated: this is where the peer is now (roaming).
+                session.endpoint = Some(from);
+                out.push(Dest::Network(from), reply);
+                // Packets queued while the handshake was in flight.
+                while let Step::Network(queued) = session.tunnel.decapsulate(None, &[], scratch) {
+                    out.push(Dest::Network(from), queued);
+                }
+            }
+            Step::Inner(inner) => {
+                session.endpoint = Some(from);
+                drop_or_forward(peer, &plan.remediation, inner, Direction::FromPeer, out);
+            }
+        }
+    }
+
+    /// An inner packet read from the TUN, to be sent to the peer that owns
+    /// its destination.
+    pub fn handle_tun_packet(&self, packet: &[u8], scratch: &mut [u8], out: &mut Transmits) {
+        let plan = self.plan();
+        let Some(flow) = packet::parse(packet) else {
+            return out.fate(Direction::ToPeer, Fate::DropMalformed);
+        };
+        let Some(peer) = plan.peers.route(flow.dst) else {
+            return out.fate(Direction::ToPeer, Fate::DropNoRoute);
+        };
+        let fate = decide(peer.access(), &plan.remediation, &flow, Direction::ToPeer);
+        out.fate(Direction::ToPeer, fate);
+        if !matches!(fate, Fate::Forward | Fate::Remediation) {
+            return;
+        }
+        let mut session = peer.session();
+        let endpoint = session.endpoint;
+        match session.tunnel.encapsulate(packet, scratch) {
+            Step::Network(datagram) => match endpoint {
+                Some(to) => out.push(Dest::Network(to), datagram),
+                None => out.fate(Direction::ToPeer, Fate::DropNoRoute),
+            },
+            Step::Discard(reason) => out.discard(reason),
+            Step::Done | Step::Inner(_) => {}
+        }
+    }
+
+    /// Timers of every peer: keepalives, rekeys, handshake retries.
+    pub fn update_timers(&self, scratch: &mut [u8], out: &mut Transmits) {
+        for peer in self.plan().peers.iter() {
+            let mut session = peer.session();
+            let endpoint = session.endpoint;
+            if let (Step::Network(datagram), Some(to)) = (session.tunnel.update_timers(scratch), endpoint) {
+                out.push(Dest::Network(to), datagram);
+            }
+        }
+    }
+}
+
+/// The ACL's answer as a [`Fate`].
+fn decide(access: Access, rules: &[Rule], flow: &packet::Flow, direction: Direction) -> Fate {
+    match (access, acl::permits(access, rules, flow, direction)) {
+        (Access::Forward, _) => Fate::Forward,
+        (Access::Remediation, true) => Fate::Remediation,
+        (Access::Remediation, false) => Fate::DropQuarantine,
+        (Access::Block, _) => Fate::DropBlocked,
+    }
+}
+
+/// A decrypted packet from `peer`: cryptokey routing (its source must be
+/// one of the peer's allowed IPs), then the ACL.
+fn drop_or_forward(peer: &Peer, rules: &[Rule], inner: &[u8], direction: Direction, out: &mut Transmits) {
+    let Some(flow) = packet::parse(inner) else {
+        return out.fate(direction, Fate::DropMalformed);
+    };
+    if !peer.owns(flow.src) {
+        return out.fate(direction, Fate::DropSpoofed);
+    }
+    let fate = decide(peer.access(), rules, &flow, direction);
+    out.fate(direction, fate);
+    if matches!(fate, Fate::Forward | Fate::Remediation) {
+        out.push(Dest::Tun, inner);
+    }
+}

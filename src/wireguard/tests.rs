@@ -1,0 +1,272 @@
+//! The router against a real Noise peer (a second boringtun session playing
+//! the remote device), with no sockets: every datagram is handed across.
+
+use super::acl::{Access, Rule};
+use super::packet::tests::ipv4;
+use super::packet::{TCP, UDP};
+use super::peers::PeerSpec;
+use super::router::{Dest, Fate, Router, Transmits, scratch};
+use super::tunnel::{Discard, Step, Tunnel, public_key};
+use std::net::SocketAddr;
+
+const SERVER: [u8; 32] = [0x11; 32];
+const CLIENT: [u8; 32] = [0x22; 32];
+/// Documentation addresses (RFC 5737): values only, nothing is sent.
+const FROM: &str = "192.0.2.7:40000";
+const PEER_IP: [u8; 4] = [10, 99, 0, 2];
+const GATEWAY_IP: [u8; 4] = [10, 99, 0, 1];
+const OTHER_IP: [u8; 4] = [10, 98, 0, 2];
+
+struct Net {
+    router: Router,
+    client: Tunnel,
+    from: SocketAddr,
+    out: Transmits,
+    buf: Box<[u8]>,
+    cbuf: Box<[u8]>,
+}
+
+fn spec() -> PeerSpec {
+    PeerSpec {
+        device_id: "laptop-1".into(),
+        public_key: public_key(&CLIENT),
+        allowed_ips: vec!["10.99.0.2/32".parse().unwrap()],
+        persistent_keepalive: None,
+    }
+}
+
+fn fate(out: &Transmits, from_peer: bool, f: Fate) -> u64 {
+    out.fates[usize::from(!from_peer)][f as usize]
+}
+
+fn discards(out: &Transmits, d: Discard) -> u64 {
+    out.discards[Discard::ALL.iter().position(|x| *x == d).unwrap()]
+}
+
+impl Net {
+    fn new() -> Self {
+        let router = Router::new(SERVER, vec![Rule::parse("10.99.0.1/32").unwrap()]);
+        router.set_peers(&[spec()], vec![Rule::parse("10.99.0.1/32").unwrap()], |_| Access::Forward);
+        let client = Tunnel::new(&CLIENT, &router.public_key(), 77, None);
+        Self { router, client, from: FROM.parse().unwrap(), out: Transmits::default(), buf: scratch(), cbuf: scratch() }
+    }
+
+    /// Hands every network transmit of the router to the client, and the
+    /// client's answers back, until quiet. Returns the inner packets the
+    /// client decrypted.
+    fn pump(&mut self) -> Vec<Vec<u8>> {
+        let mut inner = Vec::new();
+        for _ in 0..8 {
+            let to_client: Vec<Vec<u8>> = self
+                .out
+                .iter()
+                .filter(|(d, _)| matches!(d, Dest::Network(_)))
+                .map(|(d, b)| {
+                    assert_eq!(d, Dest::Network(self.from), "answers go to where the peer spoke from");
+                    b.to_vec()
+                })
+                .collect();
+            self.out.clear();
+            if to_client.is_empty() {
+                break;
+            }
+            for dgram in to_client {
+                let mut replies = Vec::new();
+                match self.client.decapsulate(None, &dgram, &mut self.cbuf) {
+                    Step::Network(b) => {
+                        replies.push(b.to_vec());
+                        while let Step::Network(q) = self.client.decapsulate(None, &[], &mut self.cbuf) {
+                            replies.push(q.to_vec());
+                        }
+                    }
+                    Step::Inner(p) => inner.push(p.to_vec()),
+                    Step::Done => {}
+                    Step::Discard(d) => panic!("client refused a datagram: {d:?}"),
+                }
+                for r in replies {
+                    self.router.handle_datagram(self.from, &r, &mut self.buf, &mut self.out);
+                }
+            }
+        }
+        inner
+    }
+
+    /// The client sends `packet` through the tunnel; returns what reached the TUN.
+    fn send(&mut self, packet: &[u8]) -> Vec<Vec<u8>> {
+        self.out.clear();
+        let dgram = match self.client.encapsulate(packet, &mut self.cbuf) {
+            Step::Network(b) => b.to_vec(),
+            other => panic!("client could not encapsulate: {other:?}"),
+        };
+        self.router.handle_datagram(self.from, &dgram, &mut self.buf, &mut self.out);
+        let tun: Vec<Vec<u8>> = self.out.iter().filter(|(d, _)| *d == Dest::Tun).map(|(_, b)| b.to_vec()).collect();
+        tun
+    }
+
+    fn connect(&mut self) {
+        // The first packet starts the handshake; the client queues it and
+        // sends it once the response arrives.
+        self.out.clear();
+        let init = match self.client.encapsulate(&ipv4(PEER_IP, GATEWAY_IP, 1, 0, 0), &mut self.cbuf) {
+            Step::Network(b) => b.to_vec(),
+            other => panic!("no handshake initiation: {other:?}"),
+        };
+        self.router.handle_datagram(self.from, &init, &mut self.buf, &mut self.out);
+        assert!(!self.out.is_empty(), "a handshake response");
+        self.pump();
+    }
+}
+
+#[test]
+fn a_real_peer_connects_and_the_acl_follows_its_access() {
+    let mut n = Net::new();
+    n.connect();
+    let ping_gw = ipv4(PEER_IP, GATEWAY_IP, 1, 0, 0);
+    let to_other = ipv4(PEER_IP, OTHER_IP, TCP, 40000, 443);
+    assert_eq!(n.send(&to_other), vec![to_other.clone()], "compliant: forwarded");
+
+    let peer = n.router.peer_by_key(&public_key(&CLIENT)).unwrap();
+    peer.set_access(Access::Remediation);
+    assert_eq!(n.send(&ping_gw), vec![ping_gw.clone()], "quarantined: remediation still reachable");
+    n.out.clear();
+    let dgram = match n.client.encapsulate(&to_other, &mut n.cbuf) {
+        Step::Network(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    n.router.handle_datagram(n.from, &dgram, &mut n.buf, &mut n.out);
+    assert!(n.out.is_empty(), "quarantined: the next packet to elsewhere is dropped");
+    assert_eq!(fate(&n.out, true, Fate::DropQuarantine), 1);
+
+    // The other way: the network answers. Remediation source passes,
+    // anything else is dropped before encryption.
+    n.out.clear();
+    n.router.handle_tun_packet(&ipv4(GATEWAY_IP, PEER_IP, 1, 0, 0), &mut n.buf, &mut n.out);
+    assert_eq!(fate(&n.out, false, Fate::Remediation), 1);
+    let got = n.pump();
+    assert_eq!(got, vec![ipv4(GATEWAY_IP, PEER_IP, 1, 0, 0)], "the peer decrypts the remediation reply");
+    n.router.handle_tun_packet(&ipv4(OTHER_IP, PEER_IP, UDP, 53, 5000), &mut n.buf, &mut n.out);
+    assert!(n.out.is_empty());
+    assert_eq!(fate(&n.out, false, Fate::DropQuarantine), 1);
+
+    peer.set_access(Access::Block);
+    n.out.clear();
+    let dgram = match n.client.encapsulate(&ping_gw, &mut n.cbuf) {
+        Step::Network(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    n.router.handle_datagram(n.from, &dgram, &mut n.buf, &mut n.out);
+    assert_eq!(fate(&n.out, true, Fate::DropBlocked), 1);
+
+    peer.set_access(Access::Forward);
+    assert_eq!(n.send(&to_other), vec![to_other], "compliant again: restored without a new handshake");
+}
+
+#[test]
+fn a_spoofed_inner_source_and_a_malformed_inner_packet_are_dropped() {
+    let mut n = Net::new();
+    n.connect();
+    // A TCP header cut short, with an IP total length that agrees (boringtun
+    // itself refuses a total length beyond the bytes).
+    let mut short_tcp = ipv4(PEER_IP, GATEWAY_IP, TCP, 1, 2)[..30].to_vec();
+    short_tcp[2..4].copy_from_slice(&30u16.to_be_bytes());
+    for (packet, want) in
+        [(ipv4([10, 99, 0, 3], GATEWAY_IP, 1, 0, 0), Fate::DropSpoofed), (short_tcp, Fate::DropMalformed)]
+    {
+        n.out.clear();
+        let dgram = match n.client.encapsulate(&packet, &mut n.cbuf) {
+            Step::Network(b) => b.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        n.router.handle_datagram(n.from, &dgram, &mut n.buf, &mut n.out);
+        assert!(n.out.is_empty(), "{want:?}: nothing forwarded");
+        assert_eq!(fate(&n.out, true, want), 1);
+    }
+}
+
+#[test]
+fn strangers_garbage_and_replays_get_no_answer() {
+    let mut n = Net::new();
+    // A stranger with a valid handshake for our key but not a peer.
+    let mut stranger = Tunnel::new(&[0x33; 32], &n.router.public_key(), 5, None);
+    let init = match stranger.encapsulate(&ipv4(PEER_IP, GATEWAY_IP, 1, 0, 0), &mut n.cbuf) {
+        Step::Network(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    n.router.handle_datagram(n.from, &init, &mut n.buf, &mut n.out);
+    assert!(n.out.is_empty());
+    assert_eq!(discards(&n.out, Discard::UnknownKey), 1);
+
+    // Garbage, truncated, oversized-looking, and a handshake whose mac1 is
+    // for another server.
+    let mut bad_mac = init.clone();
+    bad_mac[120] ^= 1;
+    for (dgram, want) in [
+        (vec![], Discard::Malformed),
+        (vec![1, 0, 0], Discard::Malformed),
+        (vec![0xff; 200], Discard::Malformed),
+        (init[..100].to_vec(), Discard::Malformed),
+        (bad_mac, Discard::BadMac),
+    ] {
+        n.out.clear();
+        n.router.handle_datagram(n.from, &dgram, &mut n.buf, &mut n.out);
+        assert!(n.out.is_empty(), "{want:?}");
+        assert_eq!(discards(&n.out, want), 1, "{want:?}");
+    }
+
+    // The real peer's initiation, replayed after it was answered.
+    n.out.clear();
+    let init = match n.client.encapsulate(&ipv4(PEER_IP, GATEWAY_IP, 1, 0, 0), &mut n.cbuf) {
+        Step::Network(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    n.router.handle_datagram(n.from, &init, &mut n.buf, &mut n.out);
+    assert!(!n.out.is_empty());
+    n.out.clear();
+    n.router.handle_datagram(n.from, &init, &mut n.buf, &mut n.out);
+    assert!(n.out.is_empty(), "a replayed initiation gets nothing");
+    assert_eq!(discards(&n.out, Discard::Replay), 1);
+
+    // Data for an index nobody has.
+    let mut data = vec![4u8, 0, 0, 0];
+    data.extend_from_slice(&0xdead_beefu32.to_le_bytes());
+    data.extend_from_slice(&[0; 40]);
+    n.out.clear();
+    n.router.handle_datagram(n.from, &data, &mut n.buf, &mut n.out);
+    assert!(n.out.is_empty());
+    assert_eq!(discards(&n.out, Discard::UnknownIndex), 1);
+}
+
+#[test]
+fn a_removed_peer_stops_at_once_and_an_unchanged_one_keeps_its_session() {
+    let mut n = Net::new();
+    n.connect();
+    let rules = vec![Rule::parse("10.99.0.1/32").unwrap()];
+    let removed = n.router.set_peers(&[spec()], rules.clone(), |_| Access::Forward);
+    assert!(removed.is_empty());
+    let to_other = ipv4(PEER_IP, OTHER_IP, TCP, 40000, 443);
+    assert_eq!(n.send(&to_other), vec![to_other.clone()], "same session after a reload that kept the peer");
+
+    let removed = n.router.set_peers(&[], rules, |_| Access::Forward);
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].access(), Access::Block);
+    n.out.clear();
+    let dgram = match n.client.encapsulate(&to_other, &mut n.cbuf) {
+        Step::Network(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    n.router.handle_datagram(n.from, &dgram, &mut n.buf, &mut n.out);
+    assert!(n.out.is_empty());
+    assert_eq!(discards(&n.out, Discard::UnknownIndex), 1);
+}
+
+#[test]
+fn a_packet_to_no_peer_or_to_a_peer_never_heard_from_is_not_sent() {
+    let mut n = Net::new();
+    n.router.handle_tun_packet(&ipv4(GATEWAY_IP, [10, 99, 0, 9], 1, 0, 0), &mut n.buf, &mut n.out);
+    assert_eq!(fate(&n.out, false, Fate::DropNoRoute), 1);
+    n.out.clear();
+    // The peer exists but has never spoken: no endpoint to send to.
+    n.router.handle_tun_packet(&ipv4(GATEWAY_IP, PEER_IP, 1, 0, 0), &mut n.buf, &mut n.out);
+    assert!(n.out.iter().all(|(d, _)| d != Dest::Tun));
+    assert!(n.out.is_empty(), "no endpoint: nothing goes out");
+}
