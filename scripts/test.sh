@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 # Real peers from Debian: mosquitto (external broker), mosquitto_pub (the
 # device side), openssl (a throwaway PKI for the mqtts test), radclient
 # (freeradius-utils: the NAS side of the RADIUS tests), python3 (the test
-# NAS answering CoA). Installed only
-# when missing.
-packages=(mosquitto mosquitto-clients openssl freeradius-utils python3)
+# NAS answering CoA), wireguard-go + wg + ip + ping (the remote peer of the
+# WireGuard tests, in network namespaces they create). Installed only when
+# missing.
+packages=(mosquitto mosquitto-clients openssl freeradius-utils python3 wireguard-go wireguard-tools iproute2 iputils-ping)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

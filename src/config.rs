@@ -324,6 +324,8 @@ pub struct Loaded {
     pub file: Option<PathBuf>,
     /// Things that work but deserve a look (`warden check` prints them).
     pub warnings: Vec<String>,
+    /// The `[wireguard]` section checked: its private key, peers and rules.
+    pub wireguard: Option<crate::wireguard::config::Checked>,
 }
 
 impl Loaded {
@@ -360,7 +362,7 @@ impl Loaded {
                 }],
             });
         }
-        Self { config, secrets, file: None, warnings }
+        Self { config, secrets, file: None, warnings, wireguard: None }
     }
 
     /// Reads and validates `file`. Relative paths inside it are taken
@@ -392,6 +394,9 @@ impl Loaded {
         .flatten()
         {
             rebase(p);
+        }
+        if let Some(w) = &mut config.wireguard {
+            w.rebase(base);
         }
         if let Some(r) = &mut config.radius {
             for p in r.users_file.iter_mut().chain(r.clients.iter_mut().filter_map(|c| c.secret_file.as_mut())) {
@@ -551,8 +556,18 @@ impl Loaded {
                 }
             }
         }
+        let wireguard = match &config.wireguard {
+            Some(w) => match w.check(file, text, &mut warnings) {
+                Ok(checked) => Some(checked),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            },
+            None => None,
+        };
         if errors.is_empty() {
-            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings })
+            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings, wireguard })
         } else {
             Err(errors)
         }

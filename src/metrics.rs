@@ -3,6 +3,8 @@
 
 use crate::compliance::Verdict;
 use crate::telemetry::Refusal;
+use crate::wireguard::router::Fate;
+use crate::wireguard::tunnel::Discard;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -39,7 +41,16 @@ pub struct Metrics {
     coa_requests: Vec<IntCounter>,
     pub radius_sessions: IntGauge,
     pub enforcement_radius: Histogram,
+    pub enforcement_wireguard: Histogram,
+    /// Per direction (from_peer, to_peer), per [`Fate`].
+    wireguard_packets: [[IntCounter; Fate::ALL.len()]; 2],
+    wireguard_discarded: [IntCounter; Discard::ALL.len()],
+    /// connected (a session younger than 3 minutes) / idle.
+    pub wireguard_peers: [IntGauge; 2],
 }
+
+/// `direction` label values of `warden_wireguard_packets_total`.
+pub const WIREGUARD_DIRECTIONS: [&str; 2] = ["from_peer", "to_peer"];
 
 /// `kind` and `result` label values of `warden_coa_requests_total`.
 pub const COA_KINDS: [&str; 2] = ["coa", "disconnect"];
@@ -138,6 +149,22 @@ impl Metrics {
             &["result"],
         );
         let enforcement_radius = enforcement_seconds.with_label_values(&["radius"]);
+        let enforcement_wireguard = enforcement_seconds.with_label_values(&["wireguard"]);
+        let wg_packets = counters(
+            "warden_wireguard_packets_total",
+            "Inner packets through the WireGuard plane, by direction and what the ACL made of them",
+            &["direction", "verdict"],
+        );
+        let wg_discarded = counters(
+            "warden_wireguard_discarded_total",
+            "WireGuard datagrams refused without an answer (or with a cookie reply), by reason",
+            &["reason"],
+        );
+        let wg_peers = reg(
+            &registry,
+            IntGaugeVec::new(Opts::new("warden_wireguard_peers", "WireGuard peers, by state"), &["state"])
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
         Self {
             devices: Verdict::ALL.map(|v| devices.with_label_values(&[v.label()])),
             telemetry_accepted: telemetry.with_label_values(&["accepted"]),
@@ -172,7 +199,28 @@ impl Metrics {
                 .collect(),
             radius_sessions: gauge("warden_radius_sessions", "Active RADIUS sessions known from accounting"),
             enforcement_radius,
+            enforcement_wireguard,
+            wireguard_packets: WIREGUARD_DIRECTIONS
+                .map(|d| Fate::ALL.map(|f| wg_packets.with_label_values(&[d, f.label()]))),
+            wireguard_discarded: Discard::ALL.map(|r| wg_discarded.with_label_values(&[r.label()])),
+            wireguard_peers: ["connected", "idle"].map(|s| wg_peers.with_label_values(&[s])),
             registry,
+        }
+    }
+
+    /// Adds the tallies of a batch of WireGuard traffic.
+    pub fn wireguard(&self, fates: &[[u64; Fate::ALL.len()]; 2], discards: &[u64; Discard::ALL.len()]) {
+        for (counters, counts) in self.wireguard_packets.iter().zip(fates) {
+            for (c, n) in counters.iter().zip(counts) {
+                if *n > 0 {
+                    c.inc_by(*n);
+                }
+            }
+        }
+        for (c, n) in self.wireguard_discarded.iter().zip(discards) {
+            if *n > 0 {
+                c.inc_by(*n);
+            }
         }
     }
 

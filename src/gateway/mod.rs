@@ -7,6 +7,7 @@ mod radius_task;
 mod reload;
 mod status;
 mod timer;
+mod wireguard_task;
 
 use crate::compliance::{Engine, Table, snapshot};
 use crate::config::{Broker, Loaded};
@@ -74,6 +75,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         Some(r) => Some(radius_task(r, &loaded, &table, &metrics, changes_tx.subscribe()).await?),
         None => None,
     };
+    let wireguard = match &loaded.wireguard {
+        Some(checked) => {
+            Some(wireguard_task::WireGuardTask::new(checked, &loaded, &table, &metrics, changes_tx.subscribe()).await?)
+        }
+        None => None,
+    };
     if *cfg.mqtt.broker.get_ref() == Broker::Embedded {
         crate::broker::start(cfg.mqtt.listen)?;
     }
@@ -132,6 +139,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     if let Some(mut task) = radius {
         task.shutdown = shutdown.clone();
         tasks.spawn(task.run());
+    }
+    if let Some(task) = wireguard {
+        tasks.spawn(task.run(shutdown.clone()));
     }
     tasks.spawn(reload::run(cfg.policy.dir.clone(), policy_tx, Arc::clone(&metrics), shutdown.clone()));
     let api = crate::http::router(ApiState {

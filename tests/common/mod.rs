@@ -77,6 +77,8 @@ pub struct Warden {
     pub http: u16,
     pub mqtt: u16,
     pub log: PathBuf,
+    /// The network namespace it runs in (`None`: the test's own).
+    pub netns: Option<String>,
 }
 
 /// What a test may vary in the configuration.
@@ -132,11 +134,25 @@ impl Warden {
     /// Starts warden with `config` (every table but `[http]`, which is added
     /// with a free port and `http_extra`), without waiting for readiness.
     pub fn launch(dir: &Path, config: &str, mqtt: u16, http_extra: &str) -> Self {
+        Self::launch_in(None, dir, config, mqtt, http_extra)
+    }
+
+    /// [`Warden::launch`] inside network namespace `netns`, if given: its
+    /// loopback ports are then reached through `ip netns exec`.
+    pub fn launch_in(netns: Option<&str>, dir: &Path, config: &str, mqtt: u16, http_extra: &str) -> Self {
         let http = free_port();
         let file = dir.join(format!("warden-{http}.toml"));
         std::fs::write(&file, format!("{config}\n[http]\nlisten = \"127.0.0.1:{http}\"\n{http_extra}")).unwrap();
         let log = dir.join(format!("warden-{http}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_warden")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_warden")),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&file)
             .env("RUST_LOG", "info,warden=debug")
@@ -145,13 +161,26 @@ impl Warden {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start warden");
-        Self { child: Some(child), dir: dir.to_path_buf(), http, mqtt, log }
+        Self { child: Some(child), dir: dir.to_path_buf(), http, mqtt, log, netns: netns.map(String::from) }
+    }
+
+    /// GET `path` from its HTTP API (inside its namespace if it has one).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let Some(ns) = &self.netns else { return http_get(self.http, path) };
+        let script = "import sys, urllib.request, urllib.error\n\
+                      try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); print(r.read().decode())\n\
+                      except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n";
+        let url = format!("http://127.0.0.1:{}{path}", self.http);
+        let out = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", script, &url]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (code, body) = text.split_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_string()))
     }
 
     /// Waits until `/readyz` answers 200.
     pub fn wait_ready(&mut self) {
         let ready = wait_for_or_log(self, "warden /readyz", Duration::from_secs(20), |w| {
-            http_get(w.http, "/readyz").filter(|(code, _)| *code == 200).map(|_| ())
+            w.get("/readyz").filter(|(code, _)| *code == 200).map(|_| ())
         });
         ready.unwrap_or_else(|e| panic!("{e}"));
     }
@@ -185,7 +214,7 @@ impl Warden {
 
     /// The device JSON from the API, or `None` on 404.
     pub fn device(&self, id: &str) -> Option<serde_json::Value> {
-        let (code, body) = http_get(self.http, &format!("/api/v1/devices/{id}"))?;
+        let (code, body) = self.get(&format!("/api/v1/devices/{id}"))?;
         (code == 200).then(|| serde_json::from_str(&body).unwrap())
     }
 
@@ -198,7 +227,7 @@ impl Warden {
 
     /// One sample of a metric (full name with labels, as exposed).
     pub fn metric(&self, series: &str) -> f64 {
-        let (_, body) = http_get(self.http, "/metrics").expect("metrics");
+        let (_, body) = self.get("/metrics").expect("metrics");
         body.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
             .map(|v| v.trim().parse().unwrap())
@@ -306,8 +335,21 @@ impl Drop for Mosquitto {
 
 /// Publishes one message with the real `mosquitto_pub` (QoS 1).
 pub fn publish(port: u16, topic: &str, payload: &str) {
+    publish_in(None, port, topic, payload)
+}
+
+/// [`publish`] from inside network namespace `netns`, if given.
+pub fn publish_in(netns: Option<&str>, port: u16, topic: &str, payload: &str) {
     require("mosquitto_pub", "mosquitto-clients");
-    let out = Command::new("mosquitto_pub")
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "mosquitto_pub"]);
+            c
+        }
+        None => Command::new("mosquitto_pub"),
+    };
+    let out = cmd
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-s"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -1,0 +1,298 @@
+//! The WireGuard shell: one UDP socket, one TUN device, and the router core
+//! between them. Two packet loops (network → TUN and TUN → network) run as
+//! separate tasks, so on a multi-thread runtime each direction has a core;
+//! a control loop drives timers, applies verdict changes to peers and
+//! reloads peers on SIGHUP.
+
+use crate::compliance::{Change, Table};
+use crate::config::{Loaded, UnknownDevice};
+use crate::metrics::Metrics;
+use crate::wireguard::config::Checked;
+use crate::wireguard::peers::PeerSpec;
+use crate::wireguard::router::{Dest, Router, Transmits, scratch};
+use crate::wireguard::{Access, access_for};
+use anyhow::Context;
+use base64::Engine as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, watch};
+use tun_rs::AsyncDevice;
+
+/// Datagrams or TUN packets taken per wake-up before the transmits go out.
+const BATCH: usize = 64;
+/// boringtun's timers want a call about every 250 ms.
+const TICK: Duration = Duration::from_millis(250);
+/// A session younger than this counts as connected (WireGuard rekeys every
+/// 2 minutes and gives up on a session after 3).
+const CONNECTED: Duration = Duration::from_secs(180);
+
+pub struct WireGuardTask {
+    router: Arc<Router>,
+    socket: Arc<UdpSocket>,
+    tun: Arc<AsyncDevice>,
+    table: Table,
+    unknown: UnknownDevice,
+    metrics: Arc<Metrics>,
+    changes: broadcast::Receiver<Arc<Change>>,
+    config_file: Option<PathBuf>,
+}
+
+impl WireGuardTask {
+    /// Binds the socket, creates the TUN and installs the configured peers
+    /// with the access their devices' verdicts give them now.
+    pub async fn new(
+        checked: &Checked,
+        loaded: &Loaded,
+        table: &Table,
+        metrics: &Arc<Metrics>,
+        changes: broadcast::Receiver<Arc<Change>>,
+    ) -> anyhow::Result<Self> {
+        let Some(cfg) = &loaded.config.wireguard else { anyhow::bail!("no [wireguard] section") };
+        let socket =
+            UdpSocket::bind(cfg.listen).await.with_context(|| format!("WireGuard cannot listen on {}", cfg.listen))?;
+        let mut builder = tun_rs::DeviceBuilder::new().name(&cfg.interface).mtu(cfg.mtu);
+        builder = match checked.address {
+            ipnet::IpNet::V4(n) => builder.ipv4(n.addr(), n.prefix_len(), None),
+            ipnet::IpNet::V6(n) => builder.ipv6(n.addr(), n.prefix_len()),
+        };
+        let tun = builder.build_async().with_context(|| {
+            format!("creating TUN interface {} (it needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface)
+        })?;
+        let router = Arc::new(Router::new(checked.private_key, checked.remediation.clone()));
+        let unknown = loaded.config.policy.unknown_device;
+        router.set_peers(&checked.peers, checked.remediation.clone(), |s| peer_access(table, s, unknown));
+        let public = base64::engine::general_purpose::STANDARD.encode(router.public_key());
+        tracing::info!(listen = %socket.local_addr()?, interface = %cfg.interface, address = %checked.address, peers = checked.peers.len(), public_key = %public, "WireGuard listening");
+        Ok(Self {
+            router,
+            socket: Arc::new(socket),
+            tun: Arc::new(tun),
+            table: table.clone(),
+            unknown,
+            metrics: Arc::clone(metrics),
+            changes,
+            config_file: loaded.file.clone(),
+        })
+    }
+
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let from_network = tokio::spawn(network_to_tun(
+            Arc::clone(&self.router),
+            Arc::clone(&self.socket),
+            Arc::clone(&self.tun),
+            Arc::clone(&self.metrics),
+            shutdown.clone(),
+        ));
+        let from_tun = tokio::spawn(tun_to_network(
+            Arc::clone(&self.router),
+            Arc::clone(&self.socket),
+            Arc::clone(&self.tun),
+            Arc::clone(&self.metrics),
+            shutdown.clone(),
+        ));
+        self.control(shutdown).await;
+        let _ = from_network.await;
+        let _ = from_tun.await;
+    }
+
+    async fn control(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut buf = scratch();
+        let mut out = Transmits::default();
+        let mut ticks = 0u64;
+        loop {
+            let hup_recv = async {
+                match hup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    ticks += 1;
+                    if ticks.is_multiple_of(4) {
+                        self.router.reset_rate_limit();
+                    }
+                    self.router.update_timers(&mut buf, &mut out);
+                    send(&self.socket, &self.tun, &self.metrics, &mut out).await;
+                    self.gauge_peers();
+                }
+                change = self.changes.recv() => match change {
+                    Ok(change) => self.apply(&change),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // Missed changes: re-derive every peer's access.
+                        self.metrics.events_lagged.inc_by(n);
+                        for peer in self.router.peers() {
+                            peer.set_access(peer_access(&self.table, &peer.spec, self.unknown));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                Some(()) = hup_recv => self.reload(),
+            }
+        }
+    }
+
+    /// A verdict changed: every peer of that device (by config, or by the
+    /// WireGuard key it reported) gets its new access before the next packet.
+    fn apply(&self, change: &Change) {
+        let device = self.table.get(&change.device);
+        let access = access_for(device.as_deref(), self.unknown);
+        let mut peers = self.router.peers_of_device(&change.device);
+        if let Some(key) = device.as_ref().and_then(|d| d.report.wg_public_key.as_deref())
+            && let Ok(key) = crate::wireguard::config::parse_key(key)
+            && let Some(p) = self.router.peer_by_key(&key)
+            && !peers.iter().any(|q| Arc::ptr_eq(q, &p))
+        {
+            peers.push(p);
+        }
+        for peer in peers {
+            let old = peer.set_access(access);
+            if old != access {
+                self.metrics.enforcement_wireguard.observe(change.at.elapsed().as_secs_f64());
+                tracing::info!(device = %change.device, from = old.label(), to = access.label(), "WireGuard peer access changed");
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the config file's peers and remediation rules. An
+    /// invalid file changes nothing.
+    fn reload(&self) {
+        let Some(file) = &self.config_file else { return };
+        let checked = match Loaded::from_file(file) {
+            Ok(l) => l.wireguard,
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!("WireGuard peers not reloaded: {e}");
+                }
+                return;
+            }
+        };
+        let Some(checked) = checked else {
+            tracing::warn!("the [wireguard] section is gone; a restart stops the plane, peers are kept until then");
+            return;
+        };
+        let removed =
+            self.router.set_peers(&checked.peers, checked.remediation, |s| peer_access(&self.table, s, self.unknown));
+        tracing::info!(peers = checked.peers.len(), removed = removed.len(), "WireGuard peers reloaded");
+    }
+
+    fn gauge_peers(&self) {
+        let peers = self.router.peers();
+        let connected =
+            peers.iter().filter(|p| p.session().tunnel.since_handshake().is_some_and(|d| d < CONNECTED)).count();
+        self.metrics.wireguard_peers[0].set(connected as i64);
+        self.metrics.wireguard_peers[1].set((peers.len() - connected) as i64);
+    }
+}
+
+/// A peer's access from its device: found by the WireGuard key the device
+/// reported, else by the configured device id.
+fn peer_access(table: &Table, spec: &PeerSpec, unknown: UnknownDevice) -> Access {
+    let key = base64::engine::general_purpose::STANDARD.encode(spec.public_key);
+    let device = table.by_wg_key(&key).or_else(|| table.get(&spec.device_id));
+    access_for(device.as_deref(), unknown)
+}
+
+/// Sends what the router produced; a failed send is a lost datagram, as
+/// UDP allows, and is logged at debug only (the peer retransmits).
+async fn send(socket: &UdpSocket, tun: &AsyncDevice, metrics: &Metrics, out: &mut Transmits) {
+    for (dest, bytes) in out.iter() {
+        let sent = match dest {
+            Dest::Network(to) => socket.send_to(bytes, to).await.map(|_| ()),
+            Dest::Tun => tun.send(bytes).await.map(|_| ()),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, ?dest, "WireGuard send failed");
+        }
+    }
+    metrics.wireguard(&out.fates, &out.discards);
+    out.clear();
+}
+
+async fn network_to_tun(
+    router: Arc<Router>,
+    socket: Arc<UdpSocket>,
+    tun: Arc<AsyncDevice>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut datagram = vec![0u8; 65_536];
+    let mut buf = scratch();
+    let mut out = Transmits::default();
+    loop {
+        let first = tokio::select! {
+            r = socket.recv_from(&mut datagram) => r,
+            _ = shutdown.changed() => return,
+        };
+        let mut next = Some(first);
+        let (mut taken, mut failed) = (0, 0);
+        while let Some(r) = next.take() {
+            match r {
+                Ok((n, from)) => router.handle_datagram(from, &datagram[..n], &mut buf, &mut out),
+                Err(e) => {
+                    failed += 1;
+                    tracing::debug!(error = %e, "WireGuard receive failed");
+                }
+            }
+            taken += 1;
+            if taken < BATCH {
+                next = match socket.try_recv_from(&mut datagram) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    r => Some(r),
+                };
+            }
+        }
+        send(&socket, &tun, &metrics, &mut out).await;
+        if failed == taken {
+            // Nothing but errors: do not spin on a broken socket or device.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn tun_to_network(
+    router: Arc<Router>,
+    socket: Arc<UdpSocket>,
+    tun: Arc<AsyncDevice>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut packet = vec![0u8; 65_536];
+    let mut buf = scratch();
+    let mut out = Transmits::default();
+    loop {
+        let first = tokio::select! {
+            r = tun.recv(&mut packet) => r,
+            _ = shutdown.changed() => return,
+        };
+        let mut next = Some(first);
+        let (mut taken, mut failed) = (0, 0);
+        while let Some(r) = next.take() {
+            match r {
+                Ok(n) => router.handle_tun_packet(&packet[..n], &mut buf, &mut out),
+                Err(e) => {
+                    failed += 1;
+                    tracing::debug!(error = %e, "TUN receive failed");
+                }
+            }
+            taken += 1;
+            if taken < BATCH {
+                next = match tun.try_recv(&mut packet) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    r => Some(r),
+                };
+            }
+        }
+        send(&socket, &tun, &metrics, &mut out).await;
+        if failed == taken {
+            // Nothing but errors: do not spin on a broken socket or device.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
