@@ -59,6 +59,16 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
             tracing::error!(error = %e, "embedded MQTT broker stopped");
         }
     })?;
+    // The broker binds on its own thread: wait (bounded) until it accepts,
+    // so warden's own clients do not start with a refused connection.
+    let probe =
+        if listen.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), listen.port()) } else { listen };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(50)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     tracing::info!(%listen, "embedded MQTT broker started");
     Ok(())
 }
