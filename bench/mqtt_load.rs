@@ -1,9 +1,12 @@
 //! MQTT load generator for the ingest and latency benchmarks (driven by
-//! bench/ingest.py). Loopback only: it connects to 127.0.0.1 and nothing else.
+//! bench/ingest.py, bench/quarantine.py, bench/wireguard.py). Loopback or the
+//! benchmark's own network namespaces only.
 //!
 //!   mqtt_load publish PORT COUNT PUBLISHERS QOS DEVICES   # 300-byte reports
 //!   mqtt_load latency PORT FLIPS                          # publish → retained verdict
 //!   mqtt_load quarantine MQTT ACCT NAS SECRET FLIPS       # publish → Disconnect received
+//!   mqtt_load udpsend ADDR RATE                           # a steady UDP flow (WireGuard bench)
+//!   mqtt_load wgflip MQTT LISTEN DEVICE FLIPS             # publish → flow cut by the WireGuard ACL
 //!
 //! `publish` prints the time it took to hand every message to the broker
 //! (QoS 1: until every PUBACK). `latency` flips one device between compliant
@@ -232,6 +235,93 @@ async fn quarantine(mqtt: u16, acct: u16, nas_port: u16, secret: String, flips: 
     );
 }
 
+/// Sends 64-byte UDP datagrams to `to` at about `rate` per second until
+/// killed: the steady flow the WireGuard flip benchmark cuts.
+fn udp_send(to: std::net::SocketAddr, rate: u64) {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+    let gap = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let mut next = Instant::now();
+    let mut seq = 0u64;
+    let mut msg = [0u8; 64];
+    loop {
+        msg[..8].copy_from_slice(&seq.to_be_bytes());
+        let _ = sock.send_to(&msg, to);
+        seq += 1;
+        next += gap;
+        // Sleep rather than spin: the sender must not take a core from
+        // what it measures (2 cores here). The timer slack makes the real
+        // rate a little lower; the gaps stay around 0.1 ms.
+        if let Some(ahead) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(ahead);
+        } else {
+            next = Instant::now();
+        }
+    }
+}
+
+/// Flips `device` noncompliant and back FLIPS times while a steady UDP flow
+/// arrives on `listen`; for each quarantine, publish → the last datagram
+/// that still got through (the first dropped one comes right after it).
+async fn wg_flip(mqtt: u16, listen: std::net::SocketAddr, device: String, flips: u32) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let base = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let sock = std::net::UdpSocket::bind(listen).expect("bind the receiver");
+    let seen = Arc::clone(&last);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while sock.recv(&mut buf).is_ok() {
+            seen.store(base.elapsed().as_nanos() as u64, Ordering::Release);
+        }
+    });
+    let (client, mut el) = connect(&format!("bench-wgflip-{}", std::process::id()), mqtt, 100);
+    tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let now_ns = || base.elapsed().as_nanos() as u64;
+    let mut seq = 1_000u64;
+    let mut samples = Vec::with_capacity(flips as usize);
+    for i in 0..flips {
+        // Flowing: a datagram within the last 2 ms.
+        let wait = Instant::now();
+        while now_ns().saturating_sub(last.load(Ordering::Acquire)) > 2_000_000 {
+            assert!(wait.elapsed() < Duration::from_secs(5), "no flow before flip {i}");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        seq += 1;
+        let t0 = now_ns();
+        client
+            .publish(format!("devices/{device}/telemetry"), QoS::AtMostOnce, false, report(seq, false, &now_rfc3339()))
+            .await
+            .expect("publish");
+        // Stopped: nothing for 20 ms (the flow runs at 20k/s).
+        let wait = Instant::now();
+        while now_ns().saturating_sub(last.load(Ordering::Acquire)) < 20_000_000 {
+            assert!(wait.elapsed() < Duration::from_secs(5), "the flow did not stop after flip {i}");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        samples.push(Duration::from_nanos(last.load(Ordering::Acquire).saturating_sub(t0)));
+        seq += 1;
+        client
+            .publish(format!("devices/{device}/telemetry"), QoS::AtMostOnce, false, report(seq, true, &now_rfc3339()))
+            .await
+            .expect("publish");
+    }
+    samples.sort();
+    let q = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
+    println!(
+        "publish → last packet through, over {flips} quarantines: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> u64 {
@@ -247,6 +337,15 @@ fn main() {
         Some("quarantine") => {
             let secret = args.get(5).cloned().expect("secret");
             rt.block_on(quarantine(arg(2) as u16, arg(3) as u16, arg(4) as u16, secret, arg(6) as u32));
+        }
+        Some("udpsend") => {
+            let to = args.get(2).and_then(|a| a.parse().ok()).expect("udpsend ADDR RATE");
+            udp_send(to, arg(3));
+        }
+        Some("wgflip") => {
+            let listen = args.get(3).and_then(|a| a.parse().ok()).expect("wgflip MQTT LISTEN DEVICE FLIPS");
+            let device = args.get(4).cloned().expect("device");
+            rt.block_on(wg_flip(arg(2) as u16, listen, device, arg(5) as u32));
         }
         _ => eprintln!("usage: mqtt_load publish PORT COUNT PUBLISHERS QOS DEVICES | latency PORT FLIPS"),
     }
