@@ -59,12 +59,13 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
             tracing::error!(error = %e, "embedded MQTT broker stopped");
         }
     })?;
-    // The broker binds on its own thread: wait (bounded) until it accepts,
-    // so warden's own clients do not start with a refused connection.
-    let probe =
-        if listen.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), listen.port()) } else { listen };
+    // The broker binds on its own thread: wait (bounded) until it listens,
+    // so warden's own clients do not start with a refused connection. The
+    // kernel's socket table tells without opening a connection (which
+    // rumqttd would log as an error) or binding the port (which could race
+    // the broker's own bind).
     for _ in 0..200 {
-        if std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(50)).is_ok() {
+        if listening(listen.port()) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -73,8 +74,36 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Is some socket listening on TCP `port` (Linux: /proc/net/tcp{,6})?
+#[cfg(feature = "embedded-broker")]
+fn listening(port: u16) -> bool {
+    let local = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            // Columns: sl local_address rem_address st ...; st 0A is LISTEN.
+            t.lines().any(|l| {
+                let mut cols = l.split_whitespace().skip(1);
+                let (Some(addr), Some(_), Some(st)) = (cols.next(), cols.next(), cols.next()) else { return false };
+                st == "0A" && format!("{addr} ").ends_with(&local)
+            })
+        })
+    })
+}
+
 /// Without the feature, asking for the embedded broker is a start-up error.
 #[cfg(not(feature = "embedded-broker"))]
 pub fn start(_listen: SocketAddr) -> anyhow::Result<()> {
     anyhow::bail!("this warden was built without the embedded-broker feature; set mqtt.broker to an external broker")
+}
+
+#[cfg(all(test, feature = "embedded-broker"))]
+mod tests {
+    #[test]
+    fn a_listening_port_is_seen_and_a_closed_one_is_not() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(super::listening(port));
+        drop(l);
+        assert!(!super::listening(port));
+    }
 }

@@ -63,3 +63,60 @@ pub fn radius(data: &[u8]) {
     let _ = p.request_authenticator_valid(b"secret");
     let _ = p.eap_message();
 }
+
+/// The WireGuard plane's parsers of network input. The first byte picks:
+/// - even: `data[1..]` is a datagram from the network, handed to a router
+///   with one peer and no session. It must not panic, must never put
+///   anything on the TUN (nothing can decrypt), and may only answer the
+///   sender;
+/// - odd: bits 1–2 are the access, bit 3 the direction, bits 4–7 how many
+///   of a fixed set of remediation rules apply; the rest is a decrypted
+///   inner packet for the parser and the ACL, checked against their
+///   definitions.
+pub fn wireguard(data: &[u8]) {
+    use crate::wireguard::acl::{Access, Direction, Rule, permits};
+    use crate::wireguard::packet;
+    use crate::wireguard::router::{Dest, Router, Transmits, scratch};
+    let Some((&mode, rest)) = data.split_first() else { return };
+    if mode & 1 == 0 {
+        static ROUTER: OnceLock<Router> = OnceLock::new();
+        let router = ROUTER.get_or_init(|| {
+            let r = Router::new([0x11; 32], Vec::new());
+            let spec = crate::wireguard::peers::PeerSpec {
+                device_id: "fuzz".into(),
+                public_key: crate::wireguard::tunnel::public_key(&[0x22; 32]),
+                allowed_ips: vec![ipnet::IpNet::from(std::net::IpAddr::from([10, 99, 0, 2]))],
+                persistent_keepalive: None,
+            };
+            r.set_peers(&[spec], Vec::new(), |_| Access::Forward);
+            r
+        });
+        let from = std::net::SocketAddr::from(([192, 0, 2, 1], 51820));
+        let mut out = Transmits::default();
+        router.handle_datagram(from, rest, &mut scratch(), &mut out);
+        for (dest, _) in out.iter() {
+            assert_eq!(dest, Dest::Network(from), "garbage may only ever be answered to its sender");
+        }
+        return;
+    }
+    const RULES: [&str; 4] = ["10.99.0.1/32", "0.0.0.0/0:443", "fd00::/8", "[::/0]:53"];
+    let rules: Vec<Rule> = RULES.iter().take(usize::from(mode >> 4)).filter_map(|r| Rule::parse(r).ok()).collect();
+    let access = Access::from_u8((mode >> 1) & 3);
+    let direction = if mode & 8 == 0 { Direction::FromPeer } else { Direction::ToPeer };
+    let Some(flow) = packet::parse(rest) else { return };
+    let ported = flow.proto == packet::TCP || flow.proto == packet::UDP;
+    assert!(flow.src_port.is_none() || ported, "ports only for TCP and UDP");
+    let allowed = permits(access, &rules, &flow, direction);
+    match access {
+        Access::Forward => assert!(allowed),
+        Access::Block => assert!(!allowed),
+        Access::Remediation => {
+            let (addr, port) = match direction {
+                Direction::FromPeer => (flow.dst, flow.dst_port),
+                Direction::ToPeer => (flow.src, flow.src_port),
+            };
+            let want = rules.iter().any(|r| r.net.contains(&addr) && r.port.is_none_or(|p| ported && port == Some(p)));
+            assert_eq!(allowed, want);
+        }
+    }
+}

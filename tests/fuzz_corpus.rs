@@ -23,3 +23,8 @@ fn telemetry_corpus() {
 fn radius_corpus() {
     replay("radius", warden::fuzzing::radius);
 }
+
+#[test]
+fn wireguard_corpus() {
+    replay("wireguard", warden::fuzzing::wireguard);
+}

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, watch};
-use tun_rs::AsyncDevice;
+use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// Datagrams or TUN packets taken per wake-up before the transmits go out.
 const BATCH: usize = 64;
@@ -52,14 +52,26 @@ impl WireGuardTask {
         let Some(cfg) = &loaded.config.wireguard else { anyhow::bail!("no [wireguard] section") };
         let socket =
             UdpSocket::bind(cfg.listen).await.with_context(|| format!("WireGuard cannot listen on {}", cfg.listen))?;
-        let mut builder = tun_rs::DeviceBuilder::new().name(&cfg.interface).mtu(cfg.mtu);
-        builder = match checked.address {
-            ipnet::IpNet::V4(n) => builder.ipv4(n.addr(), n.prefix_len(), None),
-            ipnet::IpNet::V6(n) => builder.ipv6(n.addr(), n.prefix_len()),
+        let build = |offload: bool| {
+            let builder = tun_rs::DeviceBuilder::new().name(&cfg.interface).mtu(cfg.mtu).offload(offload);
+            match checked.address {
+                ipnet::IpNet::V4(n) => builder.ipv4(n.addr(), n.prefix_len(), None),
+                ipnet::IpNet::V6(n) => builder.ipv6(n.addr(), n.prefix_len()),
+            }
+            .build_async()
         };
-        let tun = builder.build_async().with_context(|| {
-            format!("creating TUN interface {} (it needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface)
-        })?;
+        // Offloads let the kernel hand us TCP super-packets (split here, one
+        // read for up to 64 KiB) and take coalesced ones (GRO, one write for
+        // many segments): far fewer syscalls and stack traversals per byte.
+        // A kernel without them still gets a working, slower plane.
+        let tun = build(true)
+            .or_else(|e| {
+                tracing::warn!(error = %e, "TUN offloads unavailable; one packet per read and write");
+                build(false)
+            })
+            .with_context(|| {
+                format!("creating TUN interface {} (it needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface)
+            })?;
         let router = Arc::new(Router::new(checked.private_key, checked.remediation.clone()));
         let unknown = loaded.config.policy.unknown_device;
         router.set_peers(&checked.peers, checked.remediation.clone(), |s| peer_access(table, s, unknown));
@@ -104,6 +116,7 @@ impl WireGuardTask {
         let mut buf = scratch();
         let mut out = Transmits::default();
         let mut ticks = 0u64;
+        let mut to_tun = TunBatch::new();
         loop {
             let hup_recv = async {
                 match hup.as_mut() {
@@ -119,7 +132,7 @@ impl WireGuardTask {
                         self.router.reset_rate_limit();
                     }
                     self.router.update_timers(&mut buf, &mut out);
-                    send(&self.socket, &self.tun, &self.metrics, &mut out).await;
+                    send(&self.socket, &self.tun, &mut to_tun, &self.metrics, &mut out).await;
                     self.gauge_peers();
                 }
                 change = self.changes.recv() => match change {
@@ -199,18 +212,56 @@ fn peer_access(table: &Table, spec: &PeerSpec, unknown: UnknownDevice) -> Access
     access_for(device.as_deref(), unknown)
 }
 
-/// Sends what the router produced; a failed send is a lost datagram, as
-/// UDP allows, and is logged at debug only (the peer retransmits).
-async fn send(socket: &UdpSocket, tun: &AsyncDevice, metrics: &Metrics, out: &mut Transmits) {
-    for (dest, bytes) in out.iter() {
-        let sent = match dest {
-            Dest::Network(to) => socket.send_to(bytes, to).await.map(|_| ()),
-            Dest::Tun => tun.send(bytes).await.map(|_| ()),
-        };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, ?dest, "WireGuard send failed");
+/// Inner packets on their way to the TUN, written as one batch: with
+/// offloads, consecutive segments of a TCP flow are coalesced (GRO) into
+/// one write. Buffers are kept between batches.
+struct TunBatch {
+    bufs: Vec<Vec<u8>>,
+    used: usize,
+    gro: GROTable,
+}
+
+impl TunBatch {
+    fn new() -> Self {
+        Self { bufs: Vec::new(), used: 0, gro: GROTable::default() }
+    }
+
+    fn push(&mut self, packet: &[u8]) {
+        if self.used == self.bufs.len() {
+            self.bufs.push(Vec::with_capacity(VIRTIO_NET_HDR_LEN + 2048));
+        }
+        let b = &mut self.bufs[self.used];
+        b.clear();
+        // Room for the virtio header the write puts in front.
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(packet);
+        self.used += 1;
+    }
+
+    async fn flush(&mut self, tun: &AsyncDevice) {
+        if self.used > 0 {
+            if let Err(e) = tun.send_multiple(&mut self.gro, &mut self.bufs[..self.used], VIRTIO_NET_HDR_LEN).await {
+                tracing::debug!(error = %e, "TUN write failed");
+            }
+            self.used = 0;
         }
     }
+}
+
+/// Sends what the router produced; a failed send is a lost datagram, as
+/// UDP allows, and is logged at debug only (the peer retransmits).
+async fn send(socket: &UdpSocket, tun: &AsyncDevice, to_tun: &mut TunBatch, metrics: &Metrics, out: &mut Transmits) {
+    for (dest, bytes) in out.iter() {
+        match dest {
+            Dest::Network(to) => {
+                if let Err(e) = socket.send_to(bytes, to).await {
+                    tracing::debug!(error = %e, %to, "WireGuard send failed");
+                }
+            }
+            Dest::Tun => to_tun.push(bytes),
+        }
+    }
+    to_tun.flush(tun).await;
     metrics.wireguard(&out.fates, &out.discards);
     out.clear();
 }
@@ -225,6 +276,7 @@ async fn network_to_tun(
     let mut datagram = vec![0u8; 65_536];
     let mut buf = scratch();
     let mut out = Transmits::default();
+    let mut to_tun = TunBatch::new();
     loop {
         let first = tokio::select! {
             r = socket.recv_from(&mut datagram) => r,
@@ -248,7 +300,7 @@ async fn network_to_tun(
                 };
             }
         }
-        send(&socket, &tun, &metrics, &mut out).await;
+        send(&socket, &tun, &mut to_tun, &metrics, &mut out).await;
         if failed == taken {
             // Nothing but errors: do not spin on a broken socket or device.
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -263,33 +315,43 @@ async fn tun_to_network(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut packet = vec![0u8; 65_536];
+    // One read is one packet, or with offloads a super-packet split here
+    // into up to IDEAL_BATCH_SIZE segments of at most the MTU.
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
+    // Segments never exceed the MTU (at most 9000, checked at load).
+    let mut packets = vec![vec![0u8; 9216]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
     let mut buf = scratch();
     let mut out = Transmits::default();
+    let mut unused = TunBatch::new();
     loop {
         let first = tokio::select! {
-            r = tun.recv(&mut packet) => r,
+            r = tun.recv_multiple(&mut original, &mut packets, &mut sizes, 0) => r,
             _ = shutdown.changed() => return,
         };
         let mut next = Some(first);
         let (mut taken, mut failed) = (0, 0);
         while let Some(r) = next.take() {
             match r {
-                Ok(n) => router.handle_tun_packet(&packet[..n], &mut buf, &mut out),
+                Ok(n) => {
+                    for (p, len) in packets.iter().zip(&sizes).take(n) {
+                        router.handle_tun_packet(&p[..*len], &mut buf, &mut out);
+                    }
+                }
                 Err(e) => {
                     failed += 1;
                     tracing::debug!(error = %e, "TUN receive failed");
                 }
             }
             taken += 1;
-            if taken < BATCH {
-                next = match tun.try_recv(&mut packet) {
+            if taken < BATCH / 8 {
+                next = match tun.try_recv_multiple(&mut original, &mut packets, &mut sizes, 0) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
                     r => Some(r),
                 };
             }
         }
-        send(&socket, &tun, &metrics, &mut out).await;
+        send(&socket, &tun, &mut unused, &metrics, &mut out).await;
         if failed == taken {
             // Nothing but errors: do not spin on a broken socket or device.
             tokio::time::sleep(Duration::from_millis(10)).await;
