@@ -9,7 +9,7 @@ use crate::config::{Loaded, UnknownDevice};
 use crate::metrics::Metrics;
 use crate::wireguard::config::Checked;
 use crate::wireguard::peers::PeerSpec;
-use crate::wireguard::router::{Dest, Router, Transmits, scratch};
+use crate::wireguard::router::{Router, Transmits, scratch};
 use crate::wireguard::{Access, access_for};
 use anyhow::Context;
 use base64::Engine as _;
@@ -20,17 +20,58 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, watch};
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-/// Datagrams or TUN packets taken per wake-up before the transmits go out.
-const BATCH: usize = 64;
+/// TUN reads per wake-up before the transmits go out.
+const TUN_READS: usize = 8;
 /// boringtun's timers want a call about every 250 ms.
 const TICK: Duration = Duration::from_millis(250);
 /// A session younger than this counts as connected (WireGuard rekeys every
 /// 2 minutes and gives up on a session after 3).
 const CONNECTED: Duration = Duration::from_secs(180);
 
+/// The UDP socket with batched I/O (quinn-udp): up to 32 datagrams per
+/// receive call (recvmmsg, and GRO where the kernel coalesces), and runs of
+/// same-size datagrams to one peer in one send (GSO).
+struct Udp {
+    socket: UdpSocket,
+    state: quinn_udp::UdpSocketState,
+}
+
+/// Receive buffer per slot: a GRO batch can hold up to 64 KiB.
+const SLOT: usize = 65_536;
+
+impl Udp {
+    fn new(socket: UdpSocket) -> std::io::Result<Self> {
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        Ok(Self { socket, state })
+    }
+
+    fn recv_now(&self, storage: &mut [u8], meta: &mut [quinn_udp::RecvMeta]) -> std::io::Result<usize> {
+        let mut slots: Vec<std::io::IoSliceMut<'_>> = storage.chunks_mut(SLOT).map(std::io::IoSliceMut::new).collect();
+        self.state.recv((&self.socket).into(), &mut slots, meta)
+    }
+
+    async fn recv(&self, storage: &mut [u8], meta: &mut [quinn_udp::RecvMeta]) -> std::io::Result<usize> {
+        self.socket.async_io(tokio::io::Interest::READABLE, || self.recv_now(storage, meta)).await
+    }
+
+    fn try_recv(&self, storage: &mut [u8], meta: &mut [quinn_udp::RecvMeta]) -> std::io::Result<usize> {
+        self.socket.try_io(tokio::io::Interest::READABLE, || self.recv_now(storage, meta))
+    }
+
+    async fn send(
+        &self,
+        to: std::net::SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> std::io::Result<()> {
+        let t = quinn_udp::Transmit { destination: to, ecn: None, contents, segment_size, src_ip: None };
+        self.socket.async_io(tokio::io::Interest::WRITABLE, || self.state.try_send((&self.socket).into(), &t)).await
+    }
+}
+
 pub struct WireGuardTask {
     router: Arc<Router>,
-    socket: Arc<UdpSocket>,
+    socket: Arc<Udp>,
     tun: Arc<AsyncDevice>,
     table: Table,
     unknown: UnknownDevice,
@@ -79,7 +120,7 @@ impl WireGuardTask {
         tracing::info!(listen = %socket.local_addr()?, interface = %cfg.interface, address = %checked.address, peers = checked.peers.len(), public_key = %public, "WireGuard listening");
         Ok(Self {
             router,
-            socket: Arc::new(socket),
+            socket: Arc::new(Udp::new(socket).context("setting up the WireGuard socket")?),
             tun: Arc::new(tun),
             table: table.clone(),
             unknown,
@@ -228,7 +269,10 @@ impl TunBatch {
 
     fn push(&mut self, packet: &[u8]) {
         if self.used == self.bufs.len() {
-            self.bufs.push(Vec::with_capacity(VIRTIO_NET_HDR_LEN + 2048));
+            // Coalescing appends later segments to the first one's buffer,
+            // and only within its capacity: room for a whole 64 KiB
+            // super-packet, or nothing coalesces at all.
+            self.bufs.push(Vec::with_capacity(2 * VIRTIO_NET_HDR_LEN + 65_535));
         }
         let b = &mut self.bufs[self.used];
         b.clear();
@@ -250,16 +294,14 @@ impl TunBatch {
 
 /// Sends what the router produced; a failed send is a lost datagram, as
 /// UDP allows, and is logged at debug only (the peer retransmits).
-async fn send(socket: &UdpSocket, tun: &AsyncDevice, to_tun: &mut TunBatch, metrics: &Metrics, out: &mut Transmits) {
-    for (dest, bytes) in out.iter() {
-        match dest {
-            Dest::Network(to) => {
-                if let Err(e) = socket.send_to(bytes, to).await {
-                    tracing::debug!(error = %e, %to, "WireGuard send failed");
-                }
-            }
-            Dest::Tun => to_tun.push(bytes),
+async fn send(socket: &Udp, tun: &AsyncDevice, to_tun: &mut TunBatch, metrics: &Metrics, out: &mut Transmits) {
+    for (to, bytes, segment_size) in out.network_batches(socket.state.max_gso_segments()) {
+        if let Err(e) = socket.send(to, bytes, segment_size).await {
+            tracing::debug!(error = %e, %to, "WireGuard send failed");
         }
+    }
+    for packet in out.tun_packets() {
+        to_tun.push(packet);
     }
     to_tun.flush(tun).await;
     metrics.wireguard(&out.fates, &out.discards);
@@ -268,33 +310,41 @@ async fn send(socket: &UdpSocket, tun: &AsyncDevice, to_tun: &mut TunBatch, metr
 
 async fn network_to_tun(
     router: Arc<Router>,
-    socket: Arc<UdpSocket>,
+    socket: Arc<Udp>,
     tun: Arc<AsyncDevice>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut datagram = vec![0u8; 65_536];
+    let mut storage = vec![0u8; SLOT * quinn_udp::BATCH_SIZE];
+    let mut meta = vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
     let mut buf = scratch();
     let mut out = Transmits::default();
     let mut to_tun = TunBatch::new();
     loop {
         let first = tokio::select! {
-            r = socket.recv_from(&mut datagram) => r,
+            r = socket.recv(&mut storage, &mut meta) => r,
             _ = shutdown.changed() => return,
         };
         let mut next = Some(first);
         let (mut taken, mut failed) = (0, 0);
         while let Some(r) = next.take() {
             match r {
-                Ok((n, from)) => router.handle_datagram(from, &datagram[..n], &mut buf, &mut out),
+                Ok(n) => {
+                    for (m, slot) in meta.iter().zip(storage.chunks(SLOT)).take(n) {
+                        // One slot may hold several datagrams (GRO), `stride` apart.
+                        for datagram in slot[..m.len.min(slot.len())].chunks(m.stride.max(1)) {
+                            router.handle_datagram(m.addr, datagram, &mut buf, &mut out);
+                        }
+                    }
+                }
                 Err(e) => {
                     failed += 1;
                     tracing::debug!(error = %e, "WireGuard receive failed");
                 }
             }
             taken += 1;
-            if taken < BATCH {
-                next = match socket.try_recv_from(&mut datagram) {
+            if taken < 4 {
+                next = match socket.try_recv(&mut storage, &mut meta) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
                     r => Some(r),
                 };
@@ -310,7 +360,7 @@ async fn network_to_tun(
 
 async fn tun_to_network(
     router: Arc<Router>,
-    socket: Arc<UdpSocket>,
+    socket: Arc<Udp>,
     tun: Arc<AsyncDevice>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -344,7 +394,7 @@ async fn tun_to_network(
                 }
             }
             taken += 1;
-            if taken < BATCH / 8 {
+            if taken < TUN_READS {
                 next = match tun.try_recv_multiple(&mut original, &mut packets, &mut sizes, 0) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
                     r => Some(r),

@@ -104,6 +104,45 @@ impl Transmits {
         self.items.is_empty()
     }
 
+    /// The network transmits grouped for UDP segmentation offload (GSO):
+    /// runs of datagrams to one destination, adjacent in the buffer, all of
+    /// one size but the last (which may be shorter), at most `max_segments`
+    /// and 64 000 bytes each. Yields (destination, bytes, segment size if
+    /// more than one datagram).
+    pub fn network_batches(&self, max_segments: usize) -> Vec<(SocketAddr, &[u8], Option<usize>)> {
+        let mut batches = Vec::new();
+        let mut i = 0;
+        while i < self.items.len() {
+            let (Dest::Network(to), first) = &self.items[i] else {
+                i += 1;
+                continue;
+            };
+            let size = first.len();
+            let mut end = first.end;
+            let mut count = 1;
+            i += 1;
+            while let Some((Dest::Network(next_to), r)) = self.items.get(i) {
+                let fits = count < max_segments && end - first.start + r.len() <= 64_000;
+                if next_to != to || r.start != end || r.len() > size || !fits {
+                    break;
+                }
+                end = r.end;
+                count += 1;
+                i += 1;
+                if r.len() < size {
+                    break; // only the last segment may be short
+                }
+            }
+            batches.push((*to, &self.bytes[first.start..end], (count > 1).then_some(size)));
+        }
+        batches
+    }
+
+    /// The inner packets for the TUN, in order.
+    pub fn tun_packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.items.iter().filter(|(d, _)| *d == Dest::Tun).map(|(_, r)| &self.bytes[r.clone()])
+    }
+
     /// Forgets the transmits (after sending) and the tallies (after counting).
     pub fn clear(&mut self) {
         self.bytes.clear();
@@ -286,5 +325,35 @@ fn drop_or_forward(peer: &Peer, rules: &[Rule], inner: &[u8], direction: Directi
     out.fate(direction, fate);
     if matches!(fate, Fate::Forward | Fate::Remediation) {
         out.push(Dest::Tun, inner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gso_batches_are_same_size_runs_to_one_destination() {
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        let mut t = Transmits::default();
+        for (dest, len) in [
+            (Dest::Network(a), 100),
+            (Dest::Network(a), 100),
+            (Dest::Network(a), 60), // a short last segment ends the run
+            (Dest::Network(a), 100),
+            (Dest::Network(b), 100), // another destination
+            (Dest::Tun, 100),
+            (Dest::Network(b), 100), // not adjacent to the previous one
+            (Dest::Network(b), 120), // larger: a new run
+        ] {
+            t.push(dest, &vec![len as u8; len]);
+        }
+        let got: Vec<_> = t.network_batches(64).into_iter().map(|(d, bytes, seg)| (d, bytes.len(), seg)).collect();
+        assert_eq!(got, vec![(a, 260, Some(100)), (a, 100, None), (b, 100, None), (b, 100, None), (b, 120, None)]);
+        let got: Vec<_> = t.network_batches(1).into_iter().map(|(_, bytes, seg)| (bytes.len(), seg)).collect();
+        assert_eq!(got.len(), 7, "no GSO: one datagram each");
+        assert!(got.iter().all(|(_, seg)| seg.is_none()));
+        assert_eq!(t.tun_packets().count(), 1);
     }
 }
