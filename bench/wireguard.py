@@ -155,8 +155,14 @@ def iperf(seconds):
         stop(server)
 
 
+def cpu_seconds(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(tmp, keys, runs, seconds):
     results = {"wireguard-go": [], "warden (forward)": [], "warden (quarantined, remediation)": []}
+    cpu = {k: [] for k in results}  # gateway-side CPU seconds per Gbit moved
     for r in range(runs):
         for name in results:
             gw = reference_up(tmp, keys) if name == "wireguard-go" else warden_up(tmp, keys, "quarantined" in name)
@@ -164,18 +170,24 @@ def throughput(tmp, keys, runs, seconds):
             peer = peer_up(tmp, keys)
             try:
                 ns(PEER, "ping", "-c", "1", "-W", "2", "10.99.0.1", check=False)
+                c0, t0 = cpu_seconds(gw.pid), time.monotonic()
                 gbps = iperf(seconds)
+                cores = (cpu_seconds(gw.pid) - c0) / (time.monotonic() - t0)
+                cpu[name].append(cores / gbps)
             finally:
                 stop(peer)
                 stop(gw)
                 time.sleep(0.3)
             results[name].append(gbps)
-            print(f"  run {r + 1}: {name:36s} {gbps:.3f} Gbit/s", flush=True)
+            print(f"  run {r + 1}: {name:36s} {gbps:.3f} Gbit/s, gateway side {cores:.2f} cores", flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
     ref = med["wireguard-go"]
     print(f"\nTCP throughput through the tunnel, median of {runs} x {seconds} s:")
     for k, v in med.items():
         print(f"  {k:36s} {v:.3f} Gbit/s  ({v / ref:.2f}x wireguard-go)  runs: {', '.join(f'{x:.3f}' for x in results[k])}")
+    print("Gateway-side CPU per Gbit/s moved (core-seconds per Gbit, median):")
+    for k, v in cpu.items():
+        print(f"  {k:36s} {statistics.median(v):.2f}")
     fwd, rem = med["warden (forward)"], med["warden (quarantined, remediation)"]
     print(f"  ACL with every rule scanned vs forward: {100 * (fwd - rem) / fwd:+.1f}% throughput cost")
 
