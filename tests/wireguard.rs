@@ -110,10 +110,15 @@ impl Lab {
     }
 
     fn config(&self, with_peer: bool) -> String {
+        self.config_with(with_peer, "")
+    }
+
+    /// The config, with `extra` lines in `[wireguard]`.
+    fn config_with(&self, with_peer: bool, extra: &str) -> String {
         let mut c = format!(
             "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:1883\"\n[policy]\ndir = \"policies\"\n\
              [wireguard]\nlisten = \"10.200.0.1:{WG_PORT}\"\nprivate_key_file = \"server.key\"\n\
-             interface = \"warden0\"\naddress = \"10.99.0.1/24\"\nremediation = [\"{REMEDIATION}/32\"]\n"
+             interface = \"warden0\"\naddress = \"10.99.0.1/24\"\nremediation = [\"{REMEDIATION}/32\"]\n{extra}"
         );
         if with_peer {
             c.push_str(&format!(
@@ -132,6 +137,11 @@ impl Lab {
 
     /// wireguard-go in the peer namespace, pointed at warden.
     fn start_peer(&mut self) {
+        self.start_peer_at("10.99.0.2");
+    }
+
+    /// The same, with tunnel address `address`.
+    fn start_peer_at(&mut self, address: &str) {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.peer, "wireguard-go", &self.wg])
             .env("WG_PROCESS_FOREGROUND", "1")
@@ -166,7 +176,7 @@ impl Lab {
             "10.99.0.0/24,10.98.0.0/24",
         ]);
         let wg = self.wg.as_str();
-        ok(&["ip", "-n", p, "addr", "add", "10.99.0.2/32", "dev", wg]);
+        ok(&["ip", "-n", p, "addr", "add", &format!("{address}/32"), "dev", wg]);
         ok(&["ip", "-n", p, "link", "set", wg, "up"]);
         ok(&["ip", "-n", p, "route", "add", "10.99.0.0/24", "dev", wg]);
         ok(&["ip", "-n", p, "route", "add", "10.98.0.0/24", "dev", wg]);
@@ -356,4 +366,57 @@ fn garbage_gets_no_answer_and_a_removed_peer_stops_at_once() {
     let unknown = w.metric("warden_wireguard_discarded_total{reason=\"unknown_index\"}");
     assert_eq!(lab.ping(&["-c", "2", "-i", "0.2", "-W", "1", REMEDIATION]).1, 0, "a removed peer gets nothing");
     assert!(w.metric("warden_wireguard_discarded_total{reason=\"unknown_index\"}") >= unknown + 2.0);
+}
+
+#[test]
+fn a_device_that_reported_its_key_is_admitted_with_a_pool_address() {
+    if !can_run() {
+        return;
+    }
+    require("mosquitto_sub", "mosquitto-clients");
+    let dir = Warden::workdir();
+    let mut lab = Lab::new(&dir);
+    let config = lab.config_with(false, "peer_pool = \"10.99.0.128/25\"\n");
+    let mut w = Warden::launch_in(Some(&lab.gw), &dir, &config, 1883, "");
+    w.wait_ready();
+    // Not in the config: only its report names the key.
+    let r = pos_report(1, json!({"wg_public_key": lab.peer_pub}));
+    common::publish_in(w.netns.as_deref(), w.mqtt, "devices/laptop-1/telemetry", &r);
+    w.wait_verdict("laptop-1", "compliant");
+    // The lowest free address of the pool.
+    lab.start_peer_at("10.99.0.129");
+    assert_eq!(lab.ping(&["-c", "3", "-i", "0.2", "-W", "1", ELSEWHERE]).1, 3, "log:\n{}", w.log_text());
+    let sub = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.gw,
+        "mosquitto_sub",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "1883",
+        "-t",
+        "devices/laptop-1/commands",
+        "-C",
+        "1",
+        "-W",
+        "5",
+    ]);
+    let cmd: serde_json::Value = serde_json::from_str(&sub).unwrap();
+    assert_eq!(cmd["address"], "10.99.0.129/32");
+    assert_eq!(cmd["server_public_key"], lab.server_pub.as_str());
+    wait_for("the pool saved", Duration::from_secs(5), || {
+        std::fs::read_to_string(dir.join("state/wireguard-pool.txt"))
+            .ok()
+            .filter(|t| t.contains("laptop-1 10.99.0.129"))
+    });
+
+    // Its verdict binds it like a configured peer.
+    let r = pos_report(2, json!({"wg_public_key": lab.peer_pub, "encrypted": false}));
+    common::publish_in(w.netns.as_deref(), w.mqtt, "devices/laptop-1/telemetry", &r);
+    w.wait_metric("warden_enforcement_seconds_count{plane=\"wireguard\"}", 1.0);
+    assert_eq!(lab.ping(&["-c", "2", "-i", "0.2", "-W", "1", ELSEWHERE]).1, 0);
+    assert_eq!(lab.ping(&["-c", "2", "-i", "0.2", "-W", "1", REMEDIATION]).1, 2);
+    w.stop();
 }

@@ -75,10 +75,27 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         Some(r) => Some(radius_task(r, &loaded, &table, &metrics, changes_tx.subscribe()).await?),
         None => None,
     };
+    // Status messages get their own connection. rumqttc does not read while
+    // it flushes, so on one shared connection a burst of status publishes
+    // and a broker pushing telemetry at full speed blocked each other until
+    // the flush timed out and the session dropped (seen at 1M devices:
+    // "Flush timeout", then ~100k QoS 1 redeliveries). The telemetry
+    // connection now writes nothing but acks.
+    let mut status_options = mqtt_options.clone();
+    status_options.set_client_id(format!("{}-status", mqtt_options.client_id())).set_clean_session(true);
+    let (status_client, status_eventloop) = ingest::connect(status_options);
     let wireguard = match &loaded.wireguard {
-        Some(checked) => {
-            Some(wireguard_task::WireGuardTask::new(checked, &loaded, &table, &metrics, changes_tx.subscribe()).await?)
-        }
+        Some(checked) => Some(
+            wireguard_task::WireGuardTask::new(
+                checked,
+                &loaded,
+                &table,
+                &metrics,
+                changes_tx.subscribe(),
+                status_client.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     if *cfg.mqtt.broker.get_ref() == Broker::Embedded {
@@ -91,15 +108,6 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let ready = Arc::new(Readiness::default());
     let mut tasks = tokio::task::JoinSet::new();
 
-    // Status messages get their own connection. rumqttc does not read while
-    // it flushes, so on one shared connection a burst of status publishes
-    // and a broker pushing telemetry at full speed blocked each other until
-    // the flush timed out and the session dropped (seen at 1M devices:
-    // "Flush timeout", then ~100k QoS 1 redeliveries). The telemetry
-    // connection now writes nothing but acks.
-    let mut status_options = mqtt_options.clone();
-    status_options.set_client_id(format!("{}-status", mqtt_options.client_id())).set_clean_session(true);
-    let (status_client, status_eventloop) = ingest::connect(status_options);
     tasks.spawn(ingest::run_publisher(status_client.clone(), status_eventloop, shutdown.clone()));
     let (client, eventloop) = ingest::connect(mqtt_options);
     let filter = cfg.mqtt.telemetry_topic.filter();

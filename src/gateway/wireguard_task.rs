@@ -9,7 +9,8 @@ use crate::config::{Loaded, UnknownDevice};
 use crate::metrics::Metrics;
 use crate::wireguard::config::Checked;
 use crate::wireguard::peers::PeerSpec;
-use crate::wireguard::router::{Router, Transmits, scratch};
+use crate::wireguard::pool::Pool;
+use crate::wireguard::router::{Admission, Router, Transmits, scratch};
 use crate::wireguard::{Access, access_for};
 use anyhow::Context;
 use base64::Engine as _;
@@ -78,6 +79,57 @@ pub struct WireGuardTask {
     metrics: Arc<Metrics>,
     changes: broadcast::Receiver<Arc<Change>>,
     config_file: Option<PathBuf>,
+    /// Public keys of the configured peers (the others came from telemetry).
+    configured: std::collections::HashSet<[u8; 32]>,
+    pool: Option<Arc<std::sync::Mutex<Pool>>>,
+    pool_file: PathBuf,
+}
+
+/// Lets in a device that reported its WireGuard key in telemetry: it gets
+/// the pool address it already had, or the lowest free one, and the access
+/// its verdict gives. The assignment is also published, retained, on the
+/// device's command topic, for its agent to configure the tunnel.
+struct TelemetryPeers {
+    table: Table,
+    unknown: UnknownDevice,
+    configured: std::collections::HashSet<[u8; 32]>,
+    pool: Arc<std::sync::Mutex<Pool>>,
+    commands: rumqttc::AsyncClient,
+    command_topic: String,
+    server_key: String,
+}
+
+impl Admission for TelemetryPeers {
+    fn admit(&self, key: &[u8; 32]) -> Option<(PeerSpec, Access)> {
+        if self.configured.contains(key) {
+            return None;
+        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        let device = self.table.by_wg_key(&b64)?;
+        let address = self.pool.lock().unwrap_or_else(|p| p.into_inner()).assign(&device.id);
+        let Some(address) = address else {
+            tracing::warn!(device = %device.id, "WireGuard peer pool is full; handshake dropped");
+            return None;
+        };
+        let access = access_for(Some(&device), self.unknown);
+        tracing::info!(device = %device.id, %address, access = access.label(), "WireGuard peer admitted from telemetry");
+        let payload = serde_json::json!({
+            "command": "wireguard_config",
+            "address": ipnet::IpNet::from(address).to_string(),
+            "server_public_key": self.server_key,
+        });
+        let topic = self.command_topic.replace("{device_id}", &device.id);
+        if self.commands.try_publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_string()).is_err() {
+            tracing::warn!(device = %device.id, "could not queue the WireGuard address for the device");
+        }
+        let spec = PeerSpec {
+            device_id: Arc::clone(&device.id),
+            public_key: *key,
+            allowed_ips: vec![ipnet::IpNet::from(address)],
+            persistent_keepalive: None,
+        };
+        Some((spec, access))
+    }
 }
 
 impl WireGuardTask {
@@ -89,6 +141,7 @@ impl WireGuardTask {
         table: &Table,
         metrics: &Arc<Metrics>,
         changes: broadcast::Receiver<Arc<Change>>,
+        commands: rumqttc::AsyncClient,
     ) -> anyhow::Result<Self> {
         let Some(cfg) = &loaded.config.wireguard else { anyhow::bail!("no [wireguard] section") };
         let socket =
@@ -113,8 +166,36 @@ impl WireGuardTask {
             .with_context(|| {
                 format!("creating TUN interface {} (it needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface)
             })?;
-        let router = Arc::new(Router::new(checked.private_key, checked.remediation.clone()));
         let unknown = loaded.config.policy.unknown_device;
+        let configured: std::collections::HashSet<[u8; 32]> = checked.peers.iter().map(|p| p.public_key).collect();
+        let pool_file = loaded.config.node.state_dir.join("wireguard-pool.txt");
+        let mut router = Router::new(checked.private_key, checked.remediation.clone());
+        let pool = checked.peer_pool.map(|net| {
+            // Never hand out the gateway's own address or a configured peer's.
+            let reserved = std::iter::once(checked.address.addr())
+                .chain(checked.peers.iter().flat_map(|p| p.allowed_ips.iter().map(|n| n.addr())));
+            let mut pool = Pool::new(net, reserved);
+            if let Ok(text) = std::fs::read_to_string(&pool_file) {
+                let skipped = pool.load(&text);
+                if skipped > 0 {
+                    tracing::warn!(skipped, file = %pool_file.display(), "WireGuard pool lines skipped");
+                }
+            }
+            Arc::new(std::sync::Mutex::new(pool))
+        });
+        if let Some(pool) = &pool {
+            let server_key = base64::engine::general_purpose::STANDARD.encode(router.public_key());
+            router = router.with_admission(Box::new(TelemetryPeers {
+                table: table.clone(),
+                unknown,
+                configured: configured.clone(),
+                pool: Arc::clone(pool),
+                commands,
+                command_topic: loaded.config.mqtt.command_topic.clone(),
+                server_key,
+            }));
+        }
+        let router = Arc::new(router);
         router.set_peers(&checked.peers, checked.remediation.clone(), |s| peer_access(table, s, unknown));
         let public = base64::engine::general_purpose::STANDARD.encode(router.public_key());
         tracing::info!(listen = %socket.local_addr()?, interface = %cfg.interface, address = %checked.address, peers = checked.peers.len(), public_key = %public, "WireGuard listening");
@@ -127,6 +208,9 @@ impl WireGuardTask {
             metrics: Arc::clone(metrics),
             changes,
             config_file: loaded.file.clone(),
+            configured,
+            pool,
+            pool_file,
         })
     }
 
@@ -173,6 +257,7 @@ impl WireGuardTask {
                         self.router.reset_rate_limit();
                     }
                     self.router.update_timers(&mut buf, &mut out);
+                    self.save_pool();
                     send(&self.socket, &self.tun, &mut to_tun, &self.metrics, &mut out).await;
                     self.gauge_peers();
                 }
@@ -231,9 +316,35 @@ impl WireGuardTask {
             tracing::warn!("the [wireguard] section is gone; a restart stops the plane, peers are kept until then");
             return;
         };
-        let removed =
-            self.router.set_peers(&checked.peers, checked.remediation, |s| peer_access(&self.table, s, self.unknown));
+        // Peers that came from telemetry stay; configured ones follow the file.
+        let mut specs = checked.peers.clone();
+        let new_keys: std::collections::HashSet<[u8; 32]> = specs.iter().map(|p| p.public_key).collect();
+        specs.extend(
+            self.router
+                .peers()
+                .iter()
+                .filter(|p| !self.configured.contains(&p.spec.public_key) && !new_keys.contains(&p.spec.public_key))
+                .map(|p| p.spec.clone()),
+        );
+        let removed = self.router.set_peers(&specs, checked.remediation, |s| peer_access(&self.table, s, self.unknown));
         tracing::info!(peers = checked.peers.len(), removed = removed.len(), "WireGuard peers reloaded");
+    }
+
+    /// Writes the pool's assignments when they changed (temp file, rename).
+    fn save_pool(&self) {
+        let Some(pool) = &self.pool else { return };
+        let text = {
+            let mut p = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if !p.dirty {
+                return;
+            }
+            p.dirty = false;
+            p.save()
+        };
+        let tmp = self.pool_file.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.pool_file)) {
+            tracing::warn!(error = %e, file = %self.pool_file.display(), "cannot save the WireGuard pool");
+        }
     }
 
     fn gauge_peers(&self) {

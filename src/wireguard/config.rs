@@ -27,6 +27,10 @@ pub struct WireGuard {
     /// What a quarantined peer may still reach: `CIDR` or `CIDR:port`.
     #[serde(default)]
     pub remediation: Vec<Spanned<String>>,
+    /// Admit devices that reported `wg_public_key` in telemetry, each with
+    /// an address from this network (inside `address`'s). Absent: config
+    /// peers only.
+    pub peer_pool: Option<Spanned<String>>,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
 }
@@ -73,6 +77,7 @@ pub struct Checked {
     pub address: IpNet,
     pub remediation: Vec<Rule>,
     pub peers: Vec<super::peers::PeerSpec>,
+    pub peer_pool: Option<IpNet>,
 }
 
 impl std::fmt::Debug for Checked {
@@ -162,8 +167,17 @@ impl WireGuard {
                 persistent_keepalive: p.persistent_keepalive.filter(|k| *k > 0),
             });
         }
+        let peer_pool = self.peer_pool.as_ref().and_then(|p| {
+            let pool = parse_net(p.get_ref()).map_err(|e| errors.push(at(p.span(), format!("peer_pool: {e}")))).ok()?;
+            if address.is_some_and(|a| !a.trunc().contains(&pool.trunc())) {
+                errors.push(at(p.span(), format!("peer_pool {pool} is not inside address {}", self.address.get_ref())));
+            }
+            Some(pool.trunc())
+        });
         match (errors.is_empty(), private_key, address) {
-            (true, Some(private_key), Some(address)) => Ok(Checked { private_key, address, remediation, peers }),
+            (true, Some(private_key), Some(address)) => {
+                Ok(Checked { private_key, address, remediation, peers, peer_pool })
+            }
             _ => Err(errors),
         }
     }
@@ -204,6 +218,12 @@ mod tests {
                 "1:1: private_key: a WireGuard key",
             ),
             (format!("[wireguard]\nprivate_key = \"{KEY}\"\naddress = \"10.99.0.300/24\"\n"), "3:11: address:"),
+            (
+                format!(
+                    "[wireguard]\nprivate_key = \"{KEY}\"\naddress = \"10.99.0.1/24\"\npeer_pool = \"10.98.0.0/25\"\n"
+                ),
+                "4:13: peer_pool 10.98.0.0/25 is not inside address 10.99.0.1/24",
+            ),
             (
                 format!(
                     "[wireguard]\nprivate_key = \"{KEY}\"\naddress = \"10.0.0.1/8\"\nremediation = [\"10.0.0.1/32:http\"]\n"

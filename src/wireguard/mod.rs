@@ -4,6 +4,7 @@
 //! - [`tunnel`]: the one file that names boringtun (Noise sessions, the
 //!   handshake gate with its rate limiter and cookies);
 //! - [`peers`]: peers by static key, by receiver index and by allowed IPs;
+//! - [`pool`]: tunnel addresses for peers that come from telemetry;
 //! - [`packet`] and [`acl`]: the inner packet's headers and the pure ACL;
 //! - [`router`]: the sans-IO core that ties them together;
 //! - [`config`]: the `[wireguard]` section.
@@ -14,6 +15,7 @@ pub mod acl;
 pub mod config;
 pub mod packet;
 pub mod peers;
+pub mod pool;
 pub mod router;
 pub mod tunnel;
 

@@ -146,6 +146,11 @@ impl PeerSet {
         self.hosts.get(&dst).or_else(|| self.nets.iter().find(|(n, _)| n.contains(&dst)).map(|(_, p)| p))
     }
 
+    /// The specs of every peer, to rebuild the set with one more.
+    pub fn specs(&self) -> Vec<PeerSpec> {
+        self.by_index.values().map(|p| p.spec.clone()).collect()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.by_index.values()
     }

@@ -158,11 +158,20 @@ struct Plan {
     remediation: Arc<[Rule]>,
 }
 
+/// Where peers that are not in the config may come from: devices that
+/// reported their WireGuard key in telemetry. Asked on an authenticated
+/// handshake initiation from a key no peer has; answers the peer to create
+/// and its starting access, or `None` (the handshake is dropped).
+pub trait Admission: Send + Sync {
+    fn admit(&self, key: &[u8; 32]) -> Option<(PeerSpec, Access)>;
+}
+
 pub struct Router {
     private_key: [u8; 32],
     gate: Gate,
     plan: RwLock<Arc<Plan>>,
     next_index: Mutex<u32>,
+    admission: Option<Box<dyn Admission>>,
 }
 
 /// A scratch buffer of [`BUF`] bytes, one per calling thread.
@@ -177,7 +186,31 @@ impl Router {
             private_key,
             plan: RwLock::new(Arc::new(Plan { peers: PeerSet::default(), remediation: remediation.into() })),
             next_index: Mutex::new(fastrand::u32(1..1 << 24)),
+            admission: None,
         }
+    }
+
+    /// Lets unknown keys in through `admission`.
+    pub fn with_admission(mut self, admission: Box<dyn Admission>) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// A peer for an unknown key, if admission has one: added to the set
+    /// (the other peers keep their sessions).
+    fn admit(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
+        let (spec, access) = self.admission.as_ref()?.admit(key)?;
+        let mut plan = self.plan.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = plan.peers.by_key(key) {
+            return Some(Arc::clone(p)); // admitted by the other direction meanwhile
+        }
+        let mut specs = plan.peers.specs();
+        specs.push(spec);
+        let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
+        let (peers, _) = PeerSet::build(&specs, &plan.peers, &self.private_key, &mut next, |_| access);
+        let peer = peers.by_key(key).map(Arc::clone);
+        *plan = Arc::new(Plan { peers, remediation: Arc::clone(&plan.remediation) });
+        peer
     }
 
     pub fn public_key(&self) -> [u8; 32] {
@@ -229,8 +262,10 @@ impl Router {
     pub fn handle_datagram(&self, from: SocketAddr, datagram: &[u8], scratch: &mut [u8], out: &mut Transmits) {
         let plan = self.plan();
         let peer = match self.gate.check(from.ip(), datagram, scratch) {
-            Ok(Addressed::Initiation(key)) => plan.peers.by_key(&key).ok_or(Discard::UnknownKey),
-            Ok(Addressed::Index(i)) => plan.peers.by_index(i).ok_or(Discard::UnknownIndex),
+            Ok(Addressed::Initiation(key)) => {
+                plan.peers.by_key(&key).map(Arc::clone).or_else(|| self.admit(&key)).ok_or(Discard::UnknownKey)
+            }
+            Ok(Addressed::Index(i)) => plan.peers.by_index(i).map(Arc::clone).ok_or(Discard::UnknownIndex),
             Err((reason, reply)) => {
                 if let Some(reply) = reply {
                     out.push(Dest::Network(from), reply);
@@ -258,7 +293,7 @@ impl Router {
             }
             Step::Inner(inner) => {
                 session.endpoint = Some(from);
-                drop_or_forward(peer, &plan.remediation, inner, Direction::FromPeer, out);
+                drop_or_forward(&peer, &plan.remediation, inner, Direction::FromPeer, out);
             }
         }
     }

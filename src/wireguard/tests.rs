@@ -270,3 +270,76 @@ fn a_packet_to_no_peer_or_to_a_peer_never_heard_from_is_not_sent() {
     assert!(n.out.iter().all(|(d, _)| d != Dest::Tun));
     assert!(n.out.is_empty(), "no endpoint: nothing goes out");
 }
+
+#[test]
+fn a_handshake_flood_gets_cookie_replies_not_sessions() {
+    let mut n = Net::new();
+    // Past the global limit within one rate-limit second, valid
+    // initiations from our real peer are answered with a cookie reply
+    // (mac2 required), not a handshake response.
+    let (mut responses, mut cookies) = (0, 0);
+    for _ in 0..(super::tunnel::HANDSHAKES_PER_SECOND + 20) {
+        let mut fresh = Tunnel::new(&CLIENT, &n.router.public_key(), 9, None);
+        let init = match fresh.encapsulate(&ipv4(PEER_IP, GATEWAY_IP, 1, 0, 0), &mut n.cbuf) {
+            Step::Network(b) => b.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        n.out.clear();
+        n.router.handle_datagram(n.from, &init, &mut n.buf, &mut n.out);
+        let sent: Vec<usize> = n.out.iter().map(|(_, b)| b.len()).collect();
+        match sent.as_slice() {
+            [92] => responses += 1,
+            [64] => cookies += 1,
+            [] => {}
+            other => panic!("unexpected answer sizes {other:?}"),
+        }
+    }
+    assert!(cookies >= 10, "cookie replies under load: {cookies} (responses {responses})");
+    assert!(discards(&n.out, Discard::CookieSent) <= 1);
+    // A new second: answered normally again.
+    n.router.reset_rate_limit();
+    n.connect();
+}
+
+/// Admits one key (as the shell does for a device that reported it).
+struct AdmitOne([u8; 32]);
+
+impl super::router::Admission for AdmitOne {
+    fn admit(&self, key: &[u8; 32]) -> Option<(PeerSpec, Access)> {
+        (*key == self.0).then(|| {
+            let spec = PeerSpec {
+                device_id: "from-telemetry".into(),
+                public_key: *key,
+                allowed_ips: vec!["10.99.0.2/32".parse().unwrap()],
+                persistent_keepalive: None,
+            };
+            (spec, Access::Remediation)
+        })
+    }
+}
+
+#[test]
+fn a_key_reported_in_telemetry_is_admitted_with_its_access_and_others_are_not() {
+    let router = Router::new(SERVER, vec![Rule::parse("10.99.0.1/32").unwrap()])
+        .with_admission(Box::new(AdmitOne(public_key(&CLIENT))));
+    router.set_peers(&[], vec![Rule::parse("10.99.0.1/32").unwrap()], |_| Access::Forward);
+    let client = Tunnel::new(&CLIENT, &router.public_key(), 77, None);
+    let mut n =
+        Net { router, client, from: FROM.parse().unwrap(), out: Transmits::default(), buf: scratch(), cbuf: scratch() };
+    n.connect();
+    let peer = n.router.peer_by_key(&public_key(&CLIENT)).expect("admitted");
+    assert_eq!((&*peer.spec.device_id, peer.access()), ("from-telemetry", Access::Remediation));
+    let ping_gw = ipv4(PEER_IP, GATEWAY_IP, 1, 0, 0);
+    assert_eq!(n.send(&ping_gw), vec![ping_gw.clone()]);
+
+    let mut stranger = Tunnel::new(&[0x44; 32], &n.router.public_key(), 5, None);
+    let init = match stranger.encapsulate(&ping_gw, &mut n.cbuf) {
+        Step::Network(b) => b.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    n.out.clear();
+    n.router.handle_datagram(n.from, &init, &mut n.buf, &mut n.out);
+    assert!(n.out.is_empty());
+    assert_eq!(discards(&n.out, Discard::UnknownKey), 1);
+    assert_eq!(n.router.peers().len(), 1);
+}
