@@ -14,6 +14,7 @@ pub mod commands;
 pub mod compliance;
 pub mod config;
 pub mod diag;
+pub mod eap;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

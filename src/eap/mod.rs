@@ -1,0 +1,8 @@
+//! 802.1X authentication over RADIUS (RFC 3579): the EAP packets, the
+//! fragmentation of TLS-based methods, and (to come) the EAP-TLS and PEAP
+//! sessions that run on in-memory rustls connections. Sans-IO: bytes in,
+//! bytes out.
+
+pub mod fragment;
+pub mod mppe;
+pub mod packet;
