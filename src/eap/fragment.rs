@@ -217,7 +217,7 @@ mod tests {
             let mut got = None;
             let mut n = 0;
             while let Some(f) = out.next_fragment(1) {
-                prop_assert!(f.len() + 4 + 1 <= mtu.max(64 + OVERHEAD), "fragment of {} for mtu {}", f.len(), mtu);
+                prop_assert!(f.len() + 5 <= mtu.max(64 + OVERHEAD), "fragment of {} for mtu {}", f.len(), mtu);
                 let frame = Frame::parse(&f).unwrap();
                 prop_assert_eq!(frame.flags & VERSION_MASK, 1);
                 if let Some(m) = r.push(&frame).unwrap() {
