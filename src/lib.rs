@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod compliance;

@@ -6,3 +6,7 @@
 pub mod fragment;
 pub mod mppe;
 pub mod packet;
+pub mod tls;
+
+#[cfg(test)]
+mod tests;

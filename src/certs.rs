@@ -1,0 +1,107 @@
+//! A development PKI (`warden certs init`): a CA, a RADIUS/EAP server
+//! certificate and device certificates, ECDSA P-256, from rcgen. For
+//! trying warden and for the tests; production certificates come from the
+//! MDM's or the organisation's CA.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// A certificate and its key, DER and PEM.
+pub struct Issued {
+    pub cert_der: Vec<u8>,
+    pub cert_pem: String,
+    pub key_der: Vec<u8>,
+    pub key_pem: String,
+}
+
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    key_pem: String,
+}
+
+impl Ca {
+    /// A new self-signed CA named `name`, valid for ten years.
+    pub fn new(name: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let key_pem = key.serialize_pem();
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(3650);
+        Ok(Self { issuer: CertifiedIssuer::self_signed(params, key)?, key_pem })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn cert_der(&self) -> Vec<u8> {
+        self.issuer.der().to_vec()
+    }
+
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A server certificate for `dns_name` (serverAuth), valid two years.
+    pub fn server(&self, dns_name: &str) -> Result<Issued, rcgen::Error> {
+        let now = OffsetDateTime::now_utc();
+        self.issue(
+            dns_name,
+            vec![SanType::DnsName(dns_name.try_into()?)],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now - Duration::days(1),
+            now + Duration::days(730),
+        )
+    }
+
+    /// A device certificate (clientAuth) with CN = SAN DNS = `device_id`,
+    /// valid between `not_before` and `not_after`.
+    pub fn device(
+        &self,
+        device_id: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, rcgen::Error> {
+        let san =
+            vec![SanType::DnsName(device_id.try_into()?), SanType::URI(format!("urn:device:{device_id}").try_into()?)];
+        self.issue(device_id, san, ExtendedKeyUsagePurpose::ClientAuth, not_before, not_after)
+    }
+
+    /// A device certificate valid from yesterday for a year.
+    pub fn device_now(&self, device_id: &str) -> Result<Issued, rcgen::Error> {
+        let now = OffsetDateTime::now_utc();
+        self.device(device_id, now - Duration::days(1), now + Duration::days(365))
+    }
+
+    fn issue(
+        &self,
+        cn: &str,
+        san: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = san;
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            cert_der: cert.der().to_vec(),
+            cert_pem: cert.pem(),
+            key_der: key.serialize_der(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
