@@ -6,6 +6,7 @@
 pub mod fragment;
 pub mod mppe;
 pub mod packet;
+pub mod server;
 pub mod tls;
 
 #[cfg(test)]

@@ -178,3 +178,115 @@ fn an_oversized_message_is_refused() {
     first.extend_from_slice(&[0x16; 100]);
     assert!(matches!(s.handle(&first), Step::Failed(_)));
 }
+
+mod conversation {
+    use super::*;
+    use crate::eap::packet::{Code, Packet, encode, kind};
+    use crate::eap::server::{Authenticated, EapServer, Limits, Outcome, Refusal};
+    use std::time::{Duration, Instant};
+
+    fn identity(id: u8) -> Vec<u8> {
+        encode(Code::Response, id, Some(kind::IDENTITY), b"laptop-0042").unwrap()
+    }
+
+    /// A supplicant driving EapServer through whole EAP packets and State.
+    fn authenticate(server: &mut EapServer, mut c: rustls::ClientConnection, now: Instant) -> Outcome {
+        let mut out = server.handle(&identity(1), None, Some(1000), now);
+        let mut from_server = Reassembler::new(64 * 1024);
+        let mut to_server: Option<Fragmenter> = None;
+        for _ in 0..100 {
+            let Outcome::Challenge { eap, state } = out else { return out };
+            let p = Packet::decode(&eap).unwrap();
+            assert_eq!((p.code, p.kind), (Code::Request, Some(kind::TLS)));
+            let frame = Frame::parse(p.data).unwrap();
+            let td = if let Some(o) = to_server.as_mut().filter(|o| !o.done()) {
+                o.next_fragment(0).unwrap()
+            } else {
+                let mut flight = Vec::new();
+                if frame.flags & crate::eap::fragment::FLAG_S == 0 {
+                    if let Some(msg) = from_server.push(&frame).unwrap() {
+                        let mut rd = &msg[..];
+                        while !rd.is_empty() {
+                            c.read_tls(&mut rd).unwrap();
+                            if c.process_new_packets().is_err() {
+                                break;
+                            }
+                        }
+                    } else {
+                        flight.clear();
+                    }
+                }
+                while c.wants_write() {
+                    c.write_tls(&mut flight).unwrap();
+                }
+                if flight.is_empty() {
+                    vec![0]
+                } else {
+                    let mut o = Fragmenter::new(flight, 1000);
+                    let f = o.next_fragment(0).unwrap();
+                    to_server = Some(o);
+                    f
+                }
+            };
+            let response = encode(Code::Response, p.id, Some(kind::TLS), &td).unwrap();
+            out = server.handle(&response, Some(&state), Some(1000), now);
+        }
+        panic!("no end");
+    }
+
+    #[test]
+    fn a_whole_conversation_through_state() {
+        let p = pki();
+        let device = p.ca.device_now("laptop-0042").unwrap();
+        let mut s = EapServer::new(Some(server(&p)), Limits::default(), [9; 32]);
+        let out = authenticate(&mut s, client(&p, Some(&device), true), Instant::now());
+        let Outcome::Authenticated { who: Authenticated::Certificate { eap_identity, .. }, success, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(eap_identity, "laptop-0042");
+        assert_eq!(Packet::decode(&success).unwrap().code, Code::Success);
+        assert!(s.is_empty(), "a finished conversation is gone");
+    }
+
+    #[test]
+    fn limits_unknown_state_rounds_eviction_timeout() {
+        let p = pki();
+        let now = Instant::now();
+        let limits = Limits { max_sessions: 3, max_rounds: 2, timeout: Duration::from_secs(30), ..Limits::default() };
+        let mut s = EapServer::new(Some(server(&p)), limits, [9; 32]);
+        // Unknown State.
+        let resp = encode(Code::Response, 2, Some(kind::TLS), &[0]).unwrap();
+        let Outcome::Reject { refusal, eap, .. } = s.handle(&resp, Some(&[1; 16]), None, now) else { panic!() };
+        assert_eq!(refusal, Refusal::UnknownState);
+        assert_eq!(Packet::decode(&eap).unwrap().code, Code::Failure);
+        // A live conversation (came back with its State) outlives half-open ones.
+        // A small MTU: the server's flight takes several fragments, each ACKed.
+        let Outcome::Challenge { state: live, .. } = s.handle(&identity(1), None, Some(200), now) else { panic!() };
+        let mut c = client(&p, None, true);
+        let mut hello = vec![0u8];
+        while c.wants_write() {
+            c.write_tls(&mut hello).unwrap();
+        }
+        let hello = encode(Code::Response, 2, Some(kind::TLS), &hello).unwrap();
+        let Outcome::Challenge { state: live2, .. } = s.handle(&hello, Some(&live), None, now) else {
+            panic!("a ClientHello is answered with the server's first fragment")
+        };
+        for _ in 0..2 {
+            let _ = s.handle(&identity(1), None, None, now);
+        }
+        assert_eq!(s.len(), 3);
+        let _ = s.handle(&identity(1), None, None, now); // full: a half-open one goes
+        assert_eq!((s.len(), s.evicted), (3, 1));
+        let ack = encode(Code::Response, 3, Some(kind::TLS), &[0]).unwrap();
+        let out = s.handle(&ack, Some(&live2), None, now);
+        let Outcome::Challenge { state: live3, .. } = out else { panic!("the live one survived: {out:?}") };
+        let ack = encode(Code::Response, 4, Some(kind::TLS), &[0]).unwrap();
+        let out = s.handle(&ack, Some(&live3), None, now);
+        assert!(matches!(out, Outcome::Reject { refusal: Refusal::TooManyRounds, .. }), "{out:?}");
+        // Timeout.
+        assert_eq!(s.handle_timeout(now + Duration::from_secs(29)), 0);
+        let n = s.len();
+        assert_eq!(s.handle_timeout(now + Duration::from_secs(31)), n);
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,294 @@
+//! The EAP server core (RFC 3748 as carried by RFC 3579): conversations
+//! tied together by the RADIUS State attribute, method negotiation, and the
+//! limits that keep a flood of half-open conversations from costing more
+//! than a bounded table. Sans-IO: EAP bytes, State and `now` in; what to
+//! answer out.
+
+use super::fragment;
+use super::packet::{Code, Packet, encode, kind};
+use super::tls::{EapTls, Keys, Step};
+use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The limits (`[eap]`), each enforced and counted.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Round trips one conversation may take.
+    pub max_rounds: u32,
+    /// Conversations held at once.
+    pub max_sessions: usize,
+    /// A conversation idle this long is dropped.
+    pub timeout: Duration,
+    /// The largest TLS message a peer may send (reassembled).
+    pub max_message: usize,
+    /// EAP packet size when the NAS sends no Framed-MTU.
+    pub default_mtu: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_rounds: 64,
+            max_sessions: 10_000,
+            timeout: Duration::from_secs(30),
+            max_message: 64 * 1024,
+            default_mtu: 1000,
+        }
+    }
+}
+
+/// A reason a conversation ended or was refused, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Malformed,
+    UnknownState,
+    NoCommonMethod,
+    TooManyRounds,
+    TooLarge,
+    TlsFailed,
+    Evicted,
+    TimedOut,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 8] = [
+        Refusal::Malformed,
+        Refusal::UnknownState,
+        Refusal::NoCommonMethod,
+        Refusal::TooManyRounds,
+        Refusal::TooLarge,
+        Refusal::TlsFailed,
+        Refusal::Evicted,
+        Refusal::TimedOut,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::UnknownState => "unknown_state",
+            Refusal::NoCommonMethod => "no_common_method",
+            Refusal::TooManyRounds => "too_many_rounds",
+            Refusal::TooLarge => "too_large",
+            Refusal::TlsFailed => "tls_failed",
+            Refusal::Evicted => "evicted",
+            Refusal::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// Who authenticated.
+#[derive(Clone, Debug)]
+pub enum Authenticated {
+    /// EAP-TLS: the verified client certificate (end entity).
+    Certificate { eap_identity: String, certificate: CertificateDer<'static>, tls13: bool },
+}
+
+/// What to answer.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Access-Challenge carrying `eap`, with State `state`.
+    Challenge { eap: Vec<u8>, state: Vec<u8> },
+    /// The method succeeded: authorize `who`, then Access-Accept with
+    /// `eap` (EAP-Success) and the MPPE keys, or Access-Reject with an
+    /// EAP-Failure of the same identifier.
+    Authenticated { who: Authenticated, keys: Keys, success: Vec<u8>, failure: Vec<u8> },
+    /// Access-Reject carrying `eap` (EAP-Failure).
+    Reject { eap: Vec<u8>, refusal: Refusal, reason: String },
+}
+
+enum Method {
+    Tls(Box<EapTls>),
+}
+
+struct Session {
+    /// The Identifier of the last EAP-Request sent.
+    last_id: u8,
+    method: Method,
+    rounds: u32,
+    deadline: Instant,
+    /// The NAS came back with our State at least once: a real conversation,
+    /// kept before half-open ones when the table is full.
+    returned: bool,
+    created: u64,
+    eap_identity: String,
+}
+
+pub struct EapServer {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    sessions: HashMap<[u8; 16], Session>,
+    key: ring::hmac::Key,
+    counter: u64,
+    /// Conversations dropped to make room, since start (for the metric).
+    pub evicted: u64,
+}
+
+impl EapServer {
+    /// `seed`: 32 random bytes from the shell; States are HMAC-SHA256 of a
+    /// counter under it, so they cannot be guessed or replayed across runs.
+    pub fn new(tls: Option<Arc<rustls::ServerConfig>>, limits: Limits, seed: [u8; 32]) -> Self {
+        Self {
+            tls,
+            limits,
+            sessions: HashMap::new(),
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed),
+            counter: 0,
+            evicted: 0,
+        }
+    }
+
+    /// Conversations in flight.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    fn next_state(&mut self) -> [u8; 16] {
+        self.counter += 1;
+        let tag = ring::hmac::sign(&self.key, &self.counter.to_be_bytes());
+        let mut s = [0u8; 16];
+        s.copy_from_slice(&tag.as_ref()[..16]);
+        s
+    }
+
+    /// One Access-Request's EAP-Message (reassembled from its attributes),
+    /// its State, and its Framed-MTU.
+    pub fn handle(&mut self, eap: &[u8], state: Option<&[u8]>, framed_mtu: Option<u32>, now: Instant) -> Outcome {
+        let failure = |id: u8, refusal: Refusal, reason: String| Outcome::Reject {
+            eap: encode(Code::Failure, id, None, &[]).unwrap_or_default(),
+            refusal,
+            reason,
+        };
+        let Ok(p) = Packet::decode(eap) else {
+            return failure(0, Refusal::Malformed, "EAP-Message is not an EAP packet".into());
+        };
+        if p.code != Code::Response {
+            return failure(p.id, Refusal::Malformed, "not an EAP-Response".into());
+        }
+        let Some(state) = state else {
+            return self.begin(p, framed_mtu, now);
+        };
+        let Some(key) = <[u8; 16]>::try_from(state).ok().filter(|k| self.sessions.contains_key(k)) else {
+            return failure(p.id, Refusal::UnknownState, "unknown or expired EAP session".into());
+        };
+        let Some(mut s) = self.sessions.remove(&key) else {
+            return failure(p.id, Refusal::UnknownState, "unknown or expired EAP session".into());
+        };
+        s.rounds += 1;
+        s.returned = true;
+        if s.rounds > self.limits.max_rounds {
+            return failure(p.id, Refusal::TooManyRounds, format!("more than {} round trips", self.limits.max_rounds));
+        }
+        if p.id != s.last_id {
+            return failure(p.id, Refusal::Malformed, "EAP Identifier does not answer our request".into());
+        }
+        let step = match (&mut s.method, p.kind) {
+            (Method::Tls(tls), Some(kind::TLS)) => tls.handle(p.data),
+            (Method::Tls(_), Some(kind::NAK)) => {
+                return failure(
+                    p.id,
+                    Refusal::NoCommonMethod,
+                    "the peer refused EAP-TLS and offers nothing we run".into(),
+                );
+            }
+            _ => return failure(p.id, Refusal::Malformed, "a response of another method".into()),
+        };
+        let next_id = p.id.wrapping_add(1);
+        match step {
+            Step::Request(type_data) => {
+                let Method::Tls(tls) = &s.method;
+                if tls.held() > self.limits.max_message {
+                    return failure(p.id, Refusal::TooLarge, "reassembled message over the cap".into());
+                }
+                let eap = encode(Code::Request, next_id, Some(kind::TLS), &type_data).unwrap_or_default();
+                s.last_id = next_id;
+                s.deadline = now + self.limits.timeout;
+                let state = self.next_state();
+                self.sessions.insert(state, s);
+                Outcome::Challenge { eap, state: state.to_vec() }
+            }
+            Step::Done { keys, peer_certificate, tls13 } => Outcome::Authenticated {
+                who: Authenticated::Certificate { eap_identity: s.eap_identity, certificate: peer_certificate, tls13 },
+                keys,
+                success: encode(Code::Success, p.id, None, &[]).unwrap_or_default(),
+                failure: encode(Code::Failure, p.id, None, &[]).unwrap_or_default(),
+            },
+            Step::Failed(f) => {
+                let refusal = match f {
+                    super::tls::Failure::Framing(w) if w.contains("cap") => Refusal::TooLarge,
+                    super::tls::Failure::Framing(_) => Refusal::Malformed,
+                    _ => Refusal::TlsFailed,
+                };
+                failure(p.id, refusal, f.to_string())
+            }
+        }
+    }
+
+    /// A conversation's first message: the peer's Identity. We propose
+    /// EAP-TLS.
+    fn begin(&mut self, p: Packet<'_>, framed_mtu: Option<u32>, now: Instant) -> Outcome {
+        let failure = |refusal, reason: &str| Outcome::Reject {
+            eap: encode(Code::Failure, p.id, None, &[]).unwrap_or_default(),
+            refusal,
+            reason: reason.into(),
+        };
+        if p.kind != Some(kind::IDENTITY) {
+            return failure(Refusal::Malformed, "a conversation starts with EAP-Response/Identity");
+        }
+        let Some(tls) = &self.tls else {
+            return failure(Refusal::NoCommonMethod, "no EAP method is configured ([eap])");
+        };
+        let mtu = framed_mtu
+            .and_then(|m| usize::try_from(m).ok())
+            .unwrap_or(self.limits.default_mtu)
+            .clamp(fragment::OVERHEAD + 64, 4000);
+        let Ok(session) = EapTls::new(Arc::clone(tls), mtu, self.limits.max_message) else {
+            return failure(Refusal::TlsFailed, "cannot start TLS");
+        };
+        self.make_room();
+        let id = p.id.wrapping_add(1);
+        let eap = encode(Code::Request, id, Some(kind::TLS), &session.start()).unwrap_or_default();
+        let state = self.next_state();
+        let eap_identity = String::from_utf8_lossy(&p.data[..p.data.len().min(253)]).into_owned();
+        self.sessions.insert(
+            state,
+            Session {
+                last_id: id,
+                method: Method::Tls(Box::new(session)),
+                rounds: 0,
+                deadline: now + self.limits.timeout,
+                returned: false,
+                created: self.counter,
+                eap_identity,
+            },
+        );
+        Outcome::Challenge { eap, state: state.to_vec() }
+    }
+
+    /// At the cap, the oldest conversation that never came back with its
+    /// State goes first; only if every one is live does the oldest go.
+    /// Returns whether one was dropped.
+    fn make_room(&mut self) -> bool {
+        if self.sessions.len() < self.limits.max_sessions {
+            return false;
+        }
+        let victim = self.sessions.iter().min_by_key(|(_, s)| (s.returned, s.created)).map(|(k, _)| *k);
+        let dropped = victim.is_some_and(|k| self.sessions.remove(&k).is_some());
+        self.evicted += u64::from(dropped);
+        dropped
+    }
+
+    /// Drops conversations past their deadline; returns how many. The
+    /// shell calls it about once a second (a scan, bounded by
+    /// `max_sessions`).
+    pub fn handle_timeout(&mut self, now: Instant) -> usize {
+        let before = self.sessions.len();
+        self.sessions.retain(|_, s| s.deadline > now);
+        before - self.sessions.len()
+    }
+}
