@@ -1,4 +1,4 @@
-//! The command line: `warden run | check | policy test`.
+//! The command line: `warden run | check | certs init | policy test`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -27,6 +27,11 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Policy tools.
     Policy {
         #[command(subcommand)]
@@ -41,5 +46,21 @@ pub enum PolicyCommand {
         /// The policy directory.
         #[arg(long, default_value = "policies")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write a dev CA, a RADIUS/EAP server certificate and one device certificate (PEM) into DIR.
+    Init {
+        /// Where to write them (created if missing); existing files are not overwritten.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The device the device certificate names (its CN, SAN DNS and URI).
+        #[arg(long, default_value = "laptop-0042")]
+        device: String,
+        /// The server's DNS name.
+        #[arg(long, default_value = "radius.warden.test")]
+        server_name: String,
     },
 }

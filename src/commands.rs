@@ -94,3 +94,53 @@ pub fn policy_test(dir: &Path) -> ExitCode {
     println!("{} passed, {} failed", outcomes.len() - failed, failed);
     if failed == 0 && !outcomes.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
+
+/// `warden certs init`: a dev PKI in `dir`. Keys are written 0600 and no
+/// existing file is overwritten.
+pub fn certs_init(dir: &Path, device: &str, server_name: &str) -> ExitCode {
+    let run = || -> Result<Vec<String>, String> {
+        let files = ["ca.pem", "ca.key", "server.pem", "server.key", "device.pem", "device.key"];
+        if let Some(f) = files.iter().find(|f| dir.join(f).exists()) {
+            return Err(format!("{} exists; not overwriting (remove it or pick another --dir)", dir.join(f).display()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let ca = crate::certs::Ca::new("warden dev CA").map_err(|e| e.to_string())?;
+        let server = ca.server(server_name).map_err(|e| e.to_string())?;
+        let dev = ca.device_now(device).map_err(|e| e.to_string())?;
+        let contents =
+            [ca.cert_pem(), ca.key_pem().to_string(), server.cert_pem, server.key_pem, dev.cert_pem, dev.key_pem];
+        let mut written = Vec::new();
+        for (name, text) in files.iter().zip(contents) {
+            let path = dir.join(name);
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            if name.ends_with(".key") {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            use std::io::Write;
+            opts.open(&path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            written.push(path.display().to_string());
+        }
+        Ok(written)
+    };
+    match run() {
+        Ok(written) => {
+            for w in written {
+                println!("wrote {w}");
+            }
+            println!(
+                "For [eap]: server_cert = \"{d}/server.pem\", server_key = \"{d}/server.key\", client_ca = \"{d}/ca.pem\".\n\
+                 The device certificate names {device:?} (cn, san_dns, san_uri). These are for trying warden only.",
+                d = dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

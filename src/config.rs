@@ -25,6 +25,8 @@ pub struct Config {
     pub radius: Option<Radius>,
     /// The WireGuard endpoint; absent: not started.
     pub wireguard: Option<crate::wireguard::config::WireGuard>,
+    /// 802.1X (EAP-TLS) for the RADIUS server; absent: EAP is refused.
+    pub eap: Option<crate::eap::config::Eap>,
 }
 
 /// What to do with a noncompliant device whose violation is enforced.
@@ -326,6 +328,8 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// The `[wireguard]` section checked: its private key, peers and rules.
     pub wireguard: Option<crate::wireguard::config::Checked>,
+    /// The `[eap]` section loaded: TLS config, identity field, limits.
+    pub eap: Option<crate::eap::config::Checked>,
 }
 
 impl Loaded {
@@ -362,7 +366,7 @@ impl Loaded {
                 }],
             });
         }
-        Self { config, secrets, file: None, warnings, wireguard: None }
+        Self { config, secrets, file: None, warnings, wireguard: None, eap: None }
     }
 
     /// Reads and validates `file`. Relative paths inside it are taken
@@ -397,6 +401,9 @@ impl Loaded {
         }
         if let Some(w) = &mut config.wireguard {
             w.rebase(base);
+        }
+        if let Some(e) = &mut config.eap {
+            e.rebase(base);
         }
         if let Some(r) = &mut config.radius {
             for p in r.users_file.iter_mut().chain(r.clients.iter_mut().filter_map(|c| c.secret_file.as_mut())) {
@@ -566,8 +573,21 @@ impl Loaded {
             },
             None => None,
         };
+        let eap = match &config.eap {
+            Some(e) => match e.check(file, text) {
+                Ok(checked) => Some(checked),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        if eap.is_some() && config.radius.is_none() {
+            errors.push(Located::at(file, text, text.find("[eap]").unwrap_or(0), "[eap] needs a [radius] section"));
+        }
         if errors.is_empty() {
-            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings, wireguard })
+            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings, wireguard, eap })
         } else {
             Err(errors)
         }

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use warden::cli::{Cli, Command, PolicyCommand};
+use warden::cli::{CertsCommand, Cli, Command, PolicyCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Check { config } => warden::commands::check(config.as_deref()),
         Command::Policy { command: PolicyCommand::Test { dir } } => warden::commands::policy_test(&dir),
+        Command::Certs { command: CertsCommand::Init { dir, device, server_name } } => {
+            warden::commands::certs_init(&dir, &device, &server_name)
+        }
     }
 }
 

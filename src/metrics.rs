@@ -47,6 +47,9 @@ pub struct Metrics {
     wireguard_discarded: [IntCounter; Discard::ALL.len()],
     /// connected (a session younger than 3 minutes) / idle.
     pub wireguard_peers: [IntGauge; 2],
+    /// EAP conversations in flight.
+    pub eap_sessions: IntGauge,
+    eap_refusals: [IntCounter; crate::eap::server::Refusal::ALL.len()],
 }
 
 /// `direction` label values of `warden_wireguard_packets_total`.
@@ -57,8 +60,8 @@ pub const COA_KINDS: [&str; 2] = ["coa", "disconnect"];
 pub const COA_RESULTS: [&str; 4] = ["ack", "nak", "timeout", "dropped"];
 
 /// `kind` and `result` label values of `warden_radius_requests_total`.
-pub const RADIUS_KINDS: [&str; 6] = ["mab", "pap", "eap", "chap", "accounting", "status"];
-pub const RADIUS_RESULTS: [&str; 4] = ["accept", "quarantine", "reject", "stored"];
+pub const RADIUS_KINDS: [&str; 8] = ["mab", "pap", "eap", "eap-tls", "peap", "chap", "accounting", "status"];
+pub const RADIUS_RESULTS: [&str; 5] = ["accept", "quarantine", "reject", "challenge", "stored"];
 /// `reason` label values of `warden_radius_discarded_total`: every reason the
 /// RADIUS plane can discard for, so a flood of garbage costs an index, not a
 /// label lookup.
@@ -160,6 +163,11 @@ impl Metrics {
             "WireGuard datagrams refused without an answer (or with a cookie reply), by reason",
             &["reason"],
         );
+        let eap_refusals = counters(
+            "warden_eap_refusals_total",
+            "EAP conversations refused or ended without success, by reason (limits included)",
+            &["reason"],
+        );
         let wg_peers = reg(
             &registry,
             IntGaugeVec::new(Opts::new("warden_wireguard_peers", "WireGuard peers, by state"), &["state"])
@@ -204,7 +212,15 @@ impl Metrics {
                 .map(|d| Fate::ALL.map(|f| wg_packets.with_label_values(&[d, f.label()]))),
             wireguard_discarded: Discard::ALL.map(|r| wg_discarded.with_label_values(&[r.label()])),
             wireguard_peers: ["connected", "idle"].map(|s| wg_peers.with_label_values(&[s])),
+            eap_sessions: gauge("warden_eap_sessions", "EAP conversations in flight"),
+            eap_refusals: crate::eap::server::Refusal::ALL.map(|r| eap_refusals.with_label_values(&[r.label()])),
             registry,
+        }
+    }
+
+    pub fn eap_refusal(&self, r: crate::eap::server::Refusal) {
+        if let Some(i) = crate::eap::server::Refusal::ALL.iter().position(|x| *x == r) {
+            self.eap_refusals[i].inc_by(1);
         }
     }
 

@@ -3,6 +3,7 @@
 //! sessions that run on in-memory rustls connections. Sans-IO: bytes in,
 //! bytes out.
 
+pub mod config;
 pub mod fragment;
 pub mod mppe;
 pub mod packet;

@@ -58,7 +58,10 @@ pub fn authorize(
     verified: Option<bool>,
 ) -> (Decision, Outcome) {
     let reject = |kind, reason: String| {
-        (Decision::Reject { reply_message: reason.clone() }, Outcome { kind, result: "reject", reason, device: None })
+        (
+            Decision::Reject { reply_message: reason.clone(), eap: None },
+            Outcome { kind, result: "reject", reason, device: None },
+        )
     };
     if req.eap {
         return reject("eap", "EAP is not enabled on this server".into());
@@ -93,17 +96,17 @@ pub fn authorize(
     by_verdict("pap", device.as_deref(), policy)
 }
 
-fn by_verdict(kind: &'static str, device: Option<&Device>, p: &AccessPolicy) -> (Decision, Outcome) {
+pub fn by_verdict(kind: &'static str, device: Option<&Device>, p: &AccessPolicy) -> (Decision, Outcome) {
     let id = device.map(|d| Arc::clone(&d.id));
     let accept = |vlan: &str, result, reason: String| {
         (
-            Decision::Accept { vlan: Some(vlan.to_string()), reply_message: None },
+            Decision::Accept { vlan: Some(vlan.to_string()), reply_message: None, eap: None },
             Outcome { kind, result, reason, device: id.clone() },
         )
     };
     let reject = |reason: String| {
         (
-            Decision::Reject { reply_message: reason.clone() },
+            Decision::Reject { reply_message: reason.clone(), eap: None },
             Outcome { kind, result: "reject", reason, device: id.clone() },
         )
     };

@@ -231,6 +231,9 @@ async fn radius_task(
         0,
     );
     let coa_socket = tokio::net::UdpSocket::bind(coa_bind).await.context("binding the CoA socket")?;
+    // The EAP State seed: without OS randomness, State could be guessed.
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness for the EAP State seed: {e}"))?;
     let mut sessions = crate::radius::sessions::Sessions::default();
     let replayed = radius_task::replay_journal(&loaded.config.node.state_dir, &mut sessions);
     metrics.radius_sessions.set(sessions.len() as i64);
@@ -255,6 +258,12 @@ async fn radius_task(
         changes,
         nas,
         slow: radius_task::SlowChecks::new(),
+        eap: loaded.eap.as_ref().map(|e| radius_task::EapPlane {
+            server: crate::eap::server::EapServer::new(Some(Arc::clone(&e.tls)), e.limits.clone(), seed),
+            identity_from: e.identity_from,
+            swept: Instant::now(),
+            evicted: 0,
+        }),
         shutdown: watch::channel(false).1,
     })
 }

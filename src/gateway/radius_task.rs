@@ -43,7 +43,19 @@ pub struct RadiusTask {
     pub nas: HashMap<Arc<str>, NasConfig>,
     /// Argon2 checks running on blocking threads, and their results.
     pub slow: SlowChecks,
+    /// 802.1X, when `[eap]` is configured.
+    pub eap: Option<EapPlane>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// The EAP server core and what the shell needs around it.
+pub struct EapPlane {
+    pub server: crate::eap::server::EapServer,
+    pub identity_from: crate::eap::tls::IdentityFrom,
+    /// The last sweep of idle conversations.
+    pub swept: Instant,
+    /// Evictions already counted.
+    pub evicted: u64,
 }
 
 /// Argon2 verifications off the task: at most `MAX_SLOW` at once (each
@@ -179,6 +191,7 @@ impl RadiusTask {
                     self.metrics.radius_discard(reason.label());
                     tracing::debug!(%from, reason = reason.label(), "RADIUS datagram discarded");
                 }
+                Event::AccessRequest(req) if req.eap_message.is_some() && self.eap.is_some() => self.decide_eap(&req),
                 Event::AccessRequest(req) => match slow_check(&req, &self.users) {
                     None => self.decide(&req, None),
                     Some(_) if self.slow.waiting.len() >= MAX_SLOW => {
@@ -303,6 +316,91 @@ impl RadiusTask {
         self.server.handle_decision(req.id, decision, Instant::now());
     }
 
+    /// One round of an EAP conversation; the last one authorizes the
+    /// certificate's device by its verdict, exactly as MAB does.
+    fn decide_eap(&mut self, req: &crate::radius::server::AccessRequest) {
+        use crate::eap::server::{Authenticated, Outcome};
+        use crate::radius::server::EapReply;
+        let Some(plane) = self.eap.as_mut() else { return };
+        let now = Instant::now();
+        if now.duration_since(plane.swept) >= std::time::Duration::from_secs(1) {
+            let expired = plane.server.handle_timeout(now);
+            for _ in 0..expired {
+                self.metrics.eap_refusal(crate::eap::server::Refusal::TimedOut);
+            }
+            plane.swept = now;
+        }
+        let outcome = plane.server.handle(
+            req.eap_message.as_deref().unwrap_or_default(),
+            req.state.as_deref(),
+            req.framed_mtu,
+            now,
+        );
+        for _ in plane.evicted..plane.server.evicted {
+            self.metrics.eap_refusal(crate::eap::server::Refusal::Evicted);
+        }
+        plane.evicted = plane.server.evicted;
+        self.metrics.eap_sessions.set(plane.server.len() as i64);
+        let identity_from = plane.identity_from;
+        let (decision, kind, result, reason, device) = match outcome {
+            Outcome::Challenge { eap, state } => {
+                self.metrics.radius_request("eap-tls", "challenge");
+                self.server.handle_decision(req.id, Decision::Challenge { eap, state }, now);
+                return;
+            }
+            Outcome::Reject { eap, refusal, reason } => {
+                self.metrics.eap_refusal(refusal);
+                let eap = Some(EapReply { message: eap, msk: None, user_name: None });
+                (Decision::Reject { reply_message: reason.clone(), eap }, "eap-tls", "reject", reason, None)
+            }
+            Outcome::Authenticated {
+                who: Authenticated::Certificate { certificate, tls13, .. },
+                keys,
+                success,
+                failure,
+            } => match crate::eap::tls::identity(&certificate, identity_from) {
+                None => {
+                    let reason = format!("the certificate has no {identity_from:?} to name the device");
+                    let eap = Some(EapReply { message: failure, msk: None, user_name: None });
+                    (Decision::Reject { reply_message: reason.clone(), eap }, "eap-tls", "reject", reason, None)
+                }
+                Some(name) => {
+                    let device = self.table.by_cert_identity(&name).or_else(|| self.table.get(&name));
+                    let (decision, outcome) = super::authorize::by_verdict("eap-tls", device.as_deref(), &self.policy);
+                    let decision = match decision {
+                        Decision::Accept { vlan, reply_message, .. } => Decision::Accept {
+                            vlan,
+                            reply_message,
+                            eap: Some(EapReply {
+                                message: success,
+                                msk: Some(Box::new(keys.msk)),
+                                user_name: Some(name.clone()),
+                            }),
+                        },
+                        Decision::Reject { reply_message, .. } => Decision::Reject {
+                            reply_message,
+                            eap: Some(EapReply { message: failure, msk: None, user_name: None }),
+                        },
+                        other => other,
+                    };
+                    let reason =
+                        format!("{} (certificate {name}, TLS 1.{})", outcome.reason, if tls13 { 3 } else { 2 });
+                    (decision, "eap-tls", outcome.result, reason, outcome.device)
+                }
+            },
+        };
+        self.metrics.radius_request(kind, result);
+        tracing::info!(
+            client = %req.client,
+            kind,
+            result,
+            %reason,
+            device = device.as_deref().unwrap_or("-"),
+            "access decision"
+        );
+        self.server.handle_decision(req.id, decision, now);
+    }
+
     /// A device's verdict changed: every session of it whose access no
     /// longer matches gets a CoA or Disconnect, per its NAS's `coa_mode`.
     fn handle_change(&mut self, change: &Change, now: Instant) {
@@ -310,7 +408,11 @@ impl RadiusTask {
         let access = session_access(Some(&device), &self.policy);
         let macs: Vec<Mac> =
             device.report.mac_addresses.iter().flat_map(|v| v.iter()).filter_map(|m| Mac::parse(m)).collect();
-        let users = self.users.names_for_device(&change.device);
+        // Sessions are found by MAC, by the users file's users of the device,
+        // and (EAP-TLS) by the certificate identity or device id as User-Name.
+        let mut users = self.users.names_for_device(&change.device);
+        users.extend(device.report.cert_identity.as_deref());
+        users.push(&change.device);
         let unix_time = u32::try_from(change.wall / 1000).unwrap_or(0);
         for key in self.sessions.find(&macs, &users) {
             let Some(session) = self.sessions.get_mut(&key) else { continue };

@@ -128,6 +128,11 @@ pub struct AccessRequest {
     pub nas_port_id: Option<String>,
     pub eap: bool,
     pub chap: bool,
+    /// The EAP packet, its EAP-Message attributes joined (RFC 3579 §3.1).
+    pub eap_message: Option<Vec<u8>>,
+    /// State, from our last Access-Challenge.
+    pub state: Option<Vec<u8>>,
+    pub framed_mtu: Option<u32>,
 }
 
 /// An Accounting-Request, reduced to the session record it carries.
@@ -164,13 +169,33 @@ pub enum Event {
     Duplicate,
 }
 
+/// What an EAP conversation adds to an answer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EapReply {
+    /// The EAP packet (Success, Failure), as EAP-Message attributes.
+    pub message: Vec<u8>,
+    /// The MSK, sent as MS-MPPE-Recv-Key / Send-Key (RFC 2548), encrypted
+    /// with the client's secret and this request's authenticator.
+    pub msk: Option<Box<[u8; 64]>>,
+    /// User-Name for the Accept (the identity that authenticated).
+    pub user_name: Option<String>,
+}
+
+impl std::fmt::Debug for EapReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EapReply").field("message", &self.message).field("user_name", &self.user_name).finish()
+    }
+}
+
 /// The answer to a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Access-Accept, with a VLAN (Tunnel-Private-Group-Id) if given.
-    Accept { vlan: Option<String>, reply_message: Option<String> },
+    Accept { vlan: Option<String>, reply_message: Option<String>, eap: Option<EapReply> },
     /// Access-Reject; Reply-Message says why.
-    Reject { reply_message: String },
+    Reject { reply_message: String, eap: Option<EapReply> },
+    /// Access-Challenge carrying the next EAP-Request, tied by State.
+    Challenge { eap: Vec<u8>, state: Vec<u8> },
     /// The accounting record is stored.
     Stored,
     /// Do not answer at all (the NAS will retransmit).
@@ -305,6 +330,11 @@ impl Server {
                 nas_port_id: text(AttrType::NasPortId),
                 eap: packet.attr(AttrType::EapMessage).is_some(),
                 chap: packet.attr(AttrType::ChapPassword).is_some(),
+                eap_message: packet.attr(AttrType::EapMessage).map(|_| {
+                    packet.attrs().filter(|a| a.typ == AttrType::EapMessage).flat_map(|a| a.value).copied().collect()
+                }),
+                state: packet.attr(AttrType::State).map(<[u8]>::to_vec),
+                framed_mtu: packet.attr_u32(AttrType::FramedMtu),
             }),
             _ => {
                 let Some(status) = packet.attr_u32(AttrType::AcctStatusType) else {
@@ -352,8 +382,11 @@ impl Server {
                 self.cache.remove(&p.key);
                 return;
             }
-            (Code::AccessRequest, Decision::Accept { vlan, reply_message }) => {
+            (Code::AccessRequest, Decision::Accept { vlan, reply_message, eap }) => {
                 let mut b = Builder::new(Code::AccessAccept, p.identifier, true);
+                if let Some(e) = eap {
+                    add_eap(&mut b, e, secret.expose(), &p.authenticator);
+                }
                 if let Some(vlan) = vlan {
                     // Values and lengths here are fixed or come from config
                     // (validated there), so these cannot overflow a packet.
@@ -366,9 +399,18 @@ impl Server {
                 }
                 Some(b)
             }
-            (Code::AccessRequest, Decision::Reject { reply_message }) => {
+            (Code::AccessRequest, Decision::Reject { reply_message, eap }) => {
                 let mut b = Builder::new(Code::AccessReject, p.identifier, true);
+                if let Some(e) = eap {
+                    add_eap(&mut b, e, secret.expose(), &p.authenticator);
+                }
                 let _ = b.attr(AttrType::ReplyMessage, truncate(reply_message.as_bytes()));
+                Some(b)
+            }
+            (Code::AccessRequest, Decision::Challenge { eap, state }) => {
+                let mut b = Builder::new(Code::AccessChallenge, p.identifier, true);
+                let _ = b.eap_message(eap);
+                let _ = b.attr(AttrType::State, state);
                 Some(b)
             }
             (Code::AccountingRequest, Decision::Stored) => {
@@ -445,6 +487,24 @@ impl Server {
     }
 }
 
+/// EAP-Message, the MPPE keys and User-Name of an EAP answer.
+fn add_eap(b: &mut Builder, e: &EapReply, secret: &[u8], request_authenticator: &[u8; 16]) {
+    use crate::eap::mppe;
+    let _ = b.eap_message(&e.message);
+    if let Some(msk) = &e.msk {
+        // Salts: random, high bit set, different for the two attributes.
+        let salt = fastrand::u16(..) & !1;
+        let (recv, send) = mppe::split_msk(msk);
+        let recv = mppe::encrypt(recv, salt, secret, request_authenticator);
+        let send = mppe::encrypt(send, salt | 1, secret, request_authenticator);
+        let _ = b.vendor_attr(mppe::VENDOR_MICROSOFT, mppe::MS_MPPE_RECV_KEY, &recv);
+        let _ = b.vendor_attr(mppe::VENDOR_MICROSOFT, mppe::MS_MPPE_SEND_KEY, &send);
+    }
+    if let Some(name) = &e.user_name {
+        let _ = b.attr(AttrType::UserName, truncate(name.as_bytes()));
+    }
+}
+
 /// Reply-Message values are at most 253 bytes.
 fn truncate(b: &[u8]) -> &[u8] {
     &b[..b.len().min(253)]
@@ -495,7 +555,7 @@ mod tests {
         assert_eq!(req.password.as_deref().map(|p| p.as_slice()), Some(&b"correct horse"[..]));
         assert_eq!(req.calling_station_id.as_deref(), Some("AA-BB-CC-00-00-01"));
         assert!(s.poll_transmit().is_none(), "nothing is sent before the decision");
-        s.handle_decision(req.id, Decision::Accept { vlan: Some("100".into()), reply_message: None }, now);
+        s.handle_decision(req.id, Decision::Accept { vlan: Some("100".into()), reply_message: None, eap: None }, now);
         let tx = s.poll_transmit().unwrap();
         assert_eq!((tx.port, tx.to), (Port::Auth, nas()));
         let p = Packet::decode(&tx.payload).unwrap();
@@ -551,7 +611,7 @@ mod tests {
         let Event::AccessRequest(r) = events(&mut s).remove(0) else { panic!() };
         s.handle_datagram(Port::Auth, nas(), &req, now);
         assert!(matches!(events(&mut s)[0], Event::Discarded { reason: Discard::InProgress, .. }));
-        s.handle_decision(r.id, Decision::Reject { reply_message: "rooted".into() }, now);
+        s.handle_decision(r.id, Decision::Reject { reply_message: "rooted".into(), eap: None }, now);
         let first = s.poll_transmit().unwrap().payload;
         s.handle_datagram(Port::Auth, nas(), &req, now + Duration::from_secs(1));
         assert!(matches!(events(&mut s)[0], Event::Duplicate));
@@ -570,7 +630,11 @@ mod tests {
         assert_eq!(s.poll_timeout(), Some(now + DECISION_TIMEOUT));
         s.handle_timeout(now + DECISION_TIMEOUT);
         assert_eq!(s.pending(), 0);
-        s.handle_decision(r.id, Decision::Accept { vlan: None, reply_message: None }, now + DECISION_TIMEOUT);
+        s.handle_decision(
+            r.id,
+            Decision::Accept { vlan: None, reply_message: None, eap: None },
+            now + DECISION_TIMEOUT,
+        );
         assert!(s.poll_transmit().is_none(), "a late decision is ignored");
     }
 
