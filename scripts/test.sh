@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 # device side), openssl (a throwaway PKI for the mqtts test), radclient
 # (freeradius-utils: the NAS side of the RADIUS tests), python3 (the test
 # NAS answering CoA), wireguard-go + wg + ip + ping (the remote peer of the
-# WireGuard tests, in network namespaces they create). Installed only when
-# missing.
-packages=(mosquitto mosquitto-clients openssl freeradius-utils python3 wireguard-go wireguard-tools iproute2 iputils-ping)
+# WireGuard tests, in network namespaces they create), eapol_test (eapoltest:
+# the 802.1X supplicant of the EAP tests). Installed only when missing.
+packages=(mosquitto mosquitto-clients openssl freeradius-utils python3 wireguard-go wireguard-tools iproute2 iputils-ping eapoltest)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

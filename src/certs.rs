@@ -4,9 +4,10 @@
 //! MDM's or the organisation's CA.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
+use rustls::pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 
 /// A certificate and its key, DER and PEM.
@@ -18,7 +19,9 @@ pub struct Issued {
 }
 
 pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    cert_der: Vec<u8>,
     key_pem: String,
 }
 
@@ -34,15 +37,25 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(3650);
-        Ok(Self { issuer: CertifiedIssuer::self_signed(params, key)?, key_pem })
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert_pem: cert.pem(), cert_der: cert.der().to_vec(), issuer: Issuer::new(params, key), key_pem })
+    }
+
+    /// A CA from its certificate and key (PEM), e.g. one `warden certs init` wrote.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+        Ok(Self { issuer, cert_pem: cert_pem.to_string(), cert_der: der.to_vec(), key_pem: key_pem.to_string() })
     }
 
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     pub fn cert_der(&self) -> Vec<u8> {
-        self.issuer.der().to_vec()
+        self.cert_der.clone()
     }
 
     pub fn key_pem(&self) -> &str {

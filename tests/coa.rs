@@ -5,61 +5,13 @@
 
 mod common;
 
+use common::nas::TestNas;
 use common::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "a-long-shared-secret";
-
-/// The test NAS, with its JSON lines delivered on a channel.
-struct TestNas {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-}
-
-impl TestNas {
-    fn start(port: u16, nak_coa: bool) -> Self {
-        require("python3", "python3");
-        let mut cmd = Command::new("python3");
-        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nas.py"))
-            .arg(port.to_string())
-            .arg(SECRET)
-            .args(["--seconds", "60"]);
-        if nak_coa {
-            cmd.arg("--nak-coa");
-        }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start tests/nas.py");
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && tx.send(v).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        let nas = Self { child, lines };
-        let first = nas.next(Duration::from_secs(10)).expect("test NAS listening");
-        assert_eq!(first["listening"], port);
-        nas
-    }
-
-    fn next(&self, limit: Duration) -> Option<Value> {
-        self.lines.recv_timeout(limit).ok()
-    }
-}
-
-impl Drop for TestNas {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start_warden(dir: &std::path::Path, nas_port: u16, coa_mode: &str) -> (Warden, u16) {
     let (auth, acct, mqtt) = (free_udp_port(), free_udp_port(), free_port());
@@ -110,7 +62,7 @@ fn compliant_session(coa_mode: &str, nak_coa: bool) -> (Warden, TestNas) {
     publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
     w.wait_verdict("pos-0001", "compliant");
     accounting_start(acct);
-    (w, TestNas::start(nas_port, nak_coa))
+    (w, TestNas::start(nas_port, SECRET, nak_coa))
 }
 
 #[test]
@@ -175,7 +127,7 @@ fn sessions_survive_a_restart() {
     let mut w2 = Warden::launch(&dir, &body, w.mqtt, "");
     w2.wait_ready();
     assert_eq!(w2.metric("warden_radius_sessions"), 1.0);
-    let nas = TestNas::start(nas_port, false);
+    let nas = TestNas::start(nas_port, SECRET, false);
     publish(w2.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
     let req = nas.next(Duration::from_secs(5)).expect("Disconnect-Request for the replayed session");
     assert_authentic(&req, "Disconnect-Request");

@@ -160,9 +160,11 @@ pub fn session_access(device: Option<&Device>, p: &AccessPolicy) -> Access {
 }
 
 /// The device an accounting record's session belongs to: by its MAC, else
-/// by the user's `device_id`.
+/// by the user's `device_id`, else by User-Name as a certificate identity
+/// or device id (EAP-TLS sessions are named by the certificate).
 pub fn session_device(mac: Option<&str>, user: Option<&str>, table: &Table, users: &Users) -> Option<Arc<Device>> {
     mac.and_then(Mac::parse)
         .and_then(|m| table.by_mac(m))
         .or_else(|| user.and_then(|u| users.get(u)).and_then(|u| u.device_id.as_deref()).and_then(|id| table.get(id)))
+        .or_else(|| user.and_then(|u| table.by_cert_identity(u).or_else(|| table.get(u))))
 }

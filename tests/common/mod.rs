@@ -3,6 +3,8 @@
 //! bounded; every child process is stopped when its handle drops.
 #![allow(dead_code)]
 
+pub mod nas;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,57 @@
+//! The test NAS (tests/nas.py): an independent RADIUS CoA/Disconnect
+//! listener that checks warden's authenticators; its JSON lines arrive on a
+//! channel.
+
+use super::require;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The test NAS, with its JSON lines delivered on a channel.
+pub struct TestNas {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl TestNas {
+    pub fn start(port: u16, secret: &str, nak_coa: bool) -> Self {
+        require("python3", "python3");
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/nas.py"))
+            .arg(port.to_string())
+            .arg(secret)
+            .args(["--seconds", "60"]);
+        if nak_coa {
+            cmd.arg("--nak-coa");
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start tests/nas.py");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let nas = Self { child, lines };
+        let first = nas.next(Duration::from_secs(10)).expect("test NAS listening");
+        assert_eq!(first["listening"], port);
+        nas
+    }
+
+    pub fn next(&self, limit: Duration) -> Option<Value> {
+        self.lines.recv_timeout(limit).ok()
+    }
+}
+
+impl Drop for TestNas {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

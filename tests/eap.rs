@@ -1,0 +1,181 @@
+//! 802.1X end to end: the real warden binary against `eapol_test` (Debian
+//! package eapoltest, wpa_supplicant's RADIUS test client), certificates
+//! from `warden certs init` and from the same PKI code for the bad cases.
+
+mod common;
+
+use common::nas::TestNas;
+use common::*;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SECRET: &str = "a-long-shared-secret";
+
+struct Lab {
+    w: Warden,
+    auth: u16,
+    acct: u16,
+    dir: PathBuf,
+}
+
+/// warden with `[eap]` on certificates made by `warden certs init`
+/// (device certificate for pos-0001), CoA to `nas_port`.
+fn start(nas_port: u16) -> Lab {
+    require("eapol_test", "eapoltest");
+    let dir = Warden::workdir();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["certs", "init", "--dir"])
+        .arg(dir.join("certs"))
+        .args(["--device", "pos-0001"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "certs init: {}", String::from_utf8_lossy(&out.stderr));
+    let (auth, acct, mqtt) = (free_udp_port(), free_udp_port(), free_port());
+    let config = format!(
+        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
+         [policy]\ndir = \"policies\"\n\
+         [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
+         users_file = \"users.toml\"\n\
+         [[radius.clients]]\nname = \"lab-switch\"\naddress = \"127.0.0.0/8\"\nsecret = \"{SECRET}\"\n\
+         coa_port = {nas_port}\ncoa_mode = \"disconnect\"\n\
+         [eap]\nserver_cert = \"certs/server.pem\"\nserver_key = \"certs/server.key\"\nclient_ca = \"certs/ca.pem\"\n"
+    );
+    std::fs::write(dir.join("users.toml"), "[[users]]\nname = \"alice\"\npassword = \"correct horse\"\n").unwrap();
+    let mut w = Warden::launch(&dir, &config, mqtt, "");
+    w.wait_ready();
+    Lab { w, auth, acct, dir }
+}
+
+/// The outcome of one eapol_test run: success, and its output.
+fn eapol(lab: &Lab, name: &str, network: &str) -> (bool, String) {
+    let conf = lab.dir.join(format!("{name}.conf"));
+    std::fs::write(&conf, format!("network={{\n  key_mgmt=IEEE8021X\n  eapol_flags=0\n{network}\n}}\n")).unwrap();
+    let out = Command::new("eapol_test")
+        .arg("-c")
+        .arg(&conf)
+        .args(["-a", "127.0.0.1", "-p", &lab.auth.to_string(), "-s", SECRET, "-r", "0", "-t", "10"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && text.lines().any(|l| l == "SUCCESS"), text)
+}
+
+fn tls(dir: &Path, tls13: bool, cert: &str, key: &str) -> String {
+    let phase1 = if tls13 {
+        "tls_disable_tlsv1_0=1 tls_disable_tlsv1_1=1 tls_disable_tlsv1_2=1 tls_disable_tlsv1_3=0"
+    } else {
+        "tls_disable_tlsv1_3=1"
+    };
+    format!(
+        "  eap=TLS\n  identity=\"pos-0001\"\n  ca_cert=\"{}\"\n  client_cert=\"{cert}\"\n  private_key=\"{key}\"\n  phase1=\"{phase1}\"",
+        dir.join("certs/ca.pem").display()
+    )
+}
+
+/// The VLAN (Tunnel-Private-Group-Id) of the Access-Accept eapol_test printed.
+fn vlan(output: &str) -> Option<String> {
+    let mut lines = output.lines();
+    lines.find(|l| l.contains("(Tunnel-Private-Group-Id)"))?;
+    let hex = lines.next()?.trim().strip_prefix("Value: ")?;
+    let bytes: Vec<u8> =
+        (0..hex.len()).step_by(2).filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok()).collect();
+    Some(String::from_utf8_lossy(&bytes[1..]).into_owned())
+}
+
+#[test]
+fn eap_tls_on_tls12_and_tls13_with_keys_and_the_verdict_s_vlan() {
+    let lab = start(free_udp_port());
+    let (cert, key) = (lab.dir.join("certs/device.pem"), lab.dir.join("certs/device.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    // Unknown device: quarantine VLAN (policy.unknown_device default).
+    for tls13 in [false, true] {
+        let (ok, out) = eapol(&lab, "tls", &tls(&lab.dir, tls13, cert, key));
+        assert!(ok, "tls13={tls13}:\n{out}\nwarden:\n{}", lab.w.log_text());
+        assert!(out.contains("MPPE keys OK: 1  mismatch: 0"), "the MSK in the Accept is the supplicant's:\n{out}");
+        assert!(out.contains(if tls13 { "Using TLS version TLSv1.3" } else { "Using TLS version TLSv1.2" }));
+        assert_eq!(vlan(&out).as_deref(), Some("999"));
+    }
+    // Compliant: the compliant VLAN; rooted (critical): quarantine.
+    publish(lab.w.mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
+    lab.w.wait_verdict("pos-0001", "compliant");
+    let (ok, out) = eapol(&lab, "tls", &tls(&lab.dir, true, cert, key));
+    assert!(ok && vlan(&out).as_deref() == Some("100"), "{out}");
+    publish(lab.w.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
+    lab.w.wait_verdict("pos-0001", "noncompliant");
+    let (ok, out) = eapol(&lab, "tls", &tls(&lab.dir, false, cert, key));
+    assert!(ok && vlan(&out).as_deref() == Some("999"), "{out}");
+    assert!(lab.w.metric("warden_radius_requests_total{kind=\"eap-tls\",result=\"quarantine\"}") >= 3.0);
+    assert!(lab.w.metric("warden_radius_requests_total{kind=\"eap-tls\",result=\"accept\"}") >= 1.0);
+}
+
+#[test]
+fn bad_certificates_are_rejected_and_the_server_keeps_serving() {
+    let lab = start(free_udp_port());
+    let other = warden::certs::Ca::new("another CA").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let ca_pem = std::fs::read_to_string(lab.dir.join("certs/ca.pem")).unwrap();
+    let ca_key = std::fs::read_to_string(lab.dir.join("certs/ca.key")).unwrap();
+    let ours = warden::certs::Ca::from_pem(&ca_pem, &ca_key).unwrap();
+    let write = |name: &str, issued: warden::certs::Issued| -> (String, String) {
+        let (c, k) = (lab.dir.join(format!("{name}.pem")), lab.dir.join(format!("{name}.key")));
+        std::fs::write(&c, issued.cert_pem).unwrap();
+        std::fs::write(&k, issued.key_pem).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    };
+    let foreign = write("foreign", other.device_now("pos-0001").unwrap());
+    let expired = write(
+        "expired",
+        ours.device("pos-0001", now - time::Duration::days(30), now - time::Duration::days(1)).unwrap(),
+    );
+    for tls13 in [false, true] {
+        for (what, (c, k)) in [("another CA", &foreign), ("expired", &expired)] {
+            let (ok, out) = eapol(&lab, "bad", &tls(&lab.dir, tls13, c, k));
+            assert!(!ok, "{what}, tls13={tls13}: accepted!\n{out}");
+            assert!(out.contains("Access-Reject") || out.contains("EAP-FAILURE"), "{what}: {out}");
+        }
+        // No client certificate at all.
+        let ca = lab.dir.join("certs/ca.pem");
+        let none = format!("  eap=TLS\n  identity=\"pos-0001\"\n  ca_cert=\"{}\"", ca.display());
+        let (ok, out) = eapol(&lab, "none", &none);
+        assert!(!ok, "no certificate: accepted!\n{out}");
+    }
+    assert!(lab.w.metric("warden_eap_refusals_total{reason=\"tls_failed\"}") >= 4.0);
+    // Still serving.
+    let (cert, key) = (lab.dir.join("certs/device.pem"), lab.dir.join("certs/device.key"));
+    let (ok, out) = eapol(&lab, "good", &tls(&lab.dir, true, cert.to_str().unwrap(), key.to_str().unwrap()));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_coa_reaches_the_nas_when_an_eap_tls_device_drifts() {
+    let nas_port = free_udp_port();
+    let lab = start(nas_port);
+    publish(lab.w.mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
+    lab.w.wait_verdict("pos-0001", "compliant");
+    let (cert, key) = (lab.dir.join("certs/device.pem"), lab.dir.join("certs/device.key"));
+    let (ok, out) = eapol(&lab, "tls", &tls(&lab.dir, true, cert.to_str().unwrap(), key.to_str().unwrap()));
+    assert!(ok, "{out}");
+    // The NAS's accounting for that session names the certificate identity.
+    require("radclient", "freeradius-utils");
+    let mut child = Command::new("radclient")
+        .args(["-r", "1", "-t", "2", &format!("127.0.0.1:{}", lab.acct), "acct", SECRET])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        b"Acct-Status-Type = Start, Acct-Session-Id = \"dot1x-1\", User-Name = \"pos-0001\", NAS-IP-Address = 127.0.0.1, NAS-Port = 3",
+    )
+    .unwrap();
+    assert!(String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).contains("Accounting-Response"));
+    let nas = TestNas::start(nas_port, SECRET, false);
+    publish(lab.w.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
+    let req = nas.next(Duration::from_secs(5)).expect("Disconnect-Request after the violating report");
+    assert_eq!(req["code"], "Disconnect-Request", "{req}");
+    assert_eq!(req["request_authenticator_ok"], true, "{req}");
+    assert_eq!(req["acct_session_id"], "dot1x-1", "{req}");
+}
