@@ -120,3 +120,56 @@ pub fn wireguard(data: &[u8]) {
         }
     }
 }
+
+/// The EAP server with a real EAP-TLS config, fed a conversation: `data`
+/// is split into messages, each prefixed by a 2-byte length; the first
+/// byte of each says whether to send the State of the last challenge. Also
+/// every message straight into the fragment reassembler. Must never panic;
+/// every challenge must be a well-formed EAP-Request; limits hold.
+pub fn eap(data: &[u8]) {
+    use crate::eap::fragment::{Frame, Reassembler};
+    use crate::eap::packet::{Code, Packet};
+    use crate::eap::server::{EapServer, Limits, Outcome};
+    static TLS: OnceLock<Option<std::sync::Arc<rustls::ServerConfig>>> = OnceLock::new();
+    let tls = TLS.get_or_init(|| {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let ca = crate::certs::Ca::new("fuzz CA").ok()?;
+        let server = ca.server("radius.fuzz.test").ok()?;
+        crate::eap::tls::server_config(
+            vec![CertificateDer::from(server.cert_der)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key_der)),
+            vec![CertificateDer::from(ca.cert_der())],
+            vec![],
+        )
+        .ok()
+    });
+    let limits = Limits { max_sessions: 4, max_rounds: 16, max_message: 8192, ..Limits::default() };
+    let mut server = EapServer::new(tls.clone(), limits, [7; 32]);
+    let mut reassembler = Reassembler::new(8192);
+    let now = Instant::now();
+    let mut state: Option<Vec<u8>> = None;
+    let mut rest = data;
+    while let [a, b, tail @ ..] = rest {
+        let n = usize::from(u16::from_be_bytes([*a, *b])).min(tail.len());
+        let (msg, after) = tail.split_at(n);
+        rest = after;
+        let Some((&flags, eap)) = msg.split_first() else { continue };
+        if let Ok(frame) = Frame::parse(eap) {
+            let _ = reassembler.push(&frame);
+            assert!(reassembler.held() <= 8192);
+        }
+        let use_state = if flags & 1 == 1 { state.as_deref() } else { None };
+        match server.handle(eap, use_state, Some(u32::from(flags) * 8), now) {
+            Outcome::Challenge { eap, state: s } => {
+                let p = Packet::decode(&eap).unwrap_or_else(|e| panic!("a challenge that does not decode: {e}"));
+                assert_eq!(p.code, Code::Request);
+                state = Some(s);
+            }
+            Outcome::Reject { eap, .. } => {
+                assert_eq!(Packet::decode(&eap).map(|p| p.code), Ok(Code::Failure));
+            }
+            Outcome::Authenticated { .. } => panic!("authenticated without a client certificate chain from the fuzzer"),
+        }
+        assert!(server.len() <= 4);
+    }
+}

@@ -28,3 +28,8 @@ fn radius_corpus() {
 fn wireguard_corpus() {
     replay("wireguard", warden::fuzzing::wireguard);
 }
+
+#[test]
+fn eap_corpus() {
+    replay("eap", warden::fuzzing::eap);
+}
