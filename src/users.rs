@@ -53,6 +53,16 @@ impl User {
         }
     }
 
+    /// The NT password hash MS-CHAPv2 needs; `None` for an Argon2 user
+    /// (PAP only).
+    pub fn nt_password_hash(&self) -> Option<Zeroizing<[u8; 16]>> {
+        match &self.credential {
+            Credential::Plain(p) => std::str::from_utf8(p).ok().map(|p| Zeroizing::new(nt_hash(p))),
+            Credential::NtHash(h) => Some(Zeroizing::new(*h)),
+            Credential::Argon2(_) => None,
+        }
+    }
+
     /// The Argon2 hash, when checking this user is slow.
     pub fn slow_hash(&self) -> Option<Arc<str>> {
         match &self.credential {
@@ -73,6 +83,13 @@ pub fn nt_hash(password: &str) -> [u8; 16] {
     use md4::{Digest, Md4};
     let utf16: Vec<u8> = password.encode_utf16().flat_map(u16::to_le_bytes).collect();
     Md4::digest(&utf16).into()
+}
+
+/// MS-CHAPv2 (PEAP) asks the users file for NT hashes.
+impl crate::eap::peap::Credentials for Users {
+    fn nt_hash(&self, user: &str) -> Option<Zeroizing<[u8; 16]>> {
+        self.get(user)?.nt_password_hash()
+    }
 }
 
 /// Credentials are never printed: Debug shows the names only.

@@ -179,3 +179,27 @@ fn a_coa_reaches_the_nas_when_an_eap_tls_device_drifts() {
     assert_eq!(req["request_authenticator_ok"], true, "{req}");
     assert_eq!(req["acct_session_id"], "dot1x-1", "{req}");
 }
+
+#[test]
+fn peap_mschapv2_succeeds_and_a_wrong_password_is_rejected() {
+    let lab = start(free_udp_port());
+    let ca = lab.dir.join("certs/ca.pem");
+    let peap = |password: &str| {
+        format!(
+            "  eap=PEAP\n  identity=\"alice\"\n  password=\"{password}\"\n  phase2=\"auth=MSCHAPV2\"\n  ca_cert=\"{}\"",
+            ca.display()
+        )
+    };
+    let (ok, out) = eapol(&lab, "peap", &peap("correct horse"));
+    assert!(ok, "{out}\nwarden:\n{}", lab.w.log_text());
+    assert!(out.contains("MPPE keys OK: 1  mismatch: 0"), "{out}");
+    assert_eq!(vlan(&out).as_deref(), Some("999"), "alice has no device: unknown → quarantine");
+    let (ok, out) = eapol(&lab, "peap-bad", &peap("wrong horse"));
+    assert!(!ok && out.contains("Access-Reject"), "a wrong password must be rejected:\n{out}");
+    assert_eq!(lab.w.metric("warden_eap_refusals_total{reason=\"inner_failed\"}"), 1.0);
+    assert_eq!(lab.w.metric("warden_radius_requests_total{kind=\"peap\",result=\"reject\"}"), 1.0);
+    assert_eq!(lab.w.metric("warden_radius_requests_total{kind=\"peap\",result=\"quarantine\"}"), 1.0);
+    // And it keeps serving.
+    let (ok, out) = eapol(&lab, "peap", &peap("correct horse"));
+    assert!(ok, "{out}");
+}

@@ -52,6 +52,8 @@ fn default_max_message() -> usize {
 #[derive(Debug)]
 pub struct Checked {
     pub tls: Arc<rustls::ServerConfig>,
+    /// PEAP's config (server certificate only, TLS 1.2).
+    pub peap: Arc<rustls::ServerConfig>,
     pub identity_from: IdentityFrom,
     pub limits: Limits,
 }
@@ -96,6 +98,7 @@ impl Eap {
                     .into(),
             ));
         }
+        let peap = super::peap::server_config(chain.clone(), key.clone_key()).map_err(err)?;
         let tls = super::tls::server_config(chain, key, cas, crls).map_err(err)?;
         let limits = Limits {
             max_rounds: self.max_rounds,
@@ -104,6 +107,6 @@ impl Eap {
             max_message: self.max_message,
             ..Limits::default()
         };
-        Ok(Checked { tls, identity_from: self.identity_from, limits })
+        Ok(Checked { tls, peap, identity_from: self.identity_from, limits })
     }
 }

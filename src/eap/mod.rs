@@ -6,7 +6,9 @@
 pub mod config;
 pub mod fragment;
 pub mod mppe;
+pub mod mschapv2;
 pub mod packet;
+pub mod peap;
 pub mod server;
 pub mod tls;
 

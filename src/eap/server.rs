@@ -6,6 +6,7 @@
 
 use super::fragment;
 use super::packet::{Code, Packet, encode, kind};
+use super::peap::{Credentials, Peap};
 use super::tls::{EapTls, Keys, Step};
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
@@ -48,18 +49,20 @@ pub enum Refusal {
     TooManyRounds,
     TooLarge,
     TlsFailed,
+    InnerFailed,
     Evicted,
     TimedOut,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::Malformed,
         Refusal::UnknownState,
         Refusal::NoCommonMethod,
         Refusal::TooManyRounds,
         Refusal::TooLarge,
         Refusal::TlsFailed,
+        Refusal::InnerFailed,
         Refusal::Evicted,
         Refusal::TimedOut,
     ];
@@ -72,6 +75,7 @@ impl Refusal {
             Refusal::TooManyRounds => "too_many_rounds",
             Refusal::TooLarge => "too_large",
             Refusal::TlsFailed => "tls_failed",
+            Refusal::InnerFailed => "inner_failed",
             Refusal::Evicted => "evicted",
             Refusal::TimedOut => "timed_out",
         }
@@ -83,6 +87,8 @@ impl Refusal {
 pub enum Authenticated {
     /// EAP-TLS: the verified client certificate (end entity).
     Certificate { eap_identity: String, certificate: CertificateDer<'static>, tls13: bool },
+    /// PEAP-MSCHAPv2: the user whose password the inner method verified.
+    Password { user: String },
 }
 
 /// What to answer.
@@ -100,12 +106,23 @@ pub enum Outcome {
 
 enum Method {
     Tls(Box<EapTls>),
+    Peap(Box<Peap>),
+}
+
+impl Method {
+    fn label(&self) -> &'static str {
+        match self {
+            Method::Tls(_) => "eap-tls",
+            Method::Peap(_) => "peap",
+        }
+    }
 }
 
 struct Session {
     /// The Identifier of the last EAP-Request sent.
     last_id: u8,
     method: Method,
+    mtu: usize,
     rounds: u32,
     deadline: Instant,
     /// The NAS came back with our State at least once: a real conversation,
@@ -117,12 +134,16 @@ struct Session {
 
 pub struct EapServer {
     tls: Option<Arc<rustls::ServerConfig>>,
+    peap: Option<(Arc<rustls::ServerConfig>, Arc<dyn Credentials>)>,
     limits: Limits,
     sessions: HashMap<[u8; 16], Session>,
     key: ring::hmac::Key,
     counter: u64,
     /// Conversations dropped to make room, since start (for the metric).
     pub evicted: u64,
+    /// The method of the conversation the last `handle` was about
+    /// (`eap-tls`, `peap`; `eap` before one was chosen), for metric labels.
+    pub last_method: &'static str,
 }
 
 impl EapServer {
@@ -131,12 +152,21 @@ impl EapServer {
     pub fn new(tls: Option<Arc<rustls::ServerConfig>>, limits: Limits, seed: [u8; 32]) -> Self {
         Self {
             tls,
+            peap: None,
             limits,
             sessions: HashMap::new(),
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed),
             counter: 0,
             evicted: 0,
+            last_method: "eap",
         }
+    }
+
+    /// Offers PEAP-MSCHAPv2 too (to peers that Nak EAP-TLS, or first if
+    /// there is no EAP-TLS config).
+    pub fn with_peap(mut self, config: Arc<rustls::ServerConfig>, credentials: Arc<dyn Credentials>) -> Self {
+        self.peap = Some((config, credentials));
+        self
     }
 
     /// Conversations in flight.
@@ -146,6 +176,12 @@ impl EapServer {
 
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+    }
+
+    fn new_peap(&mut self, mtu: usize) -> Option<Peap> {
+        let challenge = self.next_state(); // another 16 unguessable bytes
+        let (config, credentials) = self.peap.as_ref()?;
+        Peap::new(Arc::clone(config), mtu, self.limits.max_message, Arc::clone(credentials), challenge).ok()
     }
 
     fn next_state(&mut self) -> [u8; 16] {
@@ -159,6 +195,7 @@ impl EapServer {
     /// One Access-Request's EAP-Message (reassembled from its attributes),
     /// its State, and its Framed-MTU.
     pub fn handle(&mut self, eap: &[u8], state: Option<&[u8]>, framed_mtu: Option<u32>, now: Instant) -> Outcome {
+        self.last_method = "eap";
         let failure = |id: u8, refusal: Refusal, reason: String| Outcome::Reject {
             eap: encode(Code::Failure, id, None, &[]).unwrap_or_default(),
             refusal,
@@ -181,31 +218,55 @@ impl EapServer {
         };
         s.rounds += 1;
         s.returned = true;
+        self.last_method = s.method.label();
         if s.rounds > self.limits.max_rounds {
             return failure(p.id, Refusal::TooManyRounds, format!("more than {} round trips", self.limits.max_rounds));
         }
         if p.id != s.last_id {
             return failure(p.id, Refusal::Malformed, "EAP Identifier does not answer our request".into());
         }
+        let next_id = p.id.wrapping_add(1);
         let step = match (&mut s.method, p.kind) {
             (Method::Tls(tls), Some(kind::TLS)) => tls.handle(p.data),
-            (Method::Tls(_), Some(kind::NAK)) => {
-                return failure(
-                    p.id,
-                    Refusal::NoCommonMethod,
-                    "the peer refused EAP-TLS and offers nothing we run".into(),
-                );
+            (Method::Peap(peap), Some(kind::PEAP)) => match peap.handle(p.data) {
+                super::peap::Step::Request(td) => Step::Request(td),
+                super::peap::Step::Failed(f) => Step::Failed(f),
+                super::peap::Step::InnerFailed(why) => return failure(p.id, Refusal::InnerFailed, why),
+                super::peap::Step::Done { keys, user } => {
+                    return Outcome::Authenticated {
+                        who: Authenticated::Password { user },
+                        keys,
+                        success: encode(Code::Success, p.id, None, &[]).unwrap_or_default(),
+                        failure: encode(Code::Failure, p.id, None, &[]).unwrap_or_default(),
+                    };
+                }
+            },
+            (Method::Tls(_), Some(kind::NAK)) if p.data.contains(&kind::PEAP) && self.peap.is_some() => {
+                // Legacy Nak: the peer wants PEAP; start it in this conversation.
+                let Some(peap) = self.new_peap(s.mtu) else {
+                    return failure(p.id, Refusal::TlsFailed, "cannot start TLS".into());
+                };
+                let start = peap.start();
+                s.method = Method::Peap(Box::new(peap));
+                self.last_method = "peap";
+                Step::Request(start)
+            }
+            (_, Some(kind::NAK)) => {
+                let why = "the peer refused our EAP method and offers nothing we run".to_string();
+                return failure(p.id, Refusal::NoCommonMethod, why);
             }
             _ => return failure(p.id, Refusal::Malformed, "a response of another method".into()),
         };
-        let next_id = p.id.wrapping_add(1);
         match step {
             Step::Request(type_data) => {
-                let Method::Tls(tls) = &s.method;
-                if tls.held() > self.limits.max_message {
+                let (held, method) = match &s.method {
+                    Method::Tls(t) => (t.held(), kind::TLS),
+                    Method::Peap(p) => (p.held(), kind::PEAP),
+                };
+                if held > self.limits.max_message {
                     return failure(p.id, Refusal::TooLarge, "reassembled message over the cap".into());
                 }
-                let eap = encode(Code::Request, next_id, Some(kind::TLS), &type_data).unwrap_or_default();
+                let eap = encode(Code::Request, next_id, Some(method), &type_data).unwrap_or_default();
                 s.last_id = next_id;
                 s.deadline = now + self.limits.timeout;
                 let state = self.next_state();
@@ -240,26 +301,37 @@ impl EapServer {
         if p.kind != Some(kind::IDENTITY) {
             return failure(Refusal::Malformed, "a conversation starts with EAP-Response/Identity");
         }
-        let Some(tls) = &self.tls else {
-            return failure(Refusal::NoCommonMethod, "no EAP method is configured ([eap])");
-        };
         let mtu = framed_mtu
             .and_then(|m| usize::try_from(m).ok())
             .unwrap_or(self.limits.default_mtu)
             .clamp(fragment::OVERHEAD + 64, 4000);
-        let Ok(session) = EapTls::new(Arc::clone(tls), mtu, self.limits.max_message) else {
+        // EAP-TLS first when configured; PEAP to those who Nak it.
+        let method = match (&self.tls, self.peap.is_some()) {
+            (Some(tls), _) => {
+                EapTls::new(Arc::clone(tls), mtu, self.limits.max_message).ok().map(|t| Method::Tls(Box::new(t)))
+            }
+            (None, true) => self.new_peap(mtu).map(|p| Method::Peap(Box::new(p))),
+            (None, false) => return failure(Refusal::NoCommonMethod, "no EAP method is configured ([eap])"),
+        };
+        let Some(method) = method else {
             return failure(Refusal::TlsFailed, "cannot start TLS");
         };
+        let (kind_proposed, start) = match &method {
+            Method::Tls(t) => (kind::TLS, t.start()),
+            Method::Peap(p) => (kind::PEAP, p.start()),
+        };
+        self.last_method = method.label();
         self.make_room();
         let id = p.id.wrapping_add(1);
-        let eap = encode(Code::Request, id, Some(kind::TLS), &session.start()).unwrap_or_default();
+        let eap = encode(Code::Request, id, Some(kind_proposed), &start).unwrap_or_default();
         let state = self.next_state();
         let eap_identity = String::from_utf8_lossy(&p.data[..p.data.len().min(253)]).into_owned();
         self.sessions.insert(
             state,
             Session {
                 last_id: id,
-                method: Method::Tls(Box::new(session)),
+                method,
+                mtu,
                 rounds: 0,
                 deadline: now + self.limits.timeout,
                 returned: false,

@@ -85,12 +85,105 @@ pub enum Step {
     Failed(Failure),
 }
 
-/// One EAP-TLS conversation.
-pub struct EapTls {
-    conn: ServerConnection,
+/// TLS records carried in EAP fragments, both ways: what EAP-TLS and PEAP
+/// share. Incoming fragments are acknowledged and reassembled (capped);
+/// outgoing flights are fragmented to the MTU and sent one per request, each
+/// acknowledged by the peer.
+pub struct Transport {
+    pub conn: ServerConnection,
     incoming: Reassembler,
     outgoing: Option<Fragmenter>,
     mtu: usize,
+    /// The low flag bits (PEAP's version; 0 for EAP-TLS).
+    version: u8,
+}
+
+/// What a peer message amounted to.
+pub enum Received {
+    /// Send this type-data: the next fragment of our flight, or an
+    /// acknowledgement of the peer's fragment.
+    Reply(Vec<u8>),
+    /// The peer acknowledged our last flight and said nothing else.
+    Ack,
+    /// A whole TLS message went into the connection.
+    Processed,
+}
+
+impl Transport {
+    pub fn new(conn: ServerConnection, mtu: usize, max_message: usize, version: u8) -> Self {
+        Self { conn, incoming: Reassembler::new(max_message), outgoing: None, mtu, version }
+    }
+
+    pub fn held(&self) -> usize {
+        self.incoming.held()
+    }
+
+    pub fn receive(&mut self, type_data: &[u8]) -> Result<Received, Failure> {
+        let frame = Frame::parse(type_data).map_err(|_| Failure::Framing("bad flags or length"))?;
+        // Our flight still has fragments: the peer must acknowledge each.
+        if let Some(out) = &mut self.outgoing {
+            if !out.done() {
+                return match (frame.is_ack(), out.next_fragment(self.version)) {
+                    (true, Some(next)) => Ok(Received::Reply(next)),
+                    _ => Err(Failure::Framing("expected an acknowledgement")),
+                };
+            }
+            self.outgoing = None;
+        }
+        let message = match self.incoming.push(&frame) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(Received::Reply(vec![self.version])),
+            Err(e) => return Err(Failure::Framing(frag_label(e))),
+        };
+        if message.is_empty() {
+            return Ok(Received::Ack);
+        }
+        let mut rd = &message[..];
+        while !rd.is_empty() {
+            match self.conn.read_tls(&mut rd) {
+                Ok(0) | Err(_) => return Err(Failure::Framing("TLS records did not parse")),
+                Ok(_) => {}
+            }
+            self.conn.process_new_packets().map_err(|e| Failure::Tls(e.to_string()))?;
+        }
+        Ok(Received::Processed)
+    }
+
+    /// What the connection has to send, as the first fragment of a new
+    /// flight; `None` if nothing.
+    pub fn flush(&mut self) -> Result<Option<Vec<u8>>, Failure> {
+        let mut flight = Vec::new();
+        while self.conn.wants_write() {
+            self.conn.write_tls(&mut flight).map_err(|_| Failure::Stalled)?;
+        }
+        if flight.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Fragmenter::new(flight, self.mtu);
+        let first = out.next_fragment(self.version);
+        self.outgoing = Some(out);
+        Ok(first)
+    }
+
+    /// The MSK and EMSK from the TLS exporter with `label` (and `context`).
+    pub fn keys(&self, label: &[u8], context: Option<&[u8]>) -> Result<Keys, Failure> {
+        let mut keys = [0u8; 128];
+        self.conn.export_keying_material(&mut keys, label, context).map_err(|e| Failure::Tls(e.to_string()))?;
+        let mut msk = [0u8; 64];
+        let mut emsk = [0u8; 64];
+        msk.copy_from_slice(&keys[..64]);
+        emsk.copy_from_slice(&keys[64..]);
+        Ok(Keys { msk, emsk })
+    }
+
+    pub fn tls13(&self) -> bool {
+        self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+    }
+}
+
+/// One EAP-TLS conversation.
+pub struct EapTls {
+    t: Transport,
     /// The handshake is complete and our last flight is out: the peer's
     /// acknowledgement of it ends the method.
     finishing: bool,
@@ -103,14 +196,8 @@ const VERSION: u8 = 0;
 impl EapTls {
     /// `max_message`: the cap on one reassembled TLS message from the peer.
     pub fn new(config: Arc<rustls::ServerConfig>, mtu: usize, max_message: usize) -> Result<Self, rustls::Error> {
-        Ok(Self {
-            conn: ServerConnection::new(config)?,
-            incoming: Reassembler::new(max_message),
-            outgoing: None,
-            mtu,
-            finishing: false,
-            commitment_sent: false,
-        })
+        let t = Transport::new(ServerConnection::new(config)?, mtu, max_message, VERSION);
+        Ok(Self { t, finishing: false, commitment_sent: false })
     }
 
     /// The EAP-TLS Start (S flag) that opens the method.
@@ -120,89 +207,53 @@ impl EapTls {
 
     /// Bytes held for the peer's message being reassembled.
     pub fn held(&self) -> usize {
-        self.incoming.held()
+        self.t.held()
     }
 
     /// The peer's EAP-TLS type-data.
     pub fn handle(&mut self, type_data: &[u8]) -> Step {
-        let frame = match Frame::parse(type_data) {
-            Ok(f) => f,
-            Err(_) => return Step::Failed(Failure::Framing("bad flags or length")),
-        };
-        // Our flight still has fragments: the peer must acknowledge each.
-        if let Some(out) = &mut self.outgoing {
-            if !out.done() {
-                return match (frame.is_ack(), out.next_fragment(VERSION)) {
-                    (true, Some(next)) => Step::Request(next),
-                    _ => Step::Failed(Failure::Framing("expected an acknowledgement")),
-                };
-            }
-            self.outgoing = None;
-        }
-        let message = match self.incoming.push(&frame) {
-            Ok(Some(m)) => m,
-            Ok(None) => return Step::Request(vec![VERSION]), // acknowledge the fragment
-            Err(e) => return Step::Failed(Failure::Framing(frag_label(e))),
-        };
-        if message.is_empty() {
-            return if self.finishing { self.finish() } else { Step::Failed(Failure::UnexpectedAck) };
-        }
-        let mut rd = &message[..];
-        while !rd.is_empty() {
-            match self.conn.read_tls(&mut rd) {
-                Ok(0) | Err(_) => return Step::Failed(Failure::Framing("TLS records did not parse")),
-                Ok(_) => {}
-            }
-            if let Err(e) = self.conn.process_new_packets() {
-                return Step::Failed(Failure::Tls(e.to_string()));
-            }
-        }
-        if !self.conn.is_handshaking() {
-            // RFC 9190 §2.5: after the handshake, TLS 1.3 sends one byte
-            // of application data, 0x00, to commit to no more handshake.
-            if self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) && !self.commitment_sent {
-                use std::io::Write;
-                if self.conn.writer().write_all(&[0]).is_err() {
-                    return Step::Failed(Failure::Stalled);
+        match self.t.receive(type_data) {
+            Err(f) => Step::Failed(f),
+            Ok(Received::Reply(r)) => Step::Request(r),
+            Ok(Received::Ack) if self.finishing => self.finish(),
+            Ok(Received::Ack) => Step::Failed(Failure::UnexpectedAck),
+            Ok(Received::Processed) => {
+                if !self.t.conn.is_handshaking() {
+                    // RFC 9190 §2.5: after the handshake, TLS 1.3 sends one
+                    // byte of application data, 0x00: no more handshake.
+                    if self.t.tls13() && !self.commitment_sent {
+                        use std::io::Write;
+                        if self.t.conn.writer().write_all(&[0]).is_err() {
+                            return Step::Failed(Failure::Stalled);
+                        }
+                        self.commitment_sent = true;
+                    }
+                    self.finishing = true;
                 }
-                self.commitment_sent = true;
-            }
-            self.finishing = true;
-        }
-        let mut flight = Vec::new();
-        while self.conn.wants_write() {
-            if self.conn.write_tls(&mut flight).is_err() {
-                return Step::Failed(Failure::Stalled);
+                match self.t.flush() {
+                    Err(f) => Step::Failed(f),
+                    Ok(Some(first)) => Step::Request(first),
+                    Ok(None) if self.finishing => self.finish(),
+                    Ok(None) => Step::Failed(Failure::Stalled),
+                }
             }
         }
-        if flight.is_empty() {
-            return if self.finishing { self.finish() } else { Step::Failed(Failure::Stalled) };
-        }
-        let mut out = Fragmenter::new(flight, self.mtu);
-        let first = out.next_fragment(VERSION).unwrap_or_default();
-        self.outgoing = Some(out);
-        Step::Request(first)
     }
 
     fn finish(&mut self) -> Step {
-        let Some(cert) = self.conn.peer_certificates().and_then(|c| c.first()).cloned() else {
+        let Some(cert) = self.t.conn.peer_certificates().and_then(|c| c.first()).cloned() else {
             return Step::Failed(Failure::NoClientCertificate);
         };
-        let tls13 = self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-        let mut keys = [0u8; 128];
-        let exported = if tls13 {
-            self.conn.export_keying_material(&mut keys, b"EXPORTER_EAP_TLS_Key_Material", Some(&[0x0D]))
+        let tls13 = self.t.tls13();
+        let keys = if tls13 {
+            self.t.keys(b"EXPORTER_EAP_TLS_Key_Material", Some(&[0x0D]))
         } else {
-            self.conn.export_keying_material(&mut keys, b"client EAP encryption", None)
+            self.t.keys(b"client EAP encryption", None)
         };
-        if let Err(e) = exported {
-            return Step::Failed(Failure::Tls(e.to_string()));
+        match keys {
+            Ok(keys) => Step::Done { keys, peer_certificate: cert.into_owned(), tls13 },
+            Err(f) => Step::Failed(f),
         }
-        let mut msk = [0u8; 64];
-        let mut emsk = [0u8; 64];
-        msk.copy_from_slice(&keys[..64]);
-        emsk.copy_from_slice(&keys[64..]);
-        Step::Done { keys: Keys { msk, emsk }, peer_certificate: cert.into_owned(), tls13 }
     }
 }
 

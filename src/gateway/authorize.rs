@@ -89,11 +89,18 @@ pub fn authorize(
     if !ok {
         return reject("pap", "invalid credentials".into());
     }
-    let device = user
+    let device = user_device(name, req.calling_station_id.as_deref(), table, users);
+    by_verdict("pap", device.as_deref(), policy)
+}
+
+/// The device of an authenticated user: its `device_id`, else the
+/// Calling-Station-Id MAC.
+pub fn user_device(name: &str, calling_station: Option<&str>, table: &Table, users: &Users) -> Option<Arc<Device>> {
+    users
+        .get(name)
         .and_then(|u| u.device_id.as_deref())
         .and_then(|id| table.get(id))
-        .or_else(|| req.calling_station_id.as_deref().and_then(Mac::parse).and_then(|m| table.by_mac(m)));
-    by_verdict("pap", device.as_deref(), policy)
+        .or_else(|| calling_station.and_then(Mac::parse).and_then(|m| table.by_mac(m)))
 }
 
 pub fn by_verdict(kind: &'static str, device: Option<&Device>, p: &AccessPolicy) -> (Decision, Outcome) {

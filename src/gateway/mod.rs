@@ -215,10 +215,10 @@ async fn radius_task(
             require_message_authenticator: c.require_message_authenticator,
         });
     }
-    let users = match &r.users_file {
+    let users = Arc::new(match &r.users_file {
         Some(path) => crate::users::Users::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => crate::users::Users::default(),
-    };
+    });
     let auth = tokio::net::UdpSocket::bind(r.auth_listen)
         .await
         .with_context(|| format!("RADIUS auth cannot listen on {}", r.auth_listen))?;
@@ -243,7 +243,7 @@ async fn radius_task(
         auth,
         acct,
         table: table.clone(),
-        users,
+        users: Arc::clone(&users),
         policy: authorize::AccessPolicy {
             compliant_vlan: r.compliant_vlan.clone(),
             quarantine_vlan: r.quarantine_vlan.clone(),
@@ -258,11 +258,16 @@ async fn radius_task(
         changes,
         nas,
         slow: radius_task::SlowChecks::new(),
-        eap: loaded.eap.as_ref().map(|e| radius_task::EapPlane {
-            server: crate::eap::server::EapServer::new(Some(Arc::clone(&e.tls)), e.limits.clone(), seed),
-            identity_from: e.identity_from,
-            swept: Instant::now(),
-            evicted: 0,
+        eap: loaded.eap.as_ref().map(|e| {
+            let mut server = crate::eap::server::EapServer::new(Some(Arc::clone(&e.tls)), e.limits.clone(), seed);
+            // PEAP-MSCHAPv2 needs passwords: offered when there is a users file.
+            let peap = r.users_file.is_some();
+            if peap {
+                let credentials: Arc<dyn crate::eap::peap::Credentials> = Arc::clone(&users) as _;
+                server = server.with_peap(Arc::clone(&e.peap), credentials);
+            }
+            tracing::info!(methods = if peap { "EAP-TLS, PEAP-MSCHAPv2" } else { "EAP-TLS" }, "802.1X enabled");
+            radius_task::EapPlane { server, identity_from: e.identity_from, swept: Instant::now(), evicted: 0 }
         }),
         shutdown: watch::channel(false).1,
     })

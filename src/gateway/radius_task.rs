@@ -32,7 +32,7 @@ pub struct RadiusTask {
     pub auth: UdpSocket,
     pub acct: UdpSocket,
     pub table: Table,
-    pub users: Users,
+    pub users: Arc<Users>,
     pub policy: AccessPolicy,
     pub metrics: Arc<Metrics>,
     pub journal: std::fs::File,
@@ -56,6 +56,29 @@ pub struct EapPlane {
     pub swept: Instant,
     /// Evictions already counted.
     pub evicted: u64,
+}
+
+/// The verdict's decision with the EAP ending: EAP-Success, the MPPE keys
+/// and User-Name on an Accept; EAP-Failure on a Reject.
+fn with_eap(
+    decision: Decision,
+    success: Vec<u8>,
+    failure: Vec<u8>,
+    keys: crate::eap::tls::Keys,
+    user: &str,
+) -> Decision {
+    use crate::radius::server::EapReply;
+    match decision {
+        Decision::Accept { vlan, reply_message, .. } => Decision::Accept {
+            vlan,
+            reply_message,
+            eap: Some(EapReply { message: success, msk: Some(Box::new(keys.msk)), user_name: Some(user.to_string()) }),
+        },
+        Decision::Reject { reply_message, .. } => {
+            Decision::Reject { reply_message, eap: Some(EapReply { message: failure, msk: None, user_name: None }) }
+        }
+        other => other,
+    }
 }
 
 /// Argon2 verifications off the task: at most `MAX_SLOW` at once (each
@@ -342,16 +365,26 @@ impl RadiusTask {
         plane.evicted = plane.server.evicted;
         self.metrics.eap_sessions.set(plane.server.len() as i64);
         let identity_from = plane.identity_from;
+        let method = plane.server.last_method;
         let (decision, kind, result, reason, device) = match outcome {
             Outcome::Challenge { eap, state } => {
-                self.metrics.radius_request("eap-tls", "challenge");
+                self.metrics.radius_request(method, "challenge");
                 self.server.handle_decision(req.id, Decision::Challenge { eap, state }, now);
                 return;
             }
             Outcome::Reject { eap, refusal, reason } => {
                 self.metrics.eap_refusal(refusal);
                 let eap = Some(EapReply { message: eap, msk: None, user_name: None });
-                (Decision::Reject { reply_message: reason.clone(), eap }, "eap-tls", "reject", reason, None)
+                (Decision::Reject { reply_message: reason.clone(), eap }, method, "reject", reason, None)
+            }
+            Outcome::Authenticated { who: Authenticated::Password { user }, keys, success, failure } => {
+                // PEAP-MSCHAPv2: the user's device_id, else the Calling-Station-Id MAC.
+                let device =
+                    super::authorize::user_device(&user, req.calling_station_id.as_deref(), &self.table, &self.users);
+                let (decision, outcome) = super::authorize::by_verdict("peap", device.as_deref(), &self.policy);
+                let decision = with_eap(decision, success, failure, keys, &user);
+                let reason = format!("{} (user {user})", outcome.reason);
+                (decision, "peap", outcome.result, reason, outcome.device)
             }
             Outcome::Authenticated {
                 who: Authenticated::Certificate { certificate, tls13, .. },
