@@ -189,46 +189,70 @@ mod conversation {
         encode(Code::Response, id, Some(kind::IDENTITY), b"laptop-0042").unwrap()
     }
 
-    /// A supplicant driving EapServer through whole EAP packets and State.
-    fn authenticate(server: &mut EapServer, mut c: rustls::ClientConnection, now: Instant) -> Outcome {
-        let mut out = server.handle(&identity(1), None, Some(1000), now);
-        let mut from_server = Reassembler::new(64 * 1024);
-        let mut to_server: Option<Fragmenter> = None;
-        for _ in 0..100 {
-            let Outcome::Challenge { eap, state } = out else { return out };
-            let p = Packet::decode(&eap).unwrap();
+    /// The supplicant side of EAP-TLS: answers each EAP-Request (whole
+    /// packet) with the next EAP-Response.
+    pub(super) struct Supplicant {
+        c: rustls::ClientConnection,
+        from_server: Reassembler,
+        to_server: Option<Fragmenter>,
+    }
+
+    impl Supplicant {
+        pub(super) fn new(c: rustls::ClientConnection) -> Self {
+            Self { c, from_server: Reassembler::new(64 * 1024), to_server: None }
+        }
+
+        pub(super) fn identity(&self) -> Vec<u8> {
+            identity(1)
+        }
+
+        pub(super) fn respond(&mut self, request: &[u8]) -> Vec<u8> {
+            let p = Packet::decode(request).unwrap();
             assert_eq!((p.code, p.kind), (Code::Request, Some(kind::TLS)));
             let frame = Frame::parse(p.data).unwrap();
-            let td = if let Some(o) = to_server.as_mut().filter(|o| !o.done()) {
+            let td = if let Some(o) = self.to_server.as_mut().filter(|o| !o.done()) {
                 o.next_fragment(0).unwrap()
             } else {
-                let mut flight = Vec::new();
-                if frame.flags & crate::eap::fragment::FLAG_S == 0 {
-                    if let Some(msg) = from_server.push(&frame).unwrap() {
-                        let mut rd = &msg[..];
-                        while !rd.is_empty() {
-                            c.read_tls(&mut rd).unwrap();
-                            if c.process_new_packets().is_err() {
-                                break;
-                            }
+                if frame.flags & crate::eap::fragment::FLAG_S == 0
+                    && let Some(msg) = self.from_server.push(&frame).unwrap()
+                {
+                    let mut rd = &msg[..];
+                    while !rd.is_empty() {
+                        self.c.read_tls(&mut rd).unwrap();
+                        if self.c.process_new_packets().is_err() {
+                            break;
                         }
-                    } else {
-                        flight.clear();
                     }
                 }
-                while c.wants_write() {
-                    c.write_tls(&mut flight).unwrap();
+                let mut flight = Vec::new();
+                while self.c.wants_write() {
+                    self.c.write_tls(&mut flight).unwrap();
                 }
                 if flight.is_empty() {
                     vec![0]
                 } else {
                     let mut o = Fragmenter::new(flight, 1000);
                     let f = o.next_fragment(0).unwrap();
-                    to_server = Some(o);
+                    self.to_server = Some(o);
                     f
                 }
             };
-            let response = encode(Code::Response, p.id, Some(kind::TLS), &td).unwrap();
+            encode(Code::Response, p.id, Some(kind::TLS), &td).unwrap()
+        }
+
+        pub(super) fn msk(&mut self) -> [u8; 64] {
+            let tls13 = self.c.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+            client_msk(&mut self.c, tls13)
+        }
+    }
+
+    /// A supplicant driving EapServer through whole EAP packets and State.
+    fn authenticate(server: &mut EapServer, c: rustls::ClientConnection, now: Instant) -> Outcome {
+        let mut sup = Supplicant::new(c);
+        let mut out = server.handle(&sup.identity(), None, Some(1000), now);
+        for _ in 0..100 {
+            let Outcome::Challenge { eap, state } = out else { return out };
+            let response = sup.respond(&eap);
             out = server.handle(&response, Some(&state), Some(1000), now);
         }
         panic!("no end");
@@ -289,4 +313,90 @@ mod conversation {
         assert_eq!(s.handle_timeout(now + Duration::from_secs(31)), n);
         assert!(s.is_empty());
     }
+}
+
+/// The whole path a NAS sees: Access-Requests carrying EAP-Message and State
+/// through the RADIUS core, Access-Challenges back, and an Access-Accept
+/// whose MS-MPPE keys decrypt, with the shared secret, to the MSK the
+/// supplicant derived itself. TLS 1.2 and 1.3.
+#[test]
+fn through_the_radius_core_the_accept_carries_the_supplicant_s_msk() {
+    use crate::eap::server::{EapServer, Limits, Outcome};
+    use crate::radius::builder::Builder;
+    use crate::radius::packet::{Packet, vendor_attrs};
+    use crate::radius::server::{Client, Decision, EapReply, Event, Port, Secret, Server};
+    use crate::radius::{AttrType, Code};
+    const SECRET: &[u8] = b"a-long-shared-secret";
+    let p = pki();
+    let device = p.ca.device_now("laptop-0042").unwrap();
+    for tls13 in [false, true] {
+        let mut radius = Server::new(vec![Client {
+            name: "nas".into(),
+            net: "127.0.0.0/8".parse().unwrap(),
+            secret: Secret::new(SECRET.to_vec()),
+            require_message_authenticator: true,
+        }]);
+        let mut eap = EapServer::new(Some(server(&p)), Limits::default(), [3; 32]);
+        let mut sup = conversation::Supplicant::new(client(&p, Some(&device), tls13));
+        let nas: std::net::SocketAddr = "127.0.0.9:50000".parse().unwrap();
+        let now = std::time::Instant::now();
+        let (mut message, mut state) = (sup.identity(), None::<Vec<u8>>);
+        let mut accepted = None;
+        for id in 0..60u8 {
+            let ra = [id ^ 0x5a; 16];
+            let mut b = Builder::new(Code::AccessRequest, id, true);
+            b.attr(AttrType::UserName, b"laptop-0042").unwrap();
+            b.eap_message(&message).unwrap();
+            if let Some(s) = &state {
+                b.attr(AttrType::State, s).unwrap();
+            }
+            radius.handle_datagram(Port::Auth, nas, &b.finish_access_request(SECRET, &ra), now);
+            let Some(Event::AccessRequest(req)) = radius.poll_event() else { panic!("an Access-Request event") };
+            let decision =
+                match eap.handle(req.eap_message.as_deref().unwrap(), req.state.as_deref(), req.framed_mtu, now) {
+                    Outcome::Challenge { eap, state } => Decision::Challenge { eap, state },
+                    Outcome::Authenticated { keys, success, .. } => Decision::Accept {
+                        vlan: Some("100".into()),
+                        reply_message: None,
+                        eap: Some(EapReply { message: success, msk: Some(Box::new(keys.msk)), user_name: None }),
+                    },
+                    other => panic!("tls13={tls13}: {other:?}"),
+                };
+            radius.handle_decision(req.id, decision, now);
+            let tx = radius.poll_transmit().unwrap();
+            let reply = Packet::decode(&tx.payload).unwrap();
+            assert_eq!(reply.message_authenticator_valid(SECRET, Some(&ra)), Some(true));
+            assert!(reply.response_authenticator_valid(SECRET, &ra));
+            let eap_back: Vec<u8> =
+                reply.attrs().filter(|a| a.typ == AttrType::EapMessage).flat_map(|a| a.value).copied().collect();
+            match reply.code() {
+                Code::AccessChallenge => {
+                    state = reply.attr(AttrType::State).map(<[u8]>::to_vec);
+                    message = sup.respond(&eap_back);
+                }
+                Code::AccessAccept => {
+                    assert_eq!(eap_back, vec![3, id_of(&message), 0, 4], "EAP-Success");
+                    let mut keys = std::collections::HashMap::new();
+                    for a in reply.attrs().filter(|a| a.typ == AttrType::VendorSpecific) {
+                        let (vendor, subs) = vendor_attrs(a.value).unwrap();
+                        assert_eq!(vendor, crate::eap::mppe::VENDOR_MICROSOFT);
+                        for (t, v) in subs {
+                            keys.insert(t, crate::eap::mppe::decrypt(v, SECRET, &ra).unwrap());
+                        }
+                    }
+                    accepted = Some(keys);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let keys = accepted.expect("an Access-Accept");
+        let msk = sup.msk();
+        assert_eq!(keys[&crate::eap::mppe::MS_MPPE_RECV_KEY], msk[..32].to_vec(), "tls13={tls13}");
+        assert_eq!(keys[&crate::eap::mppe::MS_MPPE_SEND_KEY], msk[32..].to_vec(), "tls13={tls13}");
+    }
+}
+
+fn id_of(eap: &[u8]) -> u8 {
+    eap[1]
 }
