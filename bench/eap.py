@@ -34,6 +34,7 @@ def freeradius(tmp, certs, port):
     if not shutil.which("freeradius"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "freeradius"], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    tmp = tempfile.mkdtemp(dir=tmp)  # a fresh copy per start
     raddb = os.path.join(tmp, "raddb")
     shutil.copytree("/etc/freeradius/3.0", raddb, symlinks=True)
     with open(os.path.join(raddb, "clients.conf"), "w") as f:
