@@ -12,6 +12,8 @@ use time::{Duration, OffsetDateTime};
 
 /// A certificate and its key, DER and PEM.
 pub struct Issued {
+    /// The serial number (what a CRL names).
+    pub serial: u64,
     pub cert_der: Vec<u8>,
     pub cert_pem: String,
     pub key_der: Vec<u8>,
@@ -109,12 +111,38 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = not_before;
         params.not_after = not_after;
+        // Positive and non-zero, as RFC 5280 wants; random so two dev PKIs differ.
+        let serial = fastrand::u64(1..i64::MAX as u64);
+        params.serial_number = Some(serial.into());
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
+            serial,
             cert_der: cert.der().to_vec(),
             cert_pem: cert.pem(),
             key_der: key.serialize_der(),
             key_pem: key.serialize_pem(),
         })
+    }
+
+    /// A CRL (DER) revoking `serials`, valid for a week.
+    pub fn crl(&self, serials: &[u64]) -> Result<Vec<u8>, rcgen::Error> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(7),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: (*s).into(),
+                    revocation_time: now - Duration::hours(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
     }
 }

@@ -159,6 +159,23 @@ fn refused_without_a_certificate_from_another_ca_or_expired() {
 }
 
 #[test]
+fn a_revoked_certificate_is_refused_when_a_crl_is_configured() {
+    let p = pki();
+    let revoked = p.ca.device_now("laptop-0042").unwrap();
+    let good = p.ca.device_now("laptop-0043").unwrap();
+    let crl = rustls::pki_types::CertificateRevocationListDer::from(p.ca.crl(&[revoked.serial]).unwrap());
+    let cfg =
+        server_config(vec![der(&p.server.cert_der)], key(&p.server.key_der), vec![der(&p.ca.cert_der())], vec![crl])
+            .unwrap();
+    for tls13 in [false, true] {
+        let (step, _, _) = run(Arc::clone(&cfg), client(&p, Some(&revoked), tls13), 1000);
+        assert!(matches!(&step, Step::Failed(super::tls::Failure::Tls(e)) if e.contains("Revoked")), "{step:?}");
+        let (step, _, _) = run(Arc::clone(&cfg), client(&p, Some(&good), tls13), 1000);
+        assert!(matches!(step, Step::Done { .. }), "{step:?}");
+    }
+}
+
+#[test]
 fn small_mtus_fragment_and_still_succeed() {
     let p = pki();
     let device = p.ca.device_now("pos-0001").unwrap();
