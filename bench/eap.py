@@ -34,7 +34,7 @@ def freeradius(tmp, certs, port):
     if not shutil.which("freeradius"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "freeradius"], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    tmp = tempfile.mkdtemp(dir=tmp)  # a fresh copy per start
+    outer, tmp = tmp, tempfile.mkdtemp(dir=tmp)  # a fresh copy per start
     raddb = os.path.join(tmp, "raddb")
     shutil.copytree("/etc/freeradius/3.0", raddb, symlinks=True)
     with open(os.path.join(raddb, "clients.conf"), "w") as f:
@@ -82,7 +82,9 @@ def freeradius(tmp, certs, port):
     site = re.sub(r"(?m)^(\s*)ipaddr = \*", r"\1ipaddr = 127.0.0.1", site)
     os.remove(os.path.join(raddb, "sites-enabled/default"))
     open(os.path.join(raddb, "sites-enabled/default"), "w").write(site)
-    subprocess.run(["chmod", "-R", "a+rX", tmp], check=True)
+    # FreeRADIUS drops to its own user: it must reach the config and the
+    # (throwaway) certificates.
+    subprocess.run(["chmod", "-R", "a+rX", outer], check=True)
     proc = subprocess.Popen(["freeradius", "-f", "-d", raddb, "-l", os.path.join(tmp, "freeradius.log")])
     time.sleep(2.5)
     return proc
@@ -122,7 +124,7 @@ def configs(tmp, certs):
 def drive(conf, port, auths, parallel):
     def one(_):
         r = subprocess.run(["eapol_test", "-c", conf, "-a", "127.0.0.1", "-p", str(port), "-s", SECRET, "-r", "0",
-                            "-t", "10"], capture_output=True, text=True)
+                            "-t", "5"], capture_output=True, text=True)
         return r.returncode == 0 and "\nSUCCESS" in r.stdout
     with ThreadPoolExecutor(parallel) as pool:
         return sum(pool.map(one, range(auths)))
@@ -150,6 +152,8 @@ def main():
             for name, start in servers.items():
                 port = free_udp_port()
                 proc = start(tmp, certs, port)
+                if proc.poll() is not None:
+                    raise SystemExit(f"{name} did not start (see its log under {tmp})")
                 try:
                     for method, conf in confs.items():
                         drive(conf, port, 4, 2)  # warm up
