@@ -8,7 +8,6 @@ mod common;
 use common::nas::TestNas;
 use common::*;
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "a-long-shared-secret";
@@ -28,20 +27,11 @@ fn start_warden(dir: &std::path::Path, nas_port: u16, coa_mode: &str) -> (Warden
 }
 
 fn accounting_start(acct: u16) {
-    require("radclient", "freeradius-utils");
-    let mut child = Command::new("radclient")
-        .args(["-r", "1", "-t", "2", &format!("127.0.0.1:{acct}"), "acct", SECRET])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        b"Acct-Status-Type = Start, Acct-Session-Id = \"sess-7\", Calling-Station-Id = \"AA-BB-CC-00-00-01\", NAS-IP-Address = 127.0.0.1, NAS-Port = 7",
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Accounting-Response"), "accounting start answered");
+    common::nas::accounting(
+        acct,
+        SECRET,
+        "Acct-Status-Type = Start, Acct-Session-Id = \"sess-7\", Calling-Station-Id = \"AA-BB-CC-00-00-01\", NAS-IP-Address = 127.0.0.1, NAS-Port = 7",
+    );
 }
 
 fn assert_authentic(req: &Value, code: &str) {

@@ -159,19 +159,11 @@ fn a_coa_reaches_the_nas_when_an_eap_tls_device_drifts() {
     let (ok, out) = eapol(&lab, "tls", &tls(&lab.dir, true, cert.to_str().unwrap(), key.to_str().unwrap()));
     assert!(ok, "{out}");
     // The NAS's accounting for that session names the certificate identity.
-    require("radclient", "freeradius-utils");
-    let mut child = Command::new("radclient")
-        .args(["-r", "1", "-t", "2", &format!("127.0.0.1:{}", lab.acct), "acct", SECRET])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        &mut child.stdin.take().unwrap(),
-        b"Acct-Status-Type = Start, Acct-Session-Id = \"dot1x-1\", User-Name = \"pos-0001\", NAS-IP-Address = 127.0.0.1, NAS-Port = 3",
-    )
-    .unwrap();
-    assert!(String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).contains("Accounting-Response"));
+    common::nas::accounting(
+        lab.acct,
+        SECRET,
+        "Acct-Status-Type = Start, Acct-Session-Id = \"dot1x-1\", User-Name = \"pos-0001\", NAS-IP-Address = 127.0.0.1, NAS-Port = 3",
+    );
     let nas = TestNas::start(nas_port, SECRET, false);
     publish(lab.w.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
     let req = nas.next(Duration::from_secs(5)).expect("Disconnect-Request after the violating report");

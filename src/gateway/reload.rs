@@ -41,20 +41,9 @@ pub async fn run(
             None
         }
     };
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP");
-            None
-        }
-    };
+    let mut hup = Hangups::new();
     loop {
-        let hup_recv = async {
-            match hup.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
+        let hup_recv = hup.recv();
         tokio::select! {
             _ = shutdown.changed() => return,
             Some(()) = kick.recv() => {}
@@ -91,6 +80,30 @@ pub async fn run(
                 }
                 tracing::error!(errors = errors.len(), "policy reload refused; the previous policies stay in force");
             }
+        }
+    }
+}
+
+/// SIGHUP as a stream; without a handler (it could not be installed) it
+/// never fires, and that was logged once.
+pub struct Hangups(Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    pub fn new() -> Self {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Self(Some(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                Self(None)
+            }
+        }
+    }
+
+    /// The next SIGHUP.
+    pub async fn recv(&mut self) -> Option<()> {
+        match self.0.as_mut() {
+            Some(s) => s.recv().await,
+            None => std::future::pending().await,
         }
     }
 }

@@ -237,18 +237,13 @@ impl WireGuardTask {
     async fn control(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hup = super::reload::Hangups::new();
         let mut buf = scratch();
         let mut out = Transmits::default();
         let mut ticks = 0u64;
         let mut to_tun = TunBatch::new();
         loop {
-            let hup_recv = async {
-                match hup.as_mut() {
-                    Some(s) => s.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let hup_recv = hup.recv();
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {

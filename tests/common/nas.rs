@@ -55,3 +55,18 @@ impl Drop for TestNas {
         let _ = self.child.wait();
     }
 }
+
+/// Sends one Accounting-Request with `attributes` (radclient syntax) to
+/// warden's accounting port, as a NAS would, and checks it is answered.
+pub fn accounting(acct: u16, secret: &str, attributes: &str) {
+    require("radclient", "freeradius-utils");
+    let mut child = Command::new("radclient")
+        .args(["-r", "1", "-t", "2", &format!("127.0.0.1:{acct}"), "acct", secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), attributes.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Accounting-Response"), "accounting answered");
+}
