@@ -86,11 +86,12 @@ impl Rule {
     }
 
     fn matches(&self, addr: IpAddr, proto: u8, port: Option<u16>) -> bool {
-        self.net.contains(&addr)
-            && match self.port {
-                None => true,
-                Some(p) => (proto == TCP || proto == UDP) && port == Some(p),
-            }
+        // The port first: a compare, where the prefix test costs ~10 ns.
+        let port_ok = match self.port {
+            None => true,
+            Some(p) => (proto == TCP || proto == UDP) && port == Some(p),
+        };
+        port_ok && self.net.contains(&addr)
     }
 }
 
