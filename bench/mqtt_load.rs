@@ -283,6 +283,27 @@ async fn wg_flip(mqtt: u16, listen: std::net::SocketAddr, device: String, flips:
             }
         }
     });
+    // An observer of the same topic through the same broker: its receive
+    // time is the MQTT hop alone (as in `quarantine`).
+    let (observer, mut obs_el) = connect(&format!("bench-wgobs-{}", std::process::id()), mqtt, 100);
+    observer.subscribe(format!("devices/{device}/telemetry"), QoS::AtMostOnce).await.expect("subscribe");
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = obs_el.poll().await.expect("observer connect") {
+            break;
+        }
+    }
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = obs_el.poll().await {
+            if let Event::Incoming(Packet::Publish(_)) = event
+                && seen_tx.send(Instant::now()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut hops = Vec::with_capacity(flips as usize);
+    let mut after_hop = Vec::with_capacity(flips as usize);
     let now_ns = || base.elapsed().as_nanos() as u64;
     let mut seq = 1_000u64;
     let mut samples = Vec::with_capacity(flips as usize);
@@ -295,23 +316,39 @@ async fn wg_flip(mqtt: u16, listen: std::net::SocketAddr, device: String, flips:
         }
         seq += 1;
         let t0 = now_ns();
+        let started = Instant::now();
         client
             .publish(format!("devices/{device}/telemetry"), QoS::AtMostOnce, false, report(seq, false, &now_rfc3339()))
             .await
             .expect("publish");
+        let observed = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await.ok().flatten();
+        if let Some(at) = observed {
+            hops.push(at.saturating_duration_since(started));
+        }
         // Stopped: nothing for 20 ms (the flow runs at 20k/s).
         let wait = Instant::now();
         while now_ns().saturating_sub(last.load(Ordering::Acquire)) < 20_000_000 {
             assert!(wait.elapsed() < Duration::from_secs(5), "the flow did not stop after flip {i}");
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
-        samples.push(Duration::from_nanos(last.load(Ordering::Acquire).saturating_sub(t0)));
+        let last_through = last.load(Ordering::Acquire);
+        samples.push(Duration::from_nanos(last_through.saturating_sub(t0)));
+        // Broker delivered (≈ warden has it, ≈ the verdict) → the flow cut:
+        // the path after the MQTT hop.
+        if let Some(at) = observed {
+            let at_ns = at.saturating_duration_since(base).as_nanos() as u64;
+            after_hop.push(Duration::from_nanos(last_through.saturating_sub(at_ns)));
+        }
         seq += 1;
         client
             .publish(format!("devices/{device}/telemetry"), QoS::AtMostOnce, false, report(seq, true, &now_rfc3339()))
             .await
             .expect("publish");
+        let _ = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await;
     }
+    hops.sort();
+    after_hop.sort();
+    after_hop.sort();
     samples.sort();
     let q = |p: f64| samples[((samples.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
     println!(
@@ -320,6 +357,17 @@ async fn wg_flip(mqtt: u16, listen: std::net::SocketAddr, device: String, flips:
         q(0.99),
         q(1.0)
     );
+    let h = |p: f64| hops[((hops.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
+    if !hops.is_empty() {
+        println!("mqtt hop alone (publish → observer subscriber): p50 {:.3} ms  p99 {:.3} ms", h(0.5), h(0.99));
+        let a = |p: f64| after_hop[((after_hop.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3;
+        println!(
+            "after the hop (broker delivered → last packet through): p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            a(0.5),
+            a(0.99),
+            a(1.0)
+        );
+    }
 }
 
 fn main() {

@@ -16,7 +16,7 @@ non-remediation host; the device is flipped noncompliant / compliant N
 times over MQTT; for each quarantine, the time from the publish to the
 last packet that still got through (the first dropped one follows it).
 
-    python3 bench/wireguard.py [--runs 3] [--seconds 8] [--flips 1000]
+    python3 bench/wireguard.py [--runs 3] [--seconds 8] [--flips 1000] [--broker mosquitto|embedded]
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -35,7 +35,7 @@ def ns(name, *cmd, **kw):
 
 def install():
     need = [p for p, tool in [("wireguard-go", "wireguard-go"), ("wireguard-tools", "wg"), ("iperf3", "iperf3"),
-                              ("mosquitto-clients", "mosquitto_pub"), ("iproute2", "ip")] if not shutil.which(tool)]
+                              ("mosquitto-clients", "mosquitto_pub"), ("mosquitto", "mosquitto"), ("iproute2", "ip")] if not shutil.which(tool)]
     if need:
         sh("apt-get", "update", "-qq")
         sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", *need, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
@@ -111,11 +111,29 @@ def report(seq, encrypted):
                          patch=time.strftime("%Y-%m-%d", time.gmtime(now - 10 * 86400)), enc=str(encrypted).lower())
 
 
+BROKER = {"kind": "mosquitto"}
+
+
+def broker_up(tmp):
+    """mosquitto in the gateway namespace (set_tcp_nodelay), as in
+    bench/quarantine.py: the embedded rumqttd adds a millisecond-scale tail
+    of its own to every MQTT hop (measured by the observer in wgflip)."""
+    if BROKER["kind"] != "mosquitto" or BROKER.get("proc"):
+        return
+    conf = os.path.join(tmp, "mosquitto.conf")
+    open(conf, "w").write("listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n")
+    BROKER["proc"] = subprocess.Popen(["ip", "netns", "exec", GW, "mosquitto", "-c", conf],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+
+
 def warden_up(tmp, keys, quarantined):
     rules = [f'"10.{i}.0.0/16:443"' for i in range(100, 109)] + ['"10.99.0.1/32"']
     conf = os.path.join(tmp, "w.toml")
+    broker_up(tmp)
+    mqtt = 'broker = "mqtt://127.0.0.1:1883"\n' if BROKER["kind"] == "mosquitto" else 'listen = "127.0.0.1:1883"\n'
     open(conf, "w").write(
-        '[node]\nstate_dir = "state"\n[mqtt]\nlisten = "127.0.0.1:1883"\n[policy]\ndir = "policies"\n'
+        '[node]\nstate_dir = "state"\n[mqtt]\n' + mqtt + '[policy]\ndir = "policies"\n'
         '[http]\nlisten = "127.0.0.1:9090"\n'
         f'[wireguard]\nlisten = "10.200.0.1:51820"\nprivate_key_file = "server.key"\ninterface = "warden0"\n'
         f'address = "10.99.0.1/24"\nremediation = [{", ".join(rules)}]\n'
@@ -226,7 +244,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--flips", type=int, default=1000)
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--broker", choices=["mosquitto", "embedded"], default="mosquitto")
     a = ap.parse_args()
+    BROKER["kind"] = a.broker
     if os.geteuid() != 0:
         sys.exit("needs root: it creates network namespaces and TUN devices")
     install()
@@ -240,6 +260,7 @@ def main():
         if a.flips:
             flips(tmp, keys, a.flips)
     finally:
+        stop(BROKER.get("proc"))
         teardown()
         shutil.rmtree(tmp, ignore_errors=True)
 
