@@ -455,6 +455,12 @@ async fn network_to_tun(
                         // One slot may hold several datagrams (GRO), `stride` apart.
                         for datagram in slot[..m.len.min(slot.len())].chunks(m.stride.max(1)) {
                             router.handle_datagram(m.addr, datagram, &mut buf, &mut out);
+                            // A GRO slot can hold dozens of datagrams: send before
+                            // the batch (and its 64 KiB GRO buffers) grows past a
+                            // bound, whatever the peer sends.
+                            if out.len() >= IDEAL_BATCH_SIZE {
+                                send(&socket, &tun, &mut to_tun, &metrics, &mut out).await;
+                            }
                         }
                     }
                 }

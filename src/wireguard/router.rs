@@ -104,6 +104,11 @@ impl Transmits {
         self.items.is_empty()
     }
 
+    /// Transmits held.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
     /// The network transmits grouped for UDP segmentation offload (GSO):
     /// runs of datagrams to one destination, adjacent in the buffer, all of
     /// one size but the last (which may be shorter), at most `max_segments`
