@@ -132,6 +132,30 @@ async fn latency(port: u16, flips: u32) {
     println!("latency over {flips} flips: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms", q(0.5), q(0.99), q(1.0));
 }
 
+/// A plain subscriber of `topic` through the broker on `mqtt`: the receive
+/// time of each message, for splitting the MQTT hop off a measurement.
+async fn observe(mqtt: u16, topic: &str, name: &str) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+    let (observer, mut el) = connect(&format!("{name}-{}", std::process::id()), mqtt, 100);
+    observer.subscribe(topic, QoS::AtMostOnce).await.expect("subscribe");
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = el.poll().await.expect("observer connect") {
+            break;
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _keep = observer;
+        while let Ok(event) = el.poll().await {
+            if let Event::Incoming(Packet::Publish(_)) = event
+                && tx.send(Instant::now()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Publish → Disconnect-Request received, over FLIPS verdict flips of one
 /// device whose session warden knows from an Accounting Start we send.
 async fn quarantine(mqtt: u16, acct: u16, nas_port: u16, secret: String, flips: u32) {
@@ -151,23 +175,7 @@ async fn quarantine(mqtt: u16, acct: u16, nas_port: u16, secret: String, flips: 
     // An observer subscribed to the same telemetry topic through the same
     // broker: its receive time splits the end-to-end figure into the MQTT hop
     // (publish → a subscriber has it) and what follows (warden + the UDP hop).
-    let (observer, mut obs_el) = connect(&format!("bench-obs-{}", std::process::id()), mqtt, 100);
-    observer.subscribe(format!("devices/{device}/telemetry"), QoS::AtMostOnce).await.expect("subscribe");
-    loop {
-        if let Event::Incoming(Packet::SubAck(_)) = obs_el.poll().await.expect("observer connect") {
-            break;
-        }
-    }
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(event) = obs_el.poll().await {
-            if let Event::Incoming(Packet::Publish(_)) = event
-                && seen_tx.send(Instant::now()).is_err()
-            {
-                return;
-            }
-        }
-    });
+    let mut seen = observe(mqtt, &format!("devices/{device}/telemetry"), "bench-obs").await;
     let publish = |seq: u64, encrypted: bool| {
         let mut r: serde_json::Value = serde_json::from_slice(&report(seq, encrypted, &now_rfc3339())).expect("json");
         r["mac_addresses"] = serde_json::json!([mac]);
@@ -285,23 +293,7 @@ async fn wg_flip(mqtt: u16, listen: std::net::SocketAddr, device: String, flips:
     });
     // An observer of the same topic through the same broker: its receive
     // time is the MQTT hop alone (as in `quarantine`).
-    let (observer, mut obs_el) = connect(&format!("bench-wgobs-{}", std::process::id()), mqtt, 100);
-    observer.subscribe(format!("devices/{device}/telemetry"), QoS::AtMostOnce).await.expect("subscribe");
-    loop {
-        if let Event::Incoming(Packet::SubAck(_)) = obs_el.poll().await.expect("observer connect") {
-            break;
-        }
-    }
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(event) = obs_el.poll().await {
-            if let Event::Incoming(Packet::Publish(_)) = event
-                && seen_tx.send(Instant::now()).is_err()
-            {
-                return;
-            }
-        }
-    });
+    let mut seen = observe(mqtt, &format!("devices/{device}/telemetry"), "bench-wgobs").await;
     let mut hops = Vec::with_capacity(flips as usize);
     let mut after_hop = Vec::with_capacity(flips as usize);
     let now_ns = || base.elapsed().as_nanos() as u64;

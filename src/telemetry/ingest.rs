@@ -119,6 +119,22 @@ impl Backoff {
         self.next = (self.next * 2).min(Self::MAX);
         full.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
+
+    /// Logs a lost connection and sleeps the next backoff; `false` if
+    /// shutdown came first.
+    async fn pause(
+        &mut self,
+        error: &rumqttc::ConnectionError,
+        what: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let wait = self.wait();
+        tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "{what}");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown.changed() => false,
+        }
+    }
 }
 
 /// Runs the connection until `shutdown` turns true. `ready` is true while the
@@ -171,11 +187,8 @@ pub async fn run(
                     metrics.mqtt_disconnects.inc();
                 }
                 metrics.mqtt_connected.set(0);
-                let wait = backoff.wait();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection lost");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => break,
+                if !backoff.pause(&e, "MQTT connection lost", &mut shutdown).await {
+                    break;
                 }
             }
         }
@@ -197,11 +210,8 @@ pub async fn run_publisher(client: AsyncClient, mut eventloop: EventLoop, mut sh
             Ok(Event::Incoming(Packet::ConnAck(_))) => backoff.reset(),
             Ok(_) => {}
             Err(e) => {
-                let wait = backoff.wait();
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT status connection lost");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => break,
+                if !backoff.pause(&e, "MQTT status connection lost", &mut shutdown).await {
+                    break;
                 }
             }
         }
