@@ -137,6 +137,9 @@ pub struct EapServer {
     peap: Option<(Arc<rustls::ServerConfig>, Arc<dyn Credentials>)>,
     limits: Limits,
     sessions: HashMap<[u8; 16], Session>,
+    /// States of conversations begun, oldest first (see `make_room`);
+    /// trimmed by `handle_timeout` and never longer than twice the cap.
+    half_open: std::collections::VecDeque<[u8; 16]>,
     key: ring::hmac::Key,
     counter: u64,
     /// Conversations dropped to make room, since start (for the metric).
@@ -155,6 +158,7 @@ impl EapServer {
             peap: None,
             limits,
             sessions: HashMap::new(),
+            half_open: std::collections::VecDeque::new(),
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed),
             counter: 0,
             evicted: 0,
@@ -339,17 +343,36 @@ impl EapServer {
                 eap_identity,
             },
         );
+        self.half_open.push_back(state);
+        if self.half_open.len() > 2 * self.limits.max_sessions {
+            let sessions = &self.sessions;
+            self.half_open.retain(|k| sessions.get(k).is_some_and(|s| !s.returned));
+        }
         Outcome::Challenge { eap, state: state.to_vec() }
     }
 
     /// At the cap, the oldest conversation that never came back with its
     /// State goes first; only if every one is live does the oldest go.
     /// Returns whether one was dropped.
+    ///
+    /// Half-open conversations are found through `half_open` (their
+    /// States in creation order; a conversation that came back has a new
+    /// State, so its old entry no longer resolves): a flood of new
+    /// conversations at the cap costs O(1) each, not a scan of the table.
     fn make_room(&mut self) -> bool {
         if self.sessions.len() < self.limits.max_sessions {
             return false;
         }
-        let victim = self.sessions.iter().min_by_key(|(_, s)| (s.returned, s.created)).map(|(k, _)| *k);
+        let mut victim = None;
+        while let Some(k) = self.half_open.pop_front() {
+            if self.sessions.contains_key(&k) {
+                victim = Some(k);
+                break;
+            }
+        }
+        // Every conversation is live: the oldest goes (a scan, rare).
+        let victim =
+            victim.or_else(|| self.sessions.iter().min_by_key(|(_, s)| (s.returned, s.created)).map(|(k, _)| *k));
         let dropped = victim.is_some_and(|k| self.sessions.remove(&k).is_some());
         self.evicted += u64::from(dropped);
         dropped
@@ -361,6 +384,9 @@ impl EapServer {
     pub fn handle_timeout(&mut self, now: Instant) -> usize {
         let before = self.sessions.len();
         self.sessions.retain(|_, s| s.deadline > now);
+        // Entries of conversations that came back, ended or expired.
+        let sessions = &self.sessions;
+        self.half_open.retain(|k| sessions.get(k).is_some_and(|s| !s.returned));
         before - self.sessions.len()
     }
 }
