@@ -228,6 +228,19 @@ fn start(lab: &Lab, dir: &Path) -> Warden {
     w
 }
 
+/// A lab with warden (one configured peer) and the wireguard-go peer up;
+/// `None` where the tests cannot run here (the reason is printed).
+fn connected() -> Option<(PathBuf, Lab, Warden)> {
+    if !can_run() {
+        return None;
+    }
+    let dir = Warden::workdir();
+    let mut lab = Lab::new(&dir);
+    let w = start(&lab, &dir);
+    lab.start_peer();
+    Some((dir, lab, w))
+}
+
 fn report(w: &Warden, seq: u64, encrypted: bool) {
     let r = pos_report(seq, json!({"encrypted": encrypted}));
     common::publish_in(w.netns.as_deref(), w.mqtt, "devices/laptop-1/telemetry", &r);
@@ -239,13 +252,7 @@ fn packets(w: &Warden, direction: &str, verdict: &str) -> f64 {
 
 #[test]
 fn a_wireguard_go_peer_is_quarantined_mid_flow_and_restored() {
-    if !can_run() {
-        return;
-    }
-    let dir = Warden::workdir();
-    let mut lab = Lab::new(&dir);
-    let w = start(&lab, &dir);
-    lab.start_peer();
+    let Some((_dir, lab, w)) = connected() else { return };
 
     // Never reported: unknown_device = quarantine → remediation only.
     let (_, got) = lab.ping(&["-c", "3", "-i", "0.2", "-W", "1", REMEDIATION]);
@@ -327,13 +334,7 @@ fn a_wireguard_go_peer_is_quarantined_mid_flow_and_restored() {
 
 #[test]
 fn garbage_gets_no_answer_and_a_removed_peer_stops_at_once() {
-    if !can_run() {
-        return;
-    }
-    let dir = Warden::workdir();
-    let mut lab = Lab::new(&dir);
-    let w = start(&lab, &dir);
-    lab.start_peer();
+    let Some((dir, lab, w)) = connected() else { return };
     assert_eq!(lab.ping(&["-c", "2", "-i", "0.2", "-W", "1", REMEDIATION]).1, 2, "log:\n{}", w.log_text());
 
     // Random bytes, a handshake-sized message with a bad mac1, and data for
