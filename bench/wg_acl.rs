@@ -33,7 +33,7 @@ fn main() {
     rules.push(Rule::parse("10.99.0.1/32").unwrap());
     let pkt = tcp_packet(1420);
     const N: u32 = 20_000_000;
-    for (name, access) in [("forward", Access::Forward), ("quarantined, last of 10 rules", Access::Remediation)] {
+    for (name, access) in [("forward", Access::Full), ("quarantined, last of 10 rules", Access::Quarantine)] {
         let mut best = f64::MAX;
         for _ in 0..5 {
             let start = Instant::now();

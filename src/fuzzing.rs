@@ -88,7 +88,7 @@ pub fn wireguard(data: &[u8]) {
                 allowed_ips: vec![ipnet::IpNet::from(std::net::IpAddr::from([10, 99, 0, 2]))],
                 persistent_keepalive: None,
             };
-            r.set_peers(&[spec], Vec::new(), |_| Access::Forward);
+            r.set_peers(&[spec], Vec::new(), |_| Access::Full);
             r
         });
         let from = std::net::SocketAddr::from(([192, 0, 2, 1], 51820));
@@ -108,9 +108,9 @@ pub fn wireguard(data: &[u8]) {
     assert!(flow.src_port.is_none() || ported, "ports only for TCP and UDP");
     let allowed = permits(access, &rules, &flow, direction);
     match access {
-        Access::Forward => assert!(allowed),
-        Access::Block => assert!(!allowed),
-        Access::Remediation => {
+        Access::Full => assert!(allowed),
+        Access::Deny => assert!(!allowed),
+        Access::Quarantine => {
             let (addr, port) = match direction {
                 Direction::FromPeer => (flow.dst, flow.dst_port),
                 Direction::ToPeer => (flow.src, flow.src_port),

@@ -50,7 +50,24 @@ pub struct Metrics {
     /// EAP conversations in flight.
     pub eap_sessions: IntGauge,
     eap_refusals: [IntCounter; crate::eap::server::Refusal::ALL.len()],
+    /// Per plane (radius, wireguard): sessions or peers a reconciliation
+    /// found with other access than their verdict implies, and corrected.
+    pub reconcile_corrections: [IntCounter; 2],
+    /// Per identity kind ([`IDENTITY_KINDS`]): claims refused because the
+    /// identity is bound to another live device.
+    identity_conflicts: [IntCounter; 3],
+    /// 1 while warden hears its telemetry source.
+    pub telemetry_source_up: IntGauge,
+    /// Devices whose verdict is held (stale, but the source is down).
+    pub verdicts_held: IntGauge,
+    /// Batches of restrictions held by the circuit breaker.
+    pub changes_pending: IntGauge,
 }
+
+/// `plane` label values of `warden_reconcile_corrections_total`.
+pub const PLANES: [&str; 2] = ["radius", "wireguard"];
+/// `kind` label values of `warden_identity_conflicts_total`.
+pub const IDENTITY_KINDS: [&str; 3] = ["mac", "wg_key", "cert"];
 
 /// `direction` label values of `warden_wireguard_packets_total`.
 pub const WIREGUARD_DIRECTIONS: [&str; 2] = ["from_peer", "to_peer"];
@@ -173,7 +190,28 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("warden_wireguard_peers", "WireGuard peers, by state"), &["state"])
                 .unwrap_or_else(|e| panic!("{e}")),
         );
+        let corrections = counters(
+            "warden_reconcile_corrections_total",
+            "Sessions or peers found by reconciliation with other access than their verdict implies, by plane",
+            &["plane"],
+        );
+        let conflicts = counters(
+            "warden_identity_conflicts_total",
+            "Identity claims refused because another live device holds the identity, by kind",
+            &["kind"],
+        );
         Self {
+            reconcile_corrections: PLANES.map(|p| corrections.with_label_values(&[p])),
+            identity_conflicts: IDENTITY_KINDS.map(|k| conflicts.with_label_values(&[k])),
+            telemetry_source_up: gauge(
+                "warden_telemetry_source_up",
+                "1 while the telemetry source is heard (connected, subscribed, the fleet reporting)",
+            ),
+            verdicts_held: gauge(
+                "warden_verdicts_held",
+                "Devices whose verdict is held while the telemetry source is out",
+            ),
+            changes_pending: gauge("warden_changes_pending", "Restriction batches held by the circuit breaker"),
             devices: Verdict::ALL.map(|v| devices.with_label_values(&[v.label()])),
             telemetry_accepted: telemetry.with_label_values(&["accepted"]),
             telemetry_refused: Refusal::LABELS.map(|l| telemetry.with_label_values(&[l])),
@@ -275,6 +313,13 @@ impl Metrics {
         let r = COA_RESULTS.iter().position(|x| *x == result);
         if let (Some(k), Some(r)) = (k, r) {
             self.coa_requests[k * COA_RESULTS.len() + r].inc();
+        }
+    }
+
+    /// Counts one refused identity claim (`kind` from [`IDENTITY_KINDS`]).
+    pub fn identity_conflict(&self, kind: &str) {
+        if let Some(i) = IDENTITY_KINDS.iter().position(|k| *k == kind) {
+            self.identity_conflicts[i].inc();
         }
     }
 

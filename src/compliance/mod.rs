@@ -4,12 +4,14 @@
 //! verdict [`Change`]s and a deadline out); [`Table`] is the read handle every
 //! plane shares, lock-free for readers on the hot path.
 
+pub mod access;
 mod device;
 mod engine;
 mod intern;
 pub mod snapshot;
 mod table;
 
+pub use access::{Access, Grant, Rules, Stage, Why, grant};
 pub use device::{Device, Enforce, Verdict};
 pub use engine::{Cause, Change, Engine};
 pub use table::Table;

@@ -1,20 +1,49 @@
 //! Where the compliance verdict becomes a RADIUS answer. Neither core knows
 //! the other: the RADIUS server asks, the table answers, this decides.
 
-use crate::compliance::{Device, Table, Verdict};
+use crate::compliance::{Access, Device, Rules, Stage, Table, Why, grant};
 use crate::config::{Noncompliant, UnknownDevice};
 use crate::mac::Mac;
 use crate::radius::server::{AccessRequest, Decision};
-use crate::radius::sessions::Access;
 use crate::users::Users;
 use std::sync::Arc;
 
-/// The access rules from `[radius]` and `[policy]`.
+/// The access rules from `[radius]` and `[policy]`: the one access model's
+/// rules, and the VLAN each access maps to.
 pub struct AccessPolicy {
     pub compliant_vlan: String,
     pub quarantine_vlan: String,
-    pub noncompliant: Noncompliant,
-    pub unknown_device: UnknownDevice,
+    pub rules: Rules,
+}
+
+impl AccessPolicy {
+    pub fn new(
+        compliant_vlan: String,
+        quarantine_vlan: String,
+        noncompliant: Noncompliant,
+        unknown: UnknownDevice,
+    ) -> Self {
+        let restrict = match noncompliant {
+            Noncompliant::Quarantine => Access::Quarantine,
+            Noncompliant::Reject => Access::Deny,
+        };
+        Self { compliant_vlan, quarantine_vlan, rules: Rules { unknown_device: unknown, restrict } }
+    }
+
+    /// The VLAN a session with `access` belongs in (`Deny`: none, it is
+    /// rejected or disconnected).
+    pub fn vlan(&self, access: Access) -> Option<&str> {
+        match access {
+            Access::Full => Some(&self.compliant_vlan),
+            Access::Quarantine => Some(&self.quarantine_vlan),
+            Access::Deny => None,
+        }
+    }
+
+    /// The access a running session, last given `applied`, should have now.
+    pub fn running(&self, device: Option<&Device>, applied: Access) -> Access {
+        grant(device, Stage::Running { applied }, &self.rules).access
+    }
 }
 
 /// What was decided and why, for the metric labels and the INFO log line.
@@ -26,6 +55,8 @@ pub struct Outcome {
     pub result: &'static str,
     pub reason: String,
     pub device: Option<Arc<str>>,
+    /// The access the answer gives (a reject for bad credentials: `Deny`).
+    pub access: Access,
 }
 
 /// The Argon2 hash to check off the task, when `req` is PAP for such a user.
@@ -60,7 +91,7 @@ pub fn authorize(
     let reject = |kind, reason: String| {
         (
             Decision::Reject { reply_message: reason.clone(), eap: None },
-            Outcome { kind, result: "reject", reason, device: None },
+            Outcome { kind, result: "reject", reason, device: None, access: Access::Deny },
         )
     };
     if req.eap {
@@ -103,75 +134,41 @@ pub fn user_device(name: &str, calling_station: Option<&str>, table: &Table, use
         .or_else(|| calling_station.and_then(Mac::parse).and_then(|m| table.by_mac(m)))
 }
 
+/// The answer to a device's admission: the one access model at
+/// [`Stage::Admission`], mapped to an Accept into a VLAN or a Reject.
 pub fn by_verdict(kind: &'static str, device: Option<&Device>, p: &AccessPolicy) -> (Decision, Outcome) {
-    let id = device.map(|d| Arc::clone(&d.id));
-    let accept = |vlan: &str, result, reason: String| {
-        (
-            Decision::Accept { vlan: Some(vlan.to_string()), reply_message: None, eap: None },
-            Outcome { kind, result, reason, device: id.clone() },
-        )
+    let g = grant(device, Stage::Admission, &p.rules);
+    let reason = match g.why {
+        Why::Compliant => "compliant".to_string(),
+        Why::NotEnforced => "noncompliant, not enforced".to_string(),
+        Why::Enforced => {
+            let failed: Vec<String> = device.map(|d| d.failures.iter().map(|f| f.key()).collect()).unwrap_or_default();
+            format!("noncompliant: {}", failed.join(", "))
+        }
+        Why::Stale => "unknown: no recent report".to_string(),
+        Why::UnknownDevice => "unknown device".to_string(),
     };
-    let reject = |reason: String| {
-        (
-            Decision::Reject { reply_message: reason.clone(), eap: None },
-            Outcome { kind, result: "reject", reason, device: id.clone() },
-        )
+    let outcome = |result| Outcome {
+        kind,
+        result,
+        reason: reason.clone(),
+        device: device.map(|d| Arc::clone(&d.id)),
+        access: g.access,
     };
-    match device {
-        Some(d) if d.verdict == Verdict::Compliant => accept(&p.compliant_vlan, "accept", "compliant".into()),
-        Some(d) if d.verdict == Verdict::Noncompliant && !d.enforce.deny_admission => {
-            // Monitor-only, minor, or still in grace: the answer does not change.
-            accept(&p.compliant_vlan, "accept", "noncompliant, not enforced".into())
+    match p.vlan(g.access) {
+        Some(vlan) => {
+            let result = if g.access == Access::Full { "accept" } else { "quarantine" };
+            (Decision::Accept { vlan: Some(vlan.to_string()), reply_message: None, eap: None }, outcome(result))
         }
-        Some(d) if d.verdict == Verdict::Noncompliant => {
-            let failed: Vec<String> = d.failures.iter().map(|f| f.key()).collect();
-            let reason = format!("noncompliant: {}", failed.join(", "));
-            match p.noncompliant {
-                Noncompliant::Quarantine => accept(&p.quarantine_vlan, "quarantine", reason),
-                Noncompliant::Reject => reject(reason),
-            }
-        }
-        _ => {
-            let reason = if device.is_some() { "unknown: no recent report" } else { "unknown device" }.to_string();
-            match p.unknown_device {
-                UnknownDevice::Allow => accept(&p.compliant_vlan, "accept", reason),
-                UnknownDevice::Quarantine => accept(&p.quarantine_vlan, "quarantine", reason),
-                UnknownDevice::Reject => reject(reason),
-            }
-        }
-    }
-}
-
-/// The access an existing session should have now. Unlike admission, only
-/// an enforced `always` failure (`quarantine`) acts on a running session.
-pub fn session_access(device: Option<&Device>, p: &AccessPolicy) -> Access {
-    let enforced = match p.noncompliant {
-        Noncompliant::Quarantine => Access::Quarantine,
-        Noncompliant::Reject => Access::Reject,
-    };
-    match device {
-        Some(d) if d.verdict == Verdict::Compliant => Access::Normal,
-        Some(d) if d.verdict == Verdict::Noncompliant => {
-            if d.enforce.quarantine {
-                enforced
-            } else {
-                Access::Normal
-            }
-        }
-        _ => match p.unknown_device {
-            UnknownDevice::Allow => Access::Normal,
-            UnknownDevice::Quarantine => Access::Quarantine,
-            UnknownDevice::Reject => Access::Reject,
-        },
+        None => (Decision::Reject { reply_message: reason.clone(), eap: None }, outcome("reject")),
     }
 }
 
 /// The device an accounting record's session belongs to: by its MAC, else
 /// by the user's `device_id`, else by User-Name as a certificate identity
 /// or device id (EAP-TLS sessions are named by the certificate).
-pub fn session_device(mac: Option<&str>, user: Option<&str>, table: &Table, users: &Users) -> Option<Arc<Device>> {
-    mac.and_then(Mac::parse)
-        .and_then(|m| table.by_mac(m))
+pub fn session_device(mac: Option<Mac>, user: Option<&str>, table: &Table, users: &Users) -> Option<Arc<Device>> {
+    mac.and_then(|m| table.by_mac(m))
         .or_else(|| user.and_then(|u| users.get(u)).and_then(|u| u.device_id.as_deref()).and_then(|id| table.get(id)))
         .or_else(|| user.and_then(|u| table.by_cert_identity(u).or_else(|| table.get(u))))
 }

@@ -24,6 +24,8 @@ pub struct ComplianceTask {
     pub pattern: TopicPattern,
     pub freshness: Freshness,
     pub changes: broadcast::Sender<Arc<Change>>,
+    /// Bumped after a policy reload: every plane reconciles all it enforces.
+    pub reconcile: watch::Sender<u64>,
     pub metrics: Arc<Metrics>,
     pub state_dir: PathBuf,
     pub snapshot_every: Duration,
@@ -47,6 +49,7 @@ impl ComplianceTask {
                 Some(set) = self.policies.recv() => {
                     let started = Instant::now();
                     self.engine.handle_policies(set, Instant::now(), wall_now());
+                    self.reconcile.send_modify(|n| *n += 1);
                     tracing::info!(devices = self.engine.table().len(), took_ms = started.elapsed().as_millis() as u64, "devices re-evaluated under the new policies");
                 }
                 msg = self.telemetry.recv() => {

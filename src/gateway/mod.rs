@@ -3,6 +3,7 @@
 
 mod authorize;
 mod compliance_task;
+mod radius_enforce;
 mod radius_task;
 mod reload;
 mod status;
@@ -71,8 +72,11 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         .with_context(|| format!("HTTP cannot listen on {}", cfg.http.listen))?;
     tracing::info!(listen = %http_listener.local_addr()?, "HTTP API and metrics listening");
     let (changes_tx, _) = broadcast::channel(CHANGES_CAPACITY);
+    // Bumped by the compliance task when every session and peer should be
+    // reconciled against the table (a policy reload).
+    let (reconcile_tx, reconcile_rx) = watch::channel(0u64);
     let radius = match &cfg.radius {
-        Some(r) => Some(radius_task(r, &loaded, &table, &metrics, changes_tx.subscribe()).await?),
+        Some(r) => Some(radius_task(r, &loaded, &table, &metrics, changes_tx.subscribe(), reconcile_rx.clone()).await?),
         None => None,
     };
     // Status messages get their own connection. rumqttc does not read while
@@ -137,6 +141,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
                 max_skew_ms: i64::try_from(cfg.mqtt.max_clock_skew.as_millis()).unwrap_or(i64::MAX),
             },
             changes: changes_tx.clone(),
+            reconcile: reconcile_tx,
             metrics: Arc::clone(&metrics),
             state_dir: cfg.node.state_dir.clone(),
             snapshot_every: cfg.node.snapshot_every,
@@ -195,6 +200,7 @@ async fn radius_task(
     table: &Table,
     metrics: &Arc<Metrics>,
     changes: broadcast::Receiver<Arc<crate::compliance::Change>>,
+    reconcile: watch::Receiver<u64>,
 ) -> anyhow::Result<radius_task::RadiusTask> {
     use crate::radius::server::{Client, Secret, Server};
     let mut clients = Vec::new();
@@ -206,7 +212,7 @@ async fn radius_task(
         let secret = Secret::new(secret);
         nas.insert(
             c.name.as_str().into(),
-            radius_task::NasConfig { secret: secret.clone(), coa_port: c.coa_port, coa_mode: c.coa_mode },
+            radius_enforce::NasConfig { secret: secret.clone(), coa_port: c.coa_port, coa_mode: c.coa_mode },
         );
         clients.push(Client {
             name: c.name.as_str().into(),
@@ -234,29 +240,41 @@ async fn radius_task(
     // The EAP State seed: without OS randomness, State could be guessed.
     let mut seed = [0u8; 32];
     getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness for the EAP State seed: {e}"))?;
+    let state_dir = &loaded.config.node.state_dir;
     let mut sessions = crate::radius::sessions::Sessions::default();
-    let replayed = radius_task::replay_journal(&loaded.config.node.state_dir, &mut sessions);
+    let replayed = crate::radius::journal::replay(state_dir, &mut sessions);
+    if replayed.skipped > 0 {
+        tracing::warn!(skipped = replayed.skipped, "unreadable accounting journal lines skipped");
+    }
     metrics.radius_sessions.set(sessions.len() as i64);
-    tracing::info!(auth = %auth.local_addr()?, acct = %acct.local_addr()?, clients = clients.len(), sessions = sessions.len(), replayed, "RADIUS listening");
+    tracing::info!(auth = %auth.local_addr()?, acct = %acct.local_addr()?, clients = clients.len(), sessions = sessions.len(), replayed = replayed.applied, "RADIUS listening");
+    let policy = authorize::AccessPolicy::new(
+        r.compliant_vlan.clone(),
+        r.quarantine_vlan.clone(),
+        r.noncompliant,
+        loaded.config.policy.unknown_device,
+    );
+    let journal = crate::radius::journal::Journal::open(state_dir).context("opening the accounting journal")?;
+    let enforce = radius_enforce::Enforcer::new(
+        sessions,
+        journal,
+        nas,
+        policy,
+        table.clone(),
+        Arc::clone(&users),
+        Arc::clone(metrics),
+    );
     Ok(radius_task::RadiusTask {
         server: Server::new(clients),
         auth,
         acct,
         table: table.clone(),
         users: Arc::clone(&users),
-        policy: authorize::AccessPolicy {
-            compliant_vlan: r.compliant_vlan.clone(),
-            quarantine_vlan: r.quarantine_vlan.clone(),
-            noncompliant: r.noncompliant,
-            unknown_device: loaded.config.policy.unknown_device,
-        },
         metrics: Arc::clone(metrics),
-        journal: radius_task::open_journal(&loaded.config.node.state_dir).context("opening the accounting journal")?,
-        sessions,
-        coa: crate::radius::coa::CoaClient::default(),
+        enforce,
         coa_socket,
         changes,
-        nas,
+        reconcile,
         slow: radius_task::SlowChecks::new(),
         eap: loaded.eap.as_ref().map(|e| {
             let mut server = crate::eap::server::EapServer::new(Some(Arc::clone(&e.tls)), e.limits.clone(), seed);

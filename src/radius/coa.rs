@@ -24,6 +24,18 @@ const BURST: f64 = 1000.0;
 /// Requests waiting for the rate cap, per NAS; past it they are dropped.
 const MAX_QUEUED: usize = 100_000;
 
+/// How a NAS is asked to give a session `access` under its `coa_mode`:
+/// the kind of request, the VLAN a CoA moves it to, and whether a NAKed CoA
+/// falls back to a Disconnect. `Deny` has no VLAN: only a Disconnect does it.
+pub fn plan(mode: crate::config::CoaMode, vlan: Option<&str>) -> (Kind, Option<String>, bool) {
+    use crate::config::CoaMode;
+    match (mode, vlan) {
+        (_, None) | (CoaMode::Disconnect, _) => (Kind::Disconnect, None, false),
+        (CoaMode::Coa, Some(v)) => (Kind::Coa, Some(v.to_string()), false),
+        (CoaMode::CoaThenDisconnect, Some(v)) => (Kind::Coa, Some(v.to_string()), true),
+    }
+}
+
 /// What to ask of the NAS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -70,6 +82,9 @@ pub struct Request {
     pub origin: Instant,
     /// Seconds since the Unix epoch, for Event-Timestamp.
     pub unix_time: u32,
+    /// The caller's name for what this request enforces (a session's
+    /// serial): handed back in every outcome event.
+    pub tag: u64,
 }
 
 /// What happened to a request.
@@ -84,20 +99,27 @@ pub enum Event {
     Ack {
         kind: Kind,
         device: Arc<str>,
+        tag: u64,
     },
     Nak {
         kind: Kind,
         device: Arc<str>,
         cause: Option<ErrorCause>,
+        tag: u64,
+        /// A Disconnect-Request was queued in its place (`coa_then_disconnect`):
+        /// its own outcome follows.
+        fell_back: bool,
     },
     Timeout {
         kind: Kind,
         device: Arc<str>,
+        tag: u64,
     },
     /// The per-NAS queue was full.
     Dropped {
         kind: Kind,
         device: Arc<str>,
+        tag: u64,
     },
     /// An answer that matches nothing, or fails its authenticators.
     Ignored {
@@ -133,7 +155,7 @@ impl CoaClient {
         let ip = request.nas.ip();
         let queue = self.queued.entry(ip).or_default();
         if queue.len() >= MAX_QUEUED {
-            self.events.push_back(Event::Dropped { kind: request.kind, device: request.device });
+            self.events.push_back(Event::Dropped { kind: request.kind, device: request.device, tag: request.tag });
             return;
         }
         queue.push_back(request);
@@ -162,11 +184,18 @@ impl CoaClient {
         let Some(o) = self.outstanding.remove(&key) else { return };
         let r = o.request;
         if p.code() == expected[0] {
-            self.events.push_back(Event::Ack { kind: r.kind, device: r.device });
+            self.events.push_back(Event::Ack { kind: r.kind, device: r.device, tag: r.tag });
         } else {
             let cause = p.attr_u32(AttrType::ErrorCause).map(ErrorCause::from);
-            self.events.push_back(Event::Nak { kind: r.kind, device: Arc::clone(&r.device), cause });
-            if r.kind == Kind::Coa && r.fallback_to_disconnect {
+            let fell_back = r.kind == Kind::Coa && r.fallback_to_disconnect;
+            self.events.push_back(Event::Nak {
+                kind: r.kind,
+                device: Arc::clone(&r.device),
+                cause,
+                tag: r.tag,
+                fell_back,
+            });
+            if fell_back {
                 let ip = r.nas.ip();
                 let retry = Request { kind: Kind::Disconnect, vlan: None, fallback_to_disconnect: false, ..r };
                 self.queued.entry(ip).or_default().push_front(retry);
@@ -183,7 +212,8 @@ impl CoaClient {
             let Some(o) = self.outstanding.get_mut(&key) else { continue };
             if o.attempts >= ATTEMPTS {
                 if let Some(o) = self.outstanding.remove(&key) {
-                    self.events.push_back(Event::Timeout { kind: o.request.kind, device: o.request.device });
+                    let r = o.request;
+                    self.events.push_back(Event::Timeout { kind: r.kind, device: r.device, tag: r.tag });
                 }
                 continue;
             }
@@ -322,6 +352,7 @@ mod tests {
             device: "pos-0001".into(),
             origin: now,
             unix_time: 1_795_342_500,
+            tag: 7,
         }
     }
 

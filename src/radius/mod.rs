@@ -9,6 +9,7 @@ pub mod builder;
 pub mod coa;
 pub mod crypto;
 pub mod dictionary;
+pub mod journal;
 pub mod packet;
 pub mod server;
 pub mod sessions;

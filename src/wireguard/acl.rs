@@ -6,36 +6,10 @@ use super::packet::{Flow, TCP, UDP};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-/// What a peer may do now, from its device's verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Access {
-    /// Compliant (or not enforced): everything is forwarded.
-    Forward = 0,
-    /// Quarantined: only to and from remediation destinations.
-    Remediation = 1,
-    /// Nothing passes (an unknown device under `unknown_device = "reject"`,
-    /// or a peer removed from the config).
-    Block = 2,
-}
-
-impl Access {
-    pub fn from_u8(v: u8) -> Self {
-        match v {
-            0 => Access::Forward,
-            1 => Access::Remediation,
-            _ => Access::Block,
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Access::Forward => "forward",
-            Access::Remediation => "remediation",
-            Access::Block => "block",
-        }
-    }
-}
+/// What a peer may do now: the one access model's value, mapped here to
+/// the ACL (`Full` forwards, `Quarantine` reaches remediation only, `Deny`
+/// drops everything).
+pub use crate::compliance::Access;
 
 /// Which way a packet goes through the tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,9 +72,9 @@ impl Rule {
 /// Does `access` let this packet through in `direction`?
 pub fn permits(access: Access, rules: &[Rule], flow: &Flow, direction: Direction) -> bool {
     match access {
-        Access::Forward => true,
-        Access::Block => false,
-        Access::Remediation => {
+        Access::Full => true,
+        Access::Deny => false,
+        Access::Quarantine => {
             let (addr, port) = match direction {
                 Direction::FromPeer => (flow.dst, flow.dst_port),
                 Direction::ToPeer => (flow.src, flow.src_port),
@@ -141,15 +115,15 @@ mod tests {
         let ssh = flow(peer, [203, 0, 113, 10], TCP, Some(5000), Some(22));
         let other = flow(peer, [198, 51, 100, 1], UDP, Some(5000), Some(53));
         let reply = flow([203, 0, 113, 10], peer, TCP, Some(443), Some(5000));
-        let r = Access::Remediation;
+        let r = Access::Quarantine;
         assert!(permits(r, &rules, &ping_gw, Direction::FromPeer));
         assert!(permits(r, &rules, &https, Direction::FromPeer));
         assert!(!permits(r, &rules, &ssh, Direction::FromPeer));
         assert!(!permits(r, &rules, &other, Direction::FromPeer));
         assert!(permits(r, &rules, &reply, Direction::ToPeer));
         assert!(!permits(r, &rules, &flow([198, 51, 100, 1], peer, UDP, Some(53), Some(5000)), Direction::ToPeer));
-        assert!(permits(Access::Forward, &rules, &other, Direction::FromPeer));
-        assert!(!permits(Access::Block, &rules, &ping_gw, Direction::FromPeer));
+        assert!(permits(Access::Full, &rules, &other, Direction::FromPeer));
+        assert!(!permits(Access::Deny, &rules, &ping_gw, Direction::FromPeer));
     }
 
     /// The naive reference: a rule matches when every byte of the address
@@ -161,9 +135,9 @@ mod tests {
         };
         let IpAddr::V4(a) = addr else { return false };
         match access {
-            Access::Forward => true,
-            Access::Block => false,
-            Access::Remediation => rules.iter().any(|(net, len, p)| {
+            Access::Full => true,
+            Access::Deny => false,
+            Access::Quarantine => rules.iter().any(|(net, len, p)| {
                 let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from(*len)) };
                 (u32::from(a) & mask) == (net & mask)
                     && p.is_none_or(|p| (f.proto == TCP || f.proto == UDP) && port == Some(p))

@@ -32,18 +32,18 @@ pub use acl::Access;
 /// `unknown_device` says.
 pub fn access_for(device: Option<&Device>, unknown: UnknownDevice) -> Access {
     match device {
-        Some(d) if d.verdict == Verdict::Compliant => Access::Forward,
+        Some(d) if d.verdict == Verdict::Compliant => Access::Full,
         Some(d) if d.verdict == Verdict::Noncompliant => {
             if d.enforce.quarantine {
-                Access::Remediation
+                Access::Quarantine
             } else {
-                Access::Forward
+                Access::Full
             }
         }
         _ => match unknown {
-            UnknownDevice::Allow => Access::Forward,
-            UnknownDevice::Quarantine => Access::Remediation,
-            UnknownDevice::Reject => Access::Block,
+            UnknownDevice::Allow => Access::Full,
+            UnknownDevice::Quarantine => Access::Quarantine,
+            UnknownDevice::Reject => Access::Deny,
         },
     }
 }

@@ -184,7 +184,7 @@ mod tests {
     fn lookups_and_longest_prefix() {
         let specs = [spec(1, &["10.0.0.2/32"]), spec(2, &["10.0.0.0/24"]), spec(3, &["10.0.0.0/16", "fd00::/64"])];
         let mut next = 1;
-        let (set, removed) = PeerSet::build(&specs, &PeerSet::default(), &KEY, &mut next, |_| Access::Forward);
+        let (set, removed) = PeerSet::build(&specs, &PeerSet::default(), &KEY, &mut next, |_| Access::Full);
         assert!(removed.is_empty());
         let key_of = |ip: &str| set.route(ip.parse().unwrap()).map(|p| p.spec.public_key[0]);
         assert_eq!(key_of("10.0.0.2"), Some(1));
@@ -202,9 +202,9 @@ mod tests {
     fn a_reload_keeps_unchanged_sessions_and_reports_the_removed() {
         let mut next = 1;
         let a = [spec(1, &["10.0.0.2/32"]), spec(2, &["10.0.0.3/32"]), spec(3, &["10.0.0.4/32"])];
-        let (old, _) = PeerSet::build(&a, &PeerSet::default(), &KEY, &mut next, |_| Access::Forward);
+        let (old, _) = PeerSet::build(&a, &PeerSet::default(), &KEY, &mut next, |_| Access::Full);
         let b = [spec(1, &["10.0.0.2/32"]), spec(2, &["10.0.0.33/32"])];
-        let (new, removed) = PeerSet::build(&b, &old, &KEY, &mut next, |_| Access::Forward);
+        let (new, removed) = PeerSet::build(&b, &old, &KEY, &mut next, |_| Access::Full);
         assert!(Arc::ptr_eq(old.by_key(&[1; 32]).unwrap(), new.by_key(&[1; 32]).unwrap()));
         let (o2, n2) = (old.by_key(&[2; 32]).unwrap(), new.by_key(&[2; 32]).unwrap());
         assert!(!Arc::ptr_eq(o2, n2) && o2.index != n2.index, "a changed peer is a new session");
@@ -232,7 +232,7 @@ mod tests {
                     .collect(),
                 persistent_keepalive: None,
             }).collect();
-            let (set, _) = PeerSet::build(&specs, &PeerSet::default(), &KEY, &mut 1, |_| Access::Forward);
+            let (set, _) = PeerSet::build(&specs, &PeerSet::default(), &KEY, &mut 1, |_| Access::Full);
             for a in probes {
                 let ip = IpAddr::from((0x0a00_0000 | a).to_be_bytes());
                 let naive = specs.iter()

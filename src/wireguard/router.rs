@@ -239,7 +239,7 @@ impl Router {
         let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
         let (peers, removed) = PeerSet::build(specs, &plan.peers, &self.private_key, &mut next, access);
         for p in &removed {
-            p.set_access(Access::Block);
+            p.set_access(Access::Deny);
         }
         *plan = Arc::new(Plan { peers, remediation: remediation.into() });
         removed
@@ -345,10 +345,10 @@ impl Router {
 /// The ACL's answer as a [`Fate`].
 fn decide(access: Access, rules: &[Rule], flow: &packet::Flow, direction: Direction) -> Fate {
     match (access, acl::permits(access, rules, flow, direction)) {
-        (Access::Forward, _) => Fate::Forward,
-        (Access::Remediation, true) => Fate::Remediation,
-        (Access::Remediation, false) => Fate::DropQuarantine,
-        (Access::Block, _) => Fate::DropBlocked,
+        (Access::Full, _) => Fate::Forward,
+        (Access::Quarantine, true) => Fate::Remediation,
+        (Access::Quarantine, false) => Fate::DropQuarantine,
+        (Access::Deny, _) => Fate::DropBlocked,
     }
 }
 

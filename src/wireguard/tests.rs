@@ -46,7 +46,7 @@ fn discards(out: &Transmits, d: Discard) -> u64 {
 impl Net {
     fn new() -> Self {
         let router = Router::new(SERVER, vec![Rule::parse("10.99.0.1/32").unwrap()]);
-        router.set_peers(&[spec()], vec![Rule::parse("10.99.0.1/32").unwrap()], |_| Access::Forward);
+        router.set_peers(&[spec()], vec![Rule::parse("10.99.0.1/32").unwrap()], |_| Access::Full);
         let client = Tunnel::new(&CLIENT, &router.public_key(), 77, None);
         Self { router, client, from: FROM.parse().unwrap(), out: Transmits::default(), buf: scratch(), cbuf: scratch() }
     }
@@ -126,7 +126,7 @@ fn a_real_peer_connects_and_the_acl_follows_its_access() {
     assert_eq!(n.send(&to_other), vec![to_other.clone()], "compliant: forwarded");
 
     let peer = n.router.peer_by_key(&public_key(&CLIENT)).unwrap();
-    peer.set_access(Access::Remediation);
+    peer.set_access(Access::Quarantine);
     assert_eq!(n.send(&ping_gw), vec![ping_gw.clone()], "quarantined: remediation still reachable");
     n.out.clear();
     let dgram = match n.client.encapsulate(&to_other, &mut n.cbuf) {
@@ -148,7 +148,7 @@ fn a_real_peer_connects_and_the_acl_follows_its_access() {
     assert!(n.out.is_empty());
     assert_eq!(fate(&n.out, false, Fate::DropQuarantine), 1);
 
-    peer.set_access(Access::Block);
+    peer.set_access(Access::Deny);
     n.out.clear();
     let dgram = match n.client.encapsulate(&ping_gw, &mut n.cbuf) {
         Step::Network(b) => b.to_vec(),
@@ -157,7 +157,7 @@ fn a_real_peer_connects_and_the_acl_follows_its_access() {
     n.router.handle_datagram(n.from, &dgram, &mut n.buf, &mut n.out);
     assert_eq!(fate(&n.out, true, Fate::DropBlocked), 1);
 
-    peer.set_access(Access::Forward);
+    peer.set_access(Access::Full);
     assert_eq!(n.send(&to_other), vec![to_other], "compliant again: restored without a new handshake");
 }
 
@@ -241,14 +241,14 @@ fn a_removed_peer_stops_at_once_and_an_unchanged_one_keeps_its_session() {
     let mut n = Net::new();
     n.connect();
     let rules = vec![Rule::parse("10.99.0.1/32").unwrap()];
-    let removed = n.router.set_peers(&[spec()], rules.clone(), |_| Access::Forward);
+    let removed = n.router.set_peers(&[spec()], rules.clone(), |_| Access::Full);
     assert!(removed.is_empty());
     let to_other = ipv4(PEER_IP, OTHER_IP, TCP, 40000, 443);
     assert_eq!(n.send(&to_other), vec![to_other.clone()], "same session after a reload that kept the peer");
 
-    let removed = n.router.set_peers(&[], rules, |_| Access::Forward);
+    let removed = n.router.set_peers(&[], rules, |_| Access::Full);
     assert_eq!(removed.len(), 1);
-    assert_eq!(removed[0].access(), Access::Block);
+    assert_eq!(removed[0].access(), Access::Deny);
     n.out.clear();
     let dgram = match n.client.encapsulate(&to_other, &mut n.cbuf) {
         Step::Network(b) => b.to_vec(),
@@ -313,7 +313,7 @@ impl super::router::Admission for AdmitOne {
                 allowed_ips: vec!["10.99.0.2/32".parse().unwrap()],
                 persistent_keepalive: None,
             };
-            (spec, Access::Remediation)
+            (spec, Access::Quarantine)
         })
     }
 }
@@ -322,13 +322,13 @@ impl super::router::Admission for AdmitOne {
 fn a_key_reported_in_telemetry_is_admitted_with_its_access_and_others_are_not() {
     let router = Router::new(SERVER, vec![Rule::parse("10.99.0.1/32").unwrap()])
         .with_admission(Box::new(AdmitOne(public_key(&CLIENT))));
-    router.set_peers(&[], vec![Rule::parse("10.99.0.1/32").unwrap()], |_| Access::Forward);
+    router.set_peers(&[], vec![Rule::parse("10.99.0.1/32").unwrap()], |_| Access::Full);
     let client = Tunnel::new(&CLIENT, &router.public_key(), 77, None);
     let mut n =
         Net { router, client, from: FROM.parse().unwrap(), out: Transmits::default(), buf: scratch(), cbuf: scratch() };
     n.connect();
     let peer = n.router.peer_by_key(&public_key(&CLIENT)).expect("admitted");
-    assert_eq!((&*peer.spec.device_id, peer.access()), ("from-telemetry", Access::Remediation));
+    assert_eq!((&*peer.spec.device_id, peer.access()), ("from-telemetry", Access::Quarantine));
     let ping_gw = ipv4(PEER_IP, GATEWAY_IP, 1, 0, 0);
     assert_eq!(n.send(&ping_gw), vec![ping_gw.clone()]);
 

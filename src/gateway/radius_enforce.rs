@@ -1,0 +1,374 @@
+//! Enforcement on RADIUS sessions, level-triggered: every session keeps the
+//! access its NAS applied, and is reconciled against the access its
+//! device's verdict implies. A verdict change reconciles that device's
+//! sessions at once (the fast path); a sweep reconciles every session, in
+//! slices, after a lagged channel, at start, after a policy reload, and
+//! slowly in the background; a NAKed or unanswered request stays due and is
+//! retried with backoff. A lost event costs latency, never correctness.
+
+use super::authorize::{AccessPolicy, session_device};
+use crate::compliance::{Access, Change, Stage, Table, grant};
+use crate::config::CoaMode;
+use crate::mac::Mac;
+use crate::metrics::Metrics;
+use crate::radius::coa::{self, CoaClient, Kind};
+use crate::radius::journal::{Journal, Record};
+use crate::radius::server::{AccountingRequest, Secret};
+use crate::radius::sessions::{Applied, Key, Outcome, Sessions, Settled};
+use crate::users::Users;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How to reach one NAS's Dynamic Authorization Server.
+pub struct NasConfig {
+    pub secret: Secret,
+    pub coa_port: u16,
+    pub coa_mode: CoaMode,
+}
+
+/// Sessions reconciled per slice of an urgent sweep (after lag, start or a
+/// reload): slices alternate with the sockets, so requests keep flowing.
+pub const URGENT_SLICE: usize = 4096;
+/// The background sweep: this many sessions every [`SWEEP_EVERY`]
+/// (20,000 a second: a million sessions every 50 s).
+pub const BACKGROUND_SLICE: usize = 2000;
+pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Admissions remembered so that the Accounting-Start that follows an
+/// Access-Accept records the access that Accept gave.
+const ADMITTED_CAP: usize = 262_144;
+const ADMITTED_TTL: Duration = Duration::from_secs(600);
+
+/// Why a session is being reconciled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// A verdict change for its device (the fast path).
+    Change,
+    /// A sweep, or a retry after a failure: a difference found here is a
+    /// correction of something the fast path missed or could not do.
+    Sweep,
+}
+
+/// Where a sweep is.
+#[derive(Default)]
+struct Sweep {
+    /// The last key reconciled; `None` before the first slice.
+    cursor: Option<Key>,
+    /// A full pass is wanted as soon as possible.
+    urgent: bool,
+    /// Corrections in this pass, for the log line at its end.
+    corrected: usize,
+}
+
+pub struct Enforcer {
+    pub sessions: Sessions,
+    pub coa: CoaClient,
+    pub journal: Journal,
+    pub nas: HashMap<Arc<str>, NasConfig>,
+    pub policy: AccessPolicy,
+    table: Table,
+    users: Arc<Users>,
+    metrics: Arc<Metrics>,
+    admitted: Admitted,
+    sweep: Sweep,
+}
+
+impl Enforcer {
+    pub fn new(
+        sessions: Sessions,
+        journal: Journal,
+        nas: HashMap<Arc<str>, NasConfig>,
+        policy: AccessPolicy,
+        table: Table,
+        users: Arc<Users>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            sessions,
+            coa: CoaClient::default(),
+            journal,
+            nas,
+            policy,
+            table,
+            users,
+            metrics,
+            admitted: Admitted::default(),
+            // Sessions from the journal keep the access they had, and are
+            // reconciled as soon as the task runs.
+            sweep: Sweep { urgent: true, ..Sweep::default() },
+        }
+    }
+
+    /// An Access-Accept (or Reject) went out with `access` for a device the
+    /// NAS names by `mac` and `user`: its Accounting-Start records it.
+    pub fn admitted(&mut self, mac: Option<&str>, user: Option<&str>, access: Access, now: Instant) {
+        self.admitted.remember(mac.and_then(Mac::parse), user, access, now);
+    }
+
+    /// Journals an accounting request, then applies it. Err: not stored,
+    /// so not to be acknowledged.
+    pub fn accounting(&mut self, acct: &AccountingRequest, now: Instant) -> std::io::Result<Applied> {
+        let mac = acct.calling_station_id.as_deref().and_then(Mac::parse);
+        // A new session has what its Accept gave; failing that (an Accept
+        // from before a restart), what an Accept would give now.
+        let access = self.admitted.recall(mac, acct.user_name.as_deref(), now).unwrap_or_else(|| {
+            let device = session_device(mac, acct.user_name.as_deref(), &self.table, &self.users);
+            grant(device.as_deref(), Stage::Admission, &self.policy.rules).access
+        });
+        let record = Record::accounting(acct, access, now_rfc3339());
+        self.journal.append(&record)?;
+        let applied = self.sessions.apply(acct, access);
+        self.metrics.radius_sessions.set(self.sessions.len() as i64);
+        if applied == Applied::Started {
+            // It may have changed between the Accept and now.
+            if let Some(key) = acct.session_id.clone().map(|sid| (acct.nas, sid)) {
+                self.reconcile(&key, Cause::Change, now, now, 0);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// A device's verdict changed: its sessions, found by its MACs, its
+    /// users and its certificate identity, are reconciled at once.
+    pub fn handle_change(&mut self, change: &Change, now: Instant) {
+        let device = self.table.get(&change.device);
+        let macs: Vec<Mac> = device
+            .iter()
+            .flat_map(|d| d.report.mac_addresses.iter().flat_map(|v| v.iter()))
+            .filter_map(|m| Mac::parse(m))
+            .collect();
+        let mut users = self.users.names_for_device(&change.device);
+        users.extend(device.as_ref().and_then(|d| d.report.cert_identity.as_deref()));
+        users.push(&change.device);
+        let unix_time = u32::try_from(change.wall / 1000).unwrap_or(0);
+        for key in self.sessions.find(&macs, &users) {
+            self.reconcile(&key, Cause::Change, now, change.at, unix_time);
+        }
+    }
+
+    /// Starts a full pass as soon as possible (after lag, a reload, a restore).
+    pub fn sweep_soon(&mut self) {
+        if !self.sweep.urgent {
+            self.sweep = Sweep { urgent: true, ..Sweep::default() };
+        }
+    }
+
+    /// An urgent pass is under way.
+    pub fn sweep_urgent(&self) -> bool {
+        self.sweep.urgent
+    }
+
+    /// Reconciles the next `n` sessions of the pass under way.
+    pub fn sweep_slice(&mut self, n: usize, now: Instant) {
+        let keys = self.sessions.keys_after(self.sweep.cursor.as_ref(), n);
+        let unix_time = unix_now();
+        for key in &keys {
+            if self.reconcile(key, Cause::Sweep, now, now, unix_time) {
+                self.sweep.corrected += 1;
+            }
+        }
+        match keys.last() {
+            Some(last) if keys.len() == n => self.sweep.cursor = Some(last.clone()),
+            _ => {
+                if self.sweep.urgent || self.sweep.corrected > 0 {
+                    tracing::info!(
+                        sessions = self.sessions.len(),
+                        corrected = self.sweep.corrected,
+                        "RADIUS sessions reconciled"
+                    );
+                }
+                self.sweep = Sweep::default();
+            }
+        }
+    }
+
+    /// When retries or the CoA client next need [`Enforcer::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.coa.poll_timeout().into_iter().chain(self.sessions.poll_timeout()).min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.coa.handle_timeout(now);
+        let unix_time = unix_now();
+        for key in self.sessions.due(now) {
+            self.reconcile(&key, Cause::Sweep, now, now, unix_time);
+        }
+    }
+
+    /// Reconciles one session: if its applied access is not what its
+    /// device's verdict implies and nothing is in flight for it, asks its
+    /// NAS. True when a request was made.
+    fn reconcile(&mut self, key: &Key, cause: Cause, now: Instant, origin: Instant, unix_time: u32) -> bool {
+        let Some(s) = self.sessions.get(key) else { return false };
+        let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, &self.users);
+        let desired = self.policy.running(device.as_deref(), s.applied);
+        let Some(serial) = self.sessions.reconcile(key, desired, now) else { return false };
+        let Some(s) = self.sessions.get(key) else { return false };
+        let device_id: Arc<str> = device.map_or_else(|| Arc::from("-"), |d| Arc::clone(&d.id));
+        let Some(nas) = self.nas.get(&s.client) else {
+            // Its NAS left the config: nothing can reach it; tried again later.
+            tracing::debug!(client = %s.client, "no NAS config for a session; cannot change it");
+            self.sessions.settle(serial, Outcome::Failed, now);
+            return false;
+        };
+        if cause == Cause::Sweep {
+            self.metrics.reconcile_corrections[0].inc();
+        }
+        let (kind, vlan, fallback) = coa::plan(nas.coa_mode, self.policy.vlan(desired));
+        tracing::info!(device = %device_id, kind = kind.label(), from = s.applied.label(), to = desired.label(), correction = cause == Cause::Sweep, "changing an active session");
+        self.coa.request(
+            coa::Request {
+                nas: SocketAddr::new(s.nas, nas.coa_port),
+                secret: nas.secret.clone(),
+                kind,
+                vlan,
+                fallback_to_disconnect: fallback,
+                session: s.id.clone(),
+                device: device_id,
+                origin,
+                unix_time,
+                tag: serial,
+            },
+            now,
+        );
+        true
+    }
+
+    /// Takes the CoA client's outcomes: counts and logs them, records what
+    /// NASes acknowledged, and reconciles again where that is due.
+    pub fn drain_coa_events(&mut self, now: Instant) {
+        while let Some(event) = self.coa.poll_event() {
+            let (tag, outcome) = match event {
+                coa::Event::Sent { origin, .. } => {
+                    self.metrics.enforcement_radius.observe(origin.elapsed().as_secs_f64());
+                    continue;
+                }
+                coa::Event::Ack { kind, device, tag } => {
+                    self.metrics.coa_request(kind.label(), "ack");
+                    tracing::info!(%device, kind = kind.label(), "NAS acknowledged");
+                    (tag, if kind == Kind::Disconnect { Outcome::Ended } else { Outcome::Applied })
+                }
+                coa::Event::Nak { kind, device, cause, tag, fell_back } => {
+                    self.metrics.coa_request(kind.label(), "nak");
+                    tracing::warn!(%device, kind = kind.label(), ?cause, fell_back, "NAS refused");
+                    if fell_back {
+                        continue; // the Disconnect's outcome settles it
+                    }
+                    (tag, Outcome::Failed)
+                }
+                coa::Event::Timeout { kind, device, tag } => {
+                    self.metrics.coa_request(kind.label(), "timeout");
+                    tracing::warn!(%device, kind = kind.label(), "NAS did not answer; retried later");
+                    (tag, Outcome::Failed)
+                }
+                coa::Event::Dropped { kind, device, tag } => {
+                    self.metrics.coa_request(kind.label(), "dropped");
+                    tracing::warn!(%device, kind = kind.label(), "CoA queue full; retried later");
+                    (tag, Outcome::Failed)
+                }
+                coa::Event::Ignored { from } => {
+                    self.metrics.radius_discard("coa_answer_ignored");
+                    tracing::debug!(%from, "CoA answer matched nothing or failed its authenticators");
+                    continue;
+                }
+            };
+            let record = match self.sessions.settle(tag, outcome, now) {
+                Some(Settled::Applied(key, access)) => {
+                    // The verdict may have moved while the request was out.
+                    self.reconcile(&key, Cause::Change, now, now, unix_now());
+                    Record::applied(&key, access, now_rfc3339())
+                }
+                Some(Settled::Ended(key)) => {
+                    self.metrics.radius_sessions.set(self.sessions.len() as i64);
+                    Record::ended(&key, now_rfc3339())
+                }
+                Some(Settled::Retry(..)) | None => continue,
+            };
+            if let Err(e) = self.journal.append(&record) {
+                tracing::error!(error = %e, "accounting journal write failed; a restart may repeat this change");
+            }
+        }
+    }
+}
+
+/// Access given at admission, by the identities the NAS names the device
+/// by, for a bounded time and count (oldest forgotten first).
+#[derive(Default)]
+struct Admitted {
+    by_mac: HashMap<Mac, (Access, Instant)>,
+    by_user: HashMap<Box<str>, (Access, Instant)>,
+    order: VecDeque<(Option<Mac>, Option<Box<str>>, Instant)>,
+}
+
+impl Admitted {
+    fn remember(&mut self, mac: Option<Mac>, user: Option<&str>, access: Access, now: Instant) {
+        if mac.is_none() && user.is_none() {
+            return;
+        }
+        while self.order.len() >= ADMITTED_CAP
+            || self.order.front().is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > ADMITTED_TTL)
+        {
+            let Some((m, u, at)) = self.order.pop_front() else { break };
+            // Only if not refreshed since.
+            if let Some(m) = m
+                && self.by_mac.get(&m).is_some_and(|(_, t)| *t == at)
+            {
+                self.by_mac.remove(&m);
+            }
+            if let Some(u) = u
+                && self.by_user.get(&u).is_some_and(|(_, t)| *t == at)
+            {
+                self.by_user.remove(&u);
+            }
+        }
+        if let Some(m) = mac {
+            self.by_mac.insert(m, (access, now));
+        }
+        let user: Option<Box<str>> = user.map(Into::into);
+        if let Some(u) = &user {
+            self.by_user.insert(u.clone(), (access, now));
+        }
+        self.order.push_back((mac, user, now));
+    }
+
+    fn recall(&self, mac: Option<Mac>, user: Option<&str>, now: Instant) -> Option<Access> {
+        let fresh = |(a, at): &(Access, Instant)| (now.saturating_duration_since(*at) <= ADMITTED_TTL).then_some(*a);
+        mac.and_then(|m| self.by_mac.get(&m).and_then(fresh))
+            .or_else(|| user.and_then(|u| self.by_user.get(u).and_then(fresh)))
+    }
+}
+
+fn now_rfc3339() -> String {
+    crate::telemetry::report::format_rfc3339(crate::telemetry::ingest::wall_now())
+}
+
+fn unix_now() -> u32 {
+    u32::try_from(crate::telemetry::ingest::wall_now() / 1000).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admissions_are_recalled_by_mac_then_user_and_forgotten() {
+        let mut a = Admitted::default();
+        let t0 = Instant::now();
+        let mac = Mac::parse("aa:bb:cc:00:00:01");
+        a.remember(mac, Some("alice"), Access::Quarantine, t0);
+        assert_eq!(a.recall(mac, None, t0), Some(Access::Quarantine));
+        assert_eq!(a.recall(None, Some("alice"), t0), Some(Access::Quarantine));
+        assert_eq!(a.recall(Mac::parse("aa:bb:cc:00:00:02"), Some("bob"), t0), None);
+        assert_eq!(a.recall(mac, None, t0 + ADMITTED_TTL + Duration::from_secs(1)), None, "too old");
+        // Refreshed: the newer admission wins, and eviction of the older
+        // entry does not take the newer one with it.
+        let t1 = t0 + Duration::from_secs(1);
+        a.remember(mac, None, Access::Full, t1);
+        assert_eq!(a.recall(mac, None, t1), Some(Access::Full));
+        a.remember(None, Some("carol"), Access::Full, t0 + ADMITTED_TTL + Duration::from_millis(500));
+        assert_eq!(a.recall(mac, None, t1), Some(Access::Full));
+        assert_eq!(a.recall(None, Some("alice"), t1), None, "evicted once past its time");
+    }
+}

@@ -1,0 +1,296 @@
+//! The accounting journal: `state_dir/accounting.jsonl`, one JSON record a
+//! line, replayed at start to rebuild the session table.
+//!
+//! Three kinds of record: an accounting request as the NAS sent it (with
+//! the access its session was admitted with), the access a NAS applied
+//! after an acknowledged CoA, and the end of a session after an
+//! acknowledged Disconnect. Replay is level-triggered: what the journal
+//! says each session has is reconciled against the verdicts afterwards.
+
+use super::dictionary::AcctStatus;
+use super::server::{AccountingRequest, DecisionId};
+use super::sessions::{Applied, Key, Sessions};
+use crate::compliance::Access;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+const FILE: &str = "accounting.jsonl";
+
+/// What a line records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An Accounting-Request (lines written before kinds existed are these).
+    #[default]
+    Accounting,
+    /// A NAS acknowledged a CoA: the session has `access` now.
+    Applied,
+    /// A NAS acknowledged a Disconnect: the session is gone.
+    Ended,
+}
+
+/// Acct-Status-Type as journalled (the names match what earlier versions
+/// wrote, so their journals still replay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Start,
+    Stop,
+    InterimUpdate,
+    AccountingOn,
+    AccountingOff,
+}
+
+impl Status {
+    fn of(s: AcctStatus) -> Option<Self> {
+        Some(match s {
+            AcctStatus::Start => Status::Start,
+            AcctStatus::Stop => Status::Stop,
+            AcctStatus::InterimUpdate => Status::InterimUpdate,
+            AcctStatus::AccountingOn => Status::AccountingOn,
+            AcctStatus::AccountingOff => Status::AccountingOff,
+            AcctStatus::Unknown(_) => return None,
+        })
+    }
+
+    fn wire(self) -> AcctStatus {
+        match self {
+            Status::Start => AcctStatus::Start,
+            Status::Stop => AcctStatus::Stop,
+            Status::InterimUpdate => AcctStatus::InterimUpdate,
+            Status::AccountingOn => AcctStatus::AccountingOn,
+            Status::AccountingOff => AcctStatus::AccountingOff,
+        }
+    }
+}
+
+/// One line of the journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(default)]
+    pub record: Kind,
+    /// When it was written (RFC 3339), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client: String,
+    pub nas: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calling_station_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nas_ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nas_port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nas_port_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framed_ip: Option<Ipv4Addr>,
+    /// The access the session has: at admission (accounting) or after a
+    /// CoA (applied). Absent in journals from before it was recorded,
+    /// which replay as `full`, as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+}
+
+impl Record {
+    /// An accounting request, its session admitted with `access`.
+    pub fn accounting(a: &AccountingRequest, access: Access, at: String) -> Self {
+        Self {
+            record: Kind::Accounting,
+            at: Some(at),
+            client: a.client.to_string(),
+            nas: a.nas,
+            status: Status::of(a.status),
+            session_id: a.session_id.clone(),
+            user_name: a.user_name.clone(),
+            calling_station_id: a.calling_station_id.clone(),
+            nas_ip: a.nas_ip,
+            nas_port: a.nas_port,
+            nas_port_id: a.nas_port_id.clone(),
+            framed_ip: a.framed_ip,
+            access: Some(access),
+        }
+    }
+
+    fn about(kind: Kind, key: &Key, access: Option<Access>, at: String) -> Self {
+        Self {
+            record: kind,
+            at: Some(at),
+            client: String::new(),
+            nas: key.0,
+            status: None,
+            session_id: Some(key.1.clone()),
+            user_name: None,
+            calling_station_id: None,
+            nas_ip: None,
+            nas_port: None,
+            nas_port_id: None,
+            framed_ip: None,
+            access,
+        }
+    }
+
+    /// A NAS acknowledged that session `key` has `access`.
+    pub fn applied(key: &Key, access: Access, at: String) -> Self {
+        Self::about(Kind::Applied, key, Some(access), at)
+    }
+
+    /// A NAS acknowledged that session `key` was disconnected.
+    pub fn ended(key: &Key, at: String) -> Self {
+        Self::about(Kind::Ended, key, None, at)
+    }
+
+    /// Applies this record to `sessions`; false when it did nothing.
+    pub fn replay(&self, sessions: &mut Sessions) -> bool {
+        let key = || self.session_id.clone().map(|sid| (self.nas, sid));
+        match self.record {
+            Kind::Accounting => {
+                let Some(status) = self.status else { return false };
+                let request = AccountingRequest {
+                    id: DecisionId::none(),
+                    client: self.client.as_str().into(),
+                    nas: self.nas,
+                    status: status.wire(),
+                    session_id: self.session_id.clone(),
+                    user_name: self.user_name.clone(),
+                    calling_station_id: self.calling_station_id.clone(),
+                    nas_ip: self.nas_ip,
+                    nas_port: self.nas_port,
+                    nas_port_id: self.nas_port_id.clone(),
+                    framed_ip: self.framed_ip,
+                };
+                sessions.apply(&request, self.access.unwrap_or(Access::Full)) != Applied::Ignored
+            }
+            Kind::Applied => match (key(), self.access) {
+                (Some(k), Some(access)) if sessions.get(&k).is_some() => {
+                    sessions.set_applied(&k, access);
+                    true
+                }
+                _ => false,
+            },
+            Kind::Ended => key().and_then(|k| sessions.end(&k)).is_some(),
+        }
+    }
+}
+
+/// The journal file, appended to.
+pub struct Journal {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+/// What a replay found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Records that changed the session table.
+    pub applied: usize,
+    /// Lines that could not be read (torn, damaged): skipped.
+    pub skipped: usize,
+}
+
+impl Journal {
+    /// Opens (appending) the journal in `state_dir`.
+    pub fn open(state_dir: &Path) -> std::io::Result<Self> {
+        let path = state_dir.join(FILE);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Self { file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record as one line, in one write: a crash leaves at most
+    /// that line torn, never two records run together. (Durability with
+    /// fsync is the job of the group commit, still to come.)
+    pub fn append(&mut self, record: &Record) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.flush()
+    }
+}
+
+/// Rebuilds `sessions` from the journal in `state_dir`. Unreadable lines
+/// (bad UTF-8 included) are skipped and counted, never fatal.
+pub fn replay(state_dir: &Path, sessions: &mut Sessions) -> Replayed {
+    let mut out = Replayed::default();
+    let Ok(bytes) = std::fs::read(state_dir.join(FILE)) else { return out };
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Record>(line) {
+            Ok(r) => out.applied += usize::from(r.replay(sessions)),
+            Err(_) => out.skipped += 1,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(sid: &str, access: Access) -> Record {
+        let a = AccountingRequest {
+            id: DecisionId::none(),
+            client: "lab".into(),
+            nas: "127.0.0.2".parse().unwrap(),
+            status: AcctStatus::Start,
+            session_id: Some(sid.into()),
+            user_name: Some("alice".into()),
+            calling_station_id: Some("aa:bb:cc:00:00:01".into()),
+            nas_ip: Some("127.0.0.2".parse().unwrap()),
+            nas_port: Some(7),
+            nas_port_id: None,
+            framed_ip: None,
+        };
+        Record::accounting(&a, access, "2026-12-03T10:00:00Z".into())
+    }
+
+    #[test]
+    fn records_round_trip_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        let k1: Key = ("127.0.0.2".parse().unwrap(), "s1".into());
+        let k2: Key = ("127.0.0.2".parse().unwrap(), "s2".into());
+        j.append(&start("s1", Access::Quarantine)).unwrap();
+        j.append(&start("s2", Access::Full)).unwrap();
+        j.append(&Record::applied(&k1, Access::Full, "t".into())).unwrap();
+        j.append(&Record::ended(&k2, "t".into())).unwrap();
+        let mut s = Sessions::default();
+        assert_eq!(replay(dir.path(), &mut s), Replayed { applied: 4, skipped: 0 });
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.get(&k1).unwrap().applied, Access::Full, "the CoA's access, not the admission's");
+    }
+
+    #[test]
+    fn earlier_journals_still_replay() {
+        // A line as written before records had kinds and access.
+        let old = r#"{"at":"2026-11-30T10:00:00Z","calling_station_id":"AA-BB-CC-00-00-01","client":"lab-switch","framed_ip":null,"nas":"127.0.0.1","nas_ip":"127.0.0.1","nas_port":7,"nas_port_id":null,"session_id":"sess-7","status":"Start","user_name":null}"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), format!("{old}\n")).unwrap();
+        let mut s = Sessions::default();
+        assert_eq!(replay(dir.path(), &mut s).applied, 1);
+        let k: Key = ("127.0.0.1".parse().unwrap(), "sess-7".into());
+        assert_eq!(s.get(&k).unwrap().applied, Access::Full);
+    }
+
+    #[test]
+    fn damage_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = serde_json::to_string(&start("s1", Access::Full)).unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(good.as_bytes());
+        bytes.extend_from_slice(b"\n{\"record\":\"accounting\",\"na\xff\xfe\n");
+        bytes.extend_from_slice(&good.as_bytes()[..good.len() / 2]);
+        std::fs::write(dir.path().join(FILE), bytes).unwrap();
+        let mut s = Sessions::default();
+        assert_eq!(replay(dir.path(), &mut s), Replayed { applied: 1, skipped: 2 });
+    }
+}
