@@ -96,6 +96,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
                 &table,
                 &metrics,
                 changes_tx.subscribe(),
+                reconcile_rx.clone(),
                 status_client.clone(),
             )
             .await?,

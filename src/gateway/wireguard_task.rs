@@ -4,14 +4,13 @@
 //! a control loop drives timers, applies verdict changes to peers and
 //! reloads peers on SIGHUP.
 
-use crate::compliance::{Change, Table};
-use crate::config::{Loaded, UnknownDevice};
+use crate::compliance::{Access, Change, Rules, Stage, Table, grant};
+use crate::config::Loaded;
 use crate::metrics::Metrics;
 use crate::wireguard::config::Checked;
 use crate::wireguard::peers::PeerSpec;
 use crate::wireguard::pool::Pool;
-use crate::wireguard::router::{Admission, Router, Transmits, scratch};
-use crate::wireguard::{Access, access_for};
+use crate::wireguard::router::{Admission, Grants, Router, SESSION_LIFETIME, Transmits, scratch};
 use anyhow::Context;
 use base64::Engine as _;
 use std::path::PathBuf;
@@ -25,9 +24,8 @@ use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 const TUN_READS: usize = 8;
 /// boringtun's timers want a call about every 250 ms.
 const TICK: Duration = Duration::from_millis(250);
-/// A session younger than this counts as connected (WireGuard rekeys every
-/// 2 minutes and gives up on a session after 3).
-const CONNECTED: Duration = Duration::from_secs(180);
+/// Ticks between two reconciliations of every peer (10 s).
+const SWEEP_TICKS: u64 = 40;
 
 /// The UDP socket with batched I/O (quinn-udp): up to 32 datagrams per
 /// receive call (recvmmsg, and GRO where the kernel coalesces), and runs of
@@ -89,10 +87,11 @@ pub struct WireGuardTask {
     router: Arc<Router>,
     socket: Arc<Udp>,
     tun: Arc<AsyncDevice>,
-    table: Table,
-    unknown: UnknownDevice,
+    verdicts: Verdicts,
     metrics: Arc<Metrics>,
     changes: broadcast::Receiver<Arc<Change>>,
+    /// Bumped when every peer should be reconciled (a policy reload).
+    reconcile: watch::Receiver<u64>,
     config_file: Option<PathBuf>,
     /// Public keys of the configured peers (the others came from telemetry).
     configured: std::collections::HashSet<[u8; 32]>,
@@ -105,8 +104,7 @@ pub struct WireGuardTask {
 /// its verdict gives. The assignment is also published, retained, on the
 /// device's command topic, for its agent to configure the tunnel.
 struct TelemetryPeers {
-    table: Table,
-    unknown: UnknownDevice,
+    verdicts: Verdicts,
     configured: std::collections::HashSet<[u8; 32]>,
     pool: Arc<std::sync::Mutex<Pool>>,
     commands: rumqttc::AsyncClient,
@@ -120,13 +118,13 @@ impl Admission for TelemetryPeers {
             return None;
         }
         let b64 = base64::engine::general_purpose::STANDARD.encode(key);
-        let device = self.table.by_wg_key(&b64)?;
+        let device = self.verdicts.table.by_wg_key(&b64)?;
         let address = self.pool.lock().unwrap_or_else(|p| p.into_inner()).assign(&device.id);
         let Some(address) = address else {
             tracing::warn!(device = %device.id, "WireGuard peer pool is full; handshake dropped");
             return None;
         };
-        let access = access_for(Some(&device), self.unknown);
+        let access = grant(Some(&device), Stage::Admission, &self.verdicts.rules).access;
         tracing::info!(device = %device.id, %address, access = access.label(), "WireGuard peer admitted from telemetry");
         let payload = serde_json::json!({
             "command": "wireguard_config",
@@ -147,6 +145,40 @@ impl Admission for TelemetryPeers {
     }
 }
 
+/// A peer's device and the access its verdict implies: the one access
+/// model, with the WireGuard plane's rules (an enforced failure reaches the
+/// remediation destinations only).
+#[derive(Clone)]
+struct Verdicts {
+    table: Table,
+    rules: Rules,
+}
+
+impl Verdicts {
+    /// The configured (or admitted) device first; the device that holds the
+    /// key's binding only when that id is not in the table.
+    fn device(&self, spec: &PeerSpec) -> Option<Arc<crate::compliance::Device>> {
+        self.table.get(&spec.device_id).or_else(|| {
+            let key = base64::engine::general_purpose::STANDARD.encode(spec.public_key);
+            self.table.by_wg_key(&key)
+        })
+    }
+
+    /// What a running tunnel, last given `applied`, should have.
+    fn running(&self, spec: &PeerSpec, applied: Access) -> Access {
+        grant(self.device(spec).as_deref(), Stage::Running { applied }, &self.rules).access
+    }
+}
+
+impl Grants for Verdicts {
+    fn at_admission(&self, spec: &PeerSpec) -> Access {
+        let device = self.device(spec);
+        let g = grant(device.as_deref(), Stage::Admission, &self.rules);
+        tracing::debug!(device = %spec.device_id, access = g.access.label(), why = ?g.why, "WireGuard tunnel admitted");
+        g.access
+    }
+}
+
 impl WireGuardTask {
     /// Binds the socket, creates the TUN and installs the configured peers
     /// with the access their devices' verdicts give them now.
@@ -156,6 +188,7 @@ impl WireGuardTask {
         table: &Table,
         metrics: &Arc<Metrics>,
         changes: broadcast::Receiver<Arc<Change>>,
+        reconcile: watch::Receiver<u64>,
         commands: rumqttc::AsyncClient,
     ) -> anyhow::Result<Self> {
         let Some(cfg) = &loaded.config.wireguard else { anyhow::bail!("no [wireguard] section") };
@@ -181,10 +214,11 @@ impl WireGuardTask {
             .with_context(|| {
                 format!("creating TUN interface {} (it needs CAP_NET_ADMIN and /dev/net/tun)", cfg.interface)
             })?;
-        let unknown = loaded.config.policy.unknown_device;
+        let verdicts = Verdicts { table: table.clone(), rules: Rules::new(loaded.config.policy.unknown_device) };
         let configured: std::collections::HashSet<[u8; 32]> = checked.peers.iter().map(|p| p.public_key).collect();
         let pool_file = loaded.config.node.state_dir.join("wireguard-pool.txt");
-        let mut router = Router::new(checked.private_key, checked.remediation.clone());
+        let mut router =
+            Router::new(checked.private_key, checked.remediation.clone()).with_grants(Box::new(verdicts.clone()));
         let pool = checked.peer_pool.map(|net| {
             // Never hand out the gateway's own address or a configured peer's.
             let reserved = std::iter::once(checked.address.addr())
@@ -201,8 +235,7 @@ impl WireGuardTask {
         if let Some(pool) = &pool {
             let server_key = base64::engine::general_purpose::STANDARD.encode(router.public_key());
             router = router.with_admission(Box::new(TelemetryPeers {
-                table: table.clone(),
-                unknown,
+                verdicts: verdicts.clone(),
                 configured: configured.clone(),
                 pool: Arc::clone(pool),
                 commands,
@@ -211,17 +244,18 @@ impl WireGuardTask {
             }));
         }
         let router = Arc::new(router);
-        router.set_peers(&checked.peers, checked.remediation.clone(), |s| peer_access(table, s, unknown));
+        // Until a peer's first handshake (an admission), what admission would give.
+        router.set_peers(&checked.peers, checked.remediation.clone(), |s| verdicts.at_admission(s));
         let public = base64::engine::general_purpose::STANDARD.encode(router.public_key());
         tracing::info!(listen = %socket.local_addr()?, interface = %cfg.interface, address = %checked.address, peers = checked.peers.len(), public_key = %public, "WireGuard listening");
         Ok(Self {
             router,
             socket: Arc::new(Udp::new(socket).context("setting up the WireGuard socket")?),
             tun: Arc::new(tun),
-            table: table.clone(),
-            unknown,
+            verdicts,
             metrics: Arc::clone(metrics),
             changes,
+            reconcile,
             config_file: loaded.file.clone(),
             configured,
             pool,
@@ -267,6 +301,9 @@ impl WireGuardTask {
                         self.router.reset_rate_limit();
                     }
                     self.router.update_timers(&mut buf, &mut out);
+                    if ticks.is_multiple_of(SWEEP_TICKS) {
+                        self.reconcile_all(true);
+                    }
                     self.save_pool();
                     send(&self.socket, &self.tun, &mut to_tun, &self.metrics, &mut out).await;
                     self.gauge_peers();
@@ -274,13 +311,15 @@ impl WireGuardTask {
                 change = self.changes.recv() => match change {
                     Ok(change) => self.apply(&change),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // Missed changes: re-derive every peer's access.
+                        // Missed changes: every peer is reconciled instead.
                         self.metrics.events_lagged.inc_by(n);
-                        for peer in self.router.peers() {
-                            peer.set_access(peer_access(&self.table, &peer.spec, self.unknown));
-                        }
+                        self.reconcile_all(true);
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
+                },
+                r = self.reconcile.changed() => match r {
+                    Ok(()) => self.reconcile_all(false),
+                    Err(_) => return,
                 },
                 Some(()) = hup_recv => self.reload(),
             }
@@ -290,8 +329,7 @@ impl WireGuardTask {
     /// A verdict changed: every peer of that device (by config, or by the
     /// WireGuard key it reported) gets its new access before the next packet.
     fn apply(&self, change: &Change) {
-        let device = self.table.get(&change.device);
-        let access = access_for(device.as_deref(), self.unknown);
+        let device = self.verdicts.table.get(&change.device);
         let mut peers = self.router.peers_of_device(&change.device);
         if let Some(key) = device.as_ref().and_then(|d| d.report.wg_public_key.as_deref())
             && let Ok(key) = crate::wireguard::config::parse_key(key)
@@ -301,11 +339,34 @@ impl WireGuardTask {
             peers.push(p);
         }
         for peer in peers {
-            let old = peer.set_access(access);
-            if old != access {
+            if let Some((old, new)) = self.reconcile_peer(&peer) {
                 self.metrics.enforcement_wireguard.observe(change.at.elapsed().as_secs_f64());
-                tracing::info!(device = %change.device, from = old.label(), to = access.label(), "WireGuard peer access changed");
+                tracing::info!(device = %change.device, from = old.label(), to = new.label(), "WireGuard peer access changed");
             }
+        }
+    }
+
+    /// Sets a peer's access to what its verdict implies; the change, if any.
+    fn reconcile_peer(&self, peer: &crate::wireguard::peers::Peer) -> Option<(Access, Access)> {
+        let applied = peer.access();
+        let desired = self.verdicts.running(&peer.spec, applied);
+        // A concurrent handshake may have set it meanwhile: only replace
+        // what was read, so an admission's decision is not overwritten.
+        (desired != applied && peer.replace_access(applied, desired)).then_some((applied, desired))
+    }
+
+    /// Reconciles every peer (after lag, a reload, and every 10 s): a
+    /// difference found here is something the event path missed.
+    fn reconcile_all(&self, corrections: bool) {
+        let mut corrected = 0usize;
+        for peer in self.router.peers() {
+            if let Some((old, new)) = self.reconcile_peer(&peer) {
+                corrected += 1;
+                tracing::info!(device = %peer.spec.device_id, from = old.label(), to = new.label(), "WireGuard peer access reconciled");
+            }
+        }
+        if corrections && corrected > 0 {
+            self.metrics.reconcile_corrections[1].inc_by(corrected as u64);
         }
     }
 
@@ -336,7 +397,7 @@ impl WireGuardTask {
                 .filter(|p| !self.configured.contains(&p.spec.public_key) && !new_keys.contains(&p.spec.public_key))
                 .map(|p| p.spec.clone()),
         );
-        let removed = self.router.set_peers(&specs, checked.remediation, |s| peer_access(&self.table, s, self.unknown));
+        let removed = self.router.set_peers(&specs, checked.remediation, |s| self.verdicts.at_admission(s));
         tracing::info!(peers = checked.peers.len(), removed = removed.len(), "WireGuard peers reloaded");
     }
 
@@ -360,18 +421,10 @@ impl WireGuardTask {
     fn gauge_peers(&self) {
         let peers = self.router.peers();
         let connected =
-            peers.iter().filter(|p| p.session().tunnel.since_handshake().is_some_and(|d| d < CONNECTED)).count();
+            peers.iter().filter(|p| p.session().tunnel.since_handshake().is_some_and(|d| d < SESSION_LIFETIME)).count();
         self.metrics.wireguard_peers[0].set(connected as i64);
         self.metrics.wireguard_peers[1].set((peers.len() - connected) as i64);
     }
-}
-
-/// A peer's access from its device: found by the WireGuard key the device
-/// reported, else by the configured device id.
-fn peer_access(table: &Table, spec: &PeerSpec, unknown: UnknownDevice) -> Access {
-    let key = base64::engine::general_purpose::STANDARD.encode(spec.public_key);
-    let device = table.by_wg_key(&key).or_else(|| table.get(&spec.device_id));
-    access_for(device.as_deref(), unknown)
 }
 
 /// Inner packets on their way to the TUN, written as one batch: with

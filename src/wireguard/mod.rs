@@ -22,28 +22,4 @@ pub mod tunnel;
 #[cfg(test)]
 mod tests;
 
-use crate::compliance::{Device, Verdict};
-use crate::config::UnknownDevice;
 pub use acl::Access;
-
-/// The access a running tunnel gets from its device's verdict. Like a
-/// RADIUS session, only an enforced `always` failure restricts it; an
-/// unknown device (never reported, stale, or no device at all) gets what
-/// `unknown_device` says.
-pub fn access_for(device: Option<&Device>, unknown: UnknownDevice) -> Access {
-    match device {
-        Some(d) if d.verdict == Verdict::Compliant => Access::Full,
-        Some(d) if d.verdict == Verdict::Noncompliant => {
-            if d.enforce.quarantine {
-                Access::Quarantine
-            } else {
-                Access::Full
-            }
-        }
-        _ => match unknown {
-            UnknownDevice::Allow => Access::Full,
-            UnknownDevice::Quarantine => Access::Quarantine,
-            UnknownDevice::Reject => Access::Deny,
-        },
-    }
-}

@@ -56,6 +56,11 @@ impl Peer {
         Access::from_u8(self.access.swap(access as u8, Ordering::AcqRel))
     }
 
+    /// Sets `new` only if the access is still `current`; false otherwise.
+    pub fn replace_access(&self, current: Access, new: Access) -> bool {
+        self.access.compare_exchange(current as u8, new as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
     /// The session; a poisoned lock (a panic elsewhere) still yields it.
     pub fn session(&self) -> MutexGuard<'_, Session> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())

@@ -171,12 +171,25 @@ pub trait Admission: Send + Sync {
     fn admit(&self, key: &[u8; 32]) -> Option<(PeerSpec, Access)>;
 }
 
+/// The access a peer gets when a tunnel is established. A handshake that
+/// starts a tunnel (no session younger than [`SESSION_LIFETIME`]) is an
+/// admission, as an Access-Request is for RADIUS: `admission`-mode failures
+/// restrict it. A rekey of a running tunnel is not.
+pub trait Grants: Send + Sync {
+    fn at_admission(&self, spec: &PeerSpec) -> Access;
+}
+
+/// WireGuard gives up on a session this long after its handshake
+/// (Reject-After-Time): a handshake later than this starts a new tunnel.
+pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(180);
+
 pub struct Router {
     private_key: [u8; 32],
     gate: Gate,
     plan: RwLock<Arc<Plan>>,
     next_index: Mutex<u32>,
     admission: Option<Box<dyn Admission>>,
+    grants: Option<Box<dyn Grants>>,
 }
 
 /// A scratch buffer of [`BUF`] bytes, one per calling thread.
@@ -192,7 +205,14 @@ impl Router {
             plan: RwLock::new(Arc::new(Plan { peers: PeerSet::default(), remediation: remediation.into() })),
             next_index: Mutex::new(fastrand::u32(1..1 << 24)),
             admission: None,
+            grants: None,
         }
+    }
+
+    /// Decides a peer's access afresh whenever it establishes a tunnel.
+    pub fn with_grants(mut self, grants: Box<dyn Grants>) -> Self {
+        self.grants = Some(grants);
+        self
     }
 
     /// Lets unknown keys in through `admission`.
@@ -266,8 +286,10 @@ impl Router {
     /// A UDP datagram from `from`.
     pub fn handle_datagram(&self, from: SocketAddr, datagram: &[u8], scratch: &mut [u8], out: &mut Transmits) {
         let plan = self.plan();
+        let mut initiation = false;
         let peer = match self.gate.check(from.ip(), datagram, scratch) {
             Ok(Addressed::Initiation(key)) => {
+                initiation = true;
                 plan.peers.by_key(&key).map(Arc::clone).or_else(|| self.admit(&key)).ok_or(Discard::UnknownKey)
             }
             Ok(Addressed::Index(i)) => plan.peers.by_index(i).map(Arc::clone).ok_or(Discard::UnknownIndex),
@@ -284,10 +306,17 @@ impl Router {
             Err(reason) => return out.discard(reason),
         };
         let mut session = peer.session();
+        // A tunnel starts when there is no live session to rekey.
+        let admission = initiation && session.tunnel.since_handshake().is_none_or(|d| d >= SESSION_LIFETIME);
         match session.tunnel.decapsulate(Some(from.ip()), datagram, scratch) {
             Step::Done => session.endpoint = Some(from),
             Step::Discard(reason) => out.discard(reason),
             Step::Network(reply) => {
+                if admission && let Some(grants) = &self.grants {
+                    // Before the response leaves, so no packet of the new
+                    // tunnel passes under the old access.
+                    peer.set_access(grants.at_admission(&peer.spec));
+                }
                 // Authenticated: this is where the peer is now (roaming).
                 session.endpoint = Some(from);
                 out.push(Dest::Network(from), reply);

@@ -343,3 +343,39 @@ fn a_key_reported_in_telemetry_is_admitted_with_its_access_and_others_are_not() 
     assert_eq!(discards(&n.out, Discard::UnknownKey), 1);
     assert_eq!(n.router.peers().len(), 1);
 }
+
+/// Grants whose answer the test sets.
+struct FixedGrants(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl super::router::Grants for FixedGrants {
+    fn at_admission(&self, _: &PeerSpec) -> Access {
+        Access::from_u8(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+#[test]
+fn a_new_tunnel_is_an_admission_and_a_rekey_is_not() {
+    use std::sync::atomic::Ordering;
+    let answer = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(Access::Quarantine as u8));
+    let mut n = Net::new();
+    n.router = Router::new(SERVER, vec![Rule::parse("10.99.0.1/32").unwrap()])
+        .with_grants(Box::new(FixedGrants(std::sync::Arc::clone(&answer))));
+    n.router.set_peers(&[spec()], vec![Rule::parse("10.99.0.1/32").unwrap()], |_| Access::Full);
+    n.client = Tunnel::new(&CLIENT, &n.router.public_key(), 77, None);
+    let peer = n.router.peer_by_key(&public_key(&CLIENT)).unwrap();
+    assert_eq!(peer.access(), Access::Full);
+
+    // The first handshake establishes the tunnel: admission decides.
+    n.connect();
+    assert_eq!(peer.access(), Access::Quarantine, "an `admission` failure restricts a new tunnel");
+    let to_other = ipv4(PEER_IP, OTHER_IP, TCP, 40000, 443);
+    assert!(n.send(&to_other).is_empty(), "and its first data packet is already held to remediation");
+
+    // A handshake while the session is live is a rekey: not an admission.
+    answer.store(Access::Full as u8, Ordering::Relaxed);
+    peer.set_access(Access::Full);
+    answer.store(Access::Deny as u8, Ordering::Relaxed);
+    n.client = Tunnel::new(&CLIENT, &n.router.public_key(), 78, None);
+    n.connect();
+    assert_eq!(peer.access(), Access::Full, "a running tunnel follows `always` failures only");
+}
