@@ -40,6 +40,8 @@ pub struct Metrics {
     pub radius_duration: Histogram,
     coa_requests: Vec<IntCounter>,
     pub radius_sessions: IntGauge,
+    /// Sessions by the access their NAS applied ([`crate::compliance::Access`] order).
+    pub radius_session_access: [IntGauge; 3],
     pub enforcement_radius: Histogram,
     pub enforcement_wireguard: Histogram,
     /// Per direction (from_peer, to_peer), per [`Fate`].
@@ -190,6 +192,14 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("warden_wireguard_peers", "WireGuard peers, by state"), &["state"])
                 .unwrap_or_else(|e| panic!("{e}")),
         );
+        let session_access = reg(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("warden_radius_session_access", "Active RADIUS sessions, by the access their NAS applied"),
+                &["access"],
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
         let corrections = counters(
             "warden_reconcile_corrections_total",
             "Sessions or peers found by reconciliation with other access than their verdict implies, by plane",
@@ -244,6 +254,8 @@ impl Metrics {
                 .flat_map(|k| COA_RESULTS.iter().map(|r| coa.with_label_values(&[*k, *r])))
                 .collect(),
             radius_sessions: gauge("warden_radius_sessions", "Active RADIUS sessions known from accounting"),
+            radius_session_access: crate::compliance::Access::ALL
+                .map(|a| session_access.with_label_values(&[a.label()])),
             enforcement_radius,
             enforcement_wireguard,
             wireguard_packets: WIREGUARD_DIRECTIONS
@@ -313,6 +325,14 @@ impl Metrics {
         let r = COA_RESULTS.iter().position(|x| *x == result);
         if let (Some(k), Some(r)) = (k, r) {
             self.coa_requests[k * COA_RESULTS.len() + r].inc();
+        }
+    }
+
+    /// Sessions in total and by applied access.
+    pub fn set_sessions(&self, total: usize, by_access: [usize; 3]) {
+        self.radius_sessions.set(i64::try_from(total).unwrap_or(i64::MAX));
+        for (g, n) in self.radius_session_access.iter().zip(by_access) {
+            g.set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

@@ -12,10 +12,23 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "a-long-shared-secret";
 
+/// warden's RADIUS ports.
+struct Ports {
+    auth: u16,
+    acct: u16,
+}
+
 fn start_warden(dir: &std::path::Path, nas_port: u16, coa_mode: &str) -> (Warden, u16) {
-    let (auth, acct, mqtt) = (free_udp_port(), free_udp_port(), free_port());
+    let (w, ports) = start_warden_with(dir, nas_port, coa_mode, "broker = \"embedded\"", free_port());
+    (w, ports.acct)
+}
+
+/// warden with RADIUS for a test NAS on `nas_port`; `broker` is the
+/// `[mqtt]` broker line, `mqtt` its port.
+fn start_warden_with(dir: &std::path::Path, nas_port: u16, coa_mode: &str, broker: &str, mqtt: u16) -> (Warden, Ports) {
+    let (auth, acct) = (free_udp_port(), free_udp_port());
     let config = format!(
-        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
+        "[node]\nstate_dir = \"state\"\n[mqtt]\n{broker}\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
          [policy]\ndir = \"policies\"\n\
          [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
          [[radius.clients]]\nname = \"lab-switch\"\naddress = \"127.0.0.0/8\"\nsecret = \"{SECRET}\"\n\
@@ -23,7 +36,7 @@ fn start_warden(dir: &std::path::Path, nas_port: u16, coa_mode: &str) -> (Warden
     );
     let mut w = Warden::launch(dir, &config, mqtt, "");
     w.wait_ready();
-    (w, acct)
+    (w, Ports { auth, acct })
 }
 
 fn accounting_start(acct: u16) {
@@ -32,6 +45,21 @@ fn accounting_start(acct: u16) {
         SECRET,
         "Acct-Status-Type = Start, Acct-Session-Id = \"sess-7\", Calling-Station-Id = \"AA-BB-CC-00-00-01\", NAS-IP-Address = 127.0.0.1, NAS-Port = 7",
     );
+}
+
+/// The RADIUS ports from warden's config file.
+fn ports_of(w: &Warden) -> (u16, u16) {
+    let config = std::fs::read_dir(&w.dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == format!("warden-{}.toml", w.http)))
+        .unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
+    let port = |key: &str| -> u16 {
+        let line = text.lines().find(|l| l.starts_with(key)).unwrap();
+        line.rsplit(':').next().unwrap().trim_end_matches('"').parse().unwrap()
+    };
+    (port("auth_listen"), port("acct_listen"))
 }
 
 fn assert_authentic(req: &Value, code: &str) {
@@ -70,6 +98,14 @@ fn disconnect_on_drift_and_on_recovery() {
     let sum = w.metric("warden_enforcement_seconds_sum{plane=\"radius\"}");
     assert_eq!(w.metric("warden_enforcement_seconds_count{plane=\"radius\"}"), 1.0);
     assert!(sum < 0.05, "telemetry arrival → Disconnect sent took {sum} s");
+
+    // The Disconnect ended that session; the device authenticates again
+    // into quarantine, and its NAS starts a new session for it.
+    assert_eq!(w.metric("warden_radius_sessions"), 0.0, "a Disconnect-ACK ends the session's record");
+    let (auth, acct) = ports_of(&w);
+    assert_eq!(common::nas::vlan(&common::nas::mab(auth, SECRET, "AA-BB-CC-00-00-01")).as_deref(), Some("999"));
+    accounting_start(acct);
+    w.wait_metric("warden_radius_session_access{access=\"quarantine\"}", 1.0);
 
     // Compliant again: the session is disconnected so it re-authenticates into the normal VLAN.
     publish(w.mqtt, "devices/pos-0001/telemetry", &pos_report(3, json!({})));
@@ -121,4 +157,81 @@ fn sessions_survive_a_restart() {
     publish(w2.mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
     let req = nas.next(Duration::from_secs(5)).expect("Disconnect-Request for the replayed session");
     assert_authentic(&req, "Disconnect-Request");
+}
+
+/// A BYOD laptop whose MDM agent is too old fails an `admission` rule.
+fn byod_report(seq: u64, agent: &str) -> String {
+    json!({
+        "seq": seq, "ts": ts(0), "os": "android", "groups": ["byod"], "agent_version": agent,
+        "mac_addresses": ["aa:bb:cc:00:00:05"],
+    })
+    .to_string()
+}
+
+fn byod_session_start(acct: u16, sid: &str) {
+    common::nas::accounting(
+        acct,
+        SECRET,
+        &format!(
+            "Acct-Status-Type = Start, Acct-Session-Id = \"{sid}\", Calling-Station-Id = \"AA-BB-CC-00-00-05\", NAS-IP-Address = 127.0.0.1, NAS-Port = 9"
+        ),
+    );
+}
+
+#[test]
+fn an_admission_quarantined_session_is_restored_when_its_device_recovers() {
+    let dir = Warden::workdir();
+    let nas_port = free_udp_port();
+    let (w, ports) = start_warden_with(&dir, nas_port, "coa", "broker = \"embedded\"", free_port());
+    let nas = TestNas::start(nas_port, SECRET, false);
+    publish(w.mqtt, "devices/byod-1/telemetry", &byod_report(1, "3.0.0"));
+    w.wait_verdict("byod-1", "noncompliant");
+
+    // Admitted into quarantine by the `admission` rule, and recorded so.
+    let out = common::nas::mab(ports.auth, SECRET, "AA-BB-CC-00-00-05");
+    assert_eq!(common::nas::vlan(&out).as_deref(), Some("999"), "{out}");
+    byod_session_start(ports.acct, "byod-sess");
+    w.wait_metric("warden_radius_session_access{access=\"quarantine\"}", 1.0);
+    assert!(nas.next(Duration::from_millis(500)).is_none(), "an admission failure does not cut, nor lift");
+
+    // The agent is updated: the session is moved back to the normal VLAN.
+    publish(w.mqtt, "devices/byod-1/telemetry", &byod_report(2, "3.2.0"));
+    let req = nas.next(Duration::from_secs(5)).expect("a CoA-Request to the compliant VLAN");
+    assert_eq!(req["code"], "CoA-Request", "{req}");
+    assert_eq!(req["vlan"], "100", "{req}");
+    assert_eq!(req["acct_session_id"], "byod-sess", "{req}");
+    w.wait_metric("warden_radius_session_access{access=\"full\"}", 1.0);
+    assert_eq!(w.metric("warden_radius_session_access{access=\"quarantine\"}"), 0.0);
+}
+
+#[test]
+fn a_session_quarantined_before_kill_9_is_restored_after_restart() {
+    let dir = Warden::workdir();
+    let mut broker = Mosquitto::start(&dir);
+    let nas_port = free_udp_port();
+    let external = format!("broker = \"mqtt://127.0.0.1:{}\"", broker.port);
+    let (mut w, ports) = start_warden_with(&dir, nas_port, "coa", &external, broker.port);
+    let nas = TestNas::start(nas_port, SECRET, false);
+    publish(broker.port, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
+    w.wait_verdict("pos-0001", "compliant");
+    accounting_start(ports.acct);
+    w.wait_metric("warden_radius_session_access{access=\"full\"}", 1.0);
+    publish(broker.port, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
+    let req = nas.next(Duration::from_secs(5)).expect("CoA to quarantine");
+    assert_eq!(req["vlan"], "999", "{req}");
+    w.wait_metric("warden_radius_session_access{access=\"quarantine\"}", 1.0);
+
+    // Killed; the device recovers while warden is down (the broker keeps
+    // warden's persistent session and queues the report).
+    w.kill();
+    publish(broker.port, "devices/pos-0001/telemetry", &pos_report(3, json!({})));
+    let config = std::fs::read_to_string(dir.join(format!("warden-{}.toml", w.http))).unwrap();
+    let body = config.split("\n[http]").next().unwrap().to_string();
+    let mut w2 = Warden::launch(&dir, &body, broker.port, "");
+    w2.wait_ready();
+    let req = nas.next(Duration::from_secs(10)).expect("a CoA back to the compliant VLAN after the restart");
+    assert_eq!(req["code"], "CoA-Request", "{req}");
+    assert_eq!(req["vlan"], "100", "{req}");
+    w2.wait_metric("warden_radius_session_access{access=\"full\"}", 1.0);
+    broker.kill();
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::nas::{radclient, vlan};
 use common::*;
 use serde_json::json;
 use std::net::UdpSocket;
@@ -45,22 +46,6 @@ fn start(dir: &std::path::Path, clients_cidr: &str, noncompliant: &str) -> (Ward
     (w, Nas { auth, acct })
 }
 
-/// Runs radclient once (one try, 2 s timeout): (answered, output).
-fn radclient(port: u16, kind: &str, secret: &str, attrs: &str) -> (bool, String) {
-    require("radclient", "freeradius-utils");
-    let mut child = Command::new("radclient")
-        .args(["-x", "-r", "1", "-t", "2", &format!("127.0.0.1:{port}"), kind, secret])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run radclient");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), attrs.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (text.contains("Received "), text)
-}
-
 fn pap(nas: &Nas, user: &str, password: &str) -> String {
     let (answered, out) = radclient(
         nas.auth,
@@ -73,22 +58,7 @@ fn pap(nas: &Nas, user: &str, password: &str) -> String {
 }
 
 fn mab(nas: &Nas, mac: &str) -> String {
-    let (answered, out) = radclient(
-        nas.auth,
-        "auth",
-        SECRET,
-        &format!(
-            "User-Name = \"{mac}\", User-Password = \"{mac}\", Calling-Station-Id = \"{mac}\", Service-Type = Call-Check, Message-Authenticator = 0x00"
-        ),
-    );
-    assert!(answered, "no answer: {out}");
-    out
-}
-
-fn vlan(out: &str) -> Option<String> {
-    assert!(out.contains("Message-Authenticator = 0x"), "every answer is signed: {out}");
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix("Tunnel-Private-Group-Id:0 = ").map(|v| v.trim_matches('"').to_string()))
+    common::nas::mab(nas.auth, SECRET, mac)
 }
 
 #[test]

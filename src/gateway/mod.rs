@@ -247,7 +247,7 @@ async fn radius_task(
     if replayed.skipped > 0 {
         tracing::warn!(skipped = replayed.skipped, "unreadable accounting journal lines skipped");
     }
-    metrics.radius_sessions.set(sessions.len() as i64);
+    metrics.set_sessions(sessions.len(), sessions.counts());
     tracing::info!(auth = %auth.local_addr()?, acct = %acct.local_addr()?, clients = clients.len(), sessions = sessions.len(), replayed = replayed.applied, "RADIUS listening");
     let policy = authorize::AccessPolicy::new(
         r.compliant_vlan.clone(),

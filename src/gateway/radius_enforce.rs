@@ -120,7 +120,7 @@ impl Enforcer {
         let record = Record::accounting(acct, access, now_rfc3339());
         self.journal.append(&record)?;
         let applied = self.sessions.apply(acct, access);
-        self.metrics.radius_sessions.set(self.sessions.len() as i64);
+        self.metrics.set_sessions(self.sessions.len(), self.sessions.counts());
         if applied == Applied::Started {
             // It may have changed between the Accept and now.
             if let Some(key) = acct.session_id.clone().map(|sid| (acct.nas, sid)) {
@@ -276,12 +276,13 @@ impl Enforcer {
             };
             let record = match self.sessions.settle(tag, outcome, now) {
                 Some(Settled::Applied(key, access)) => {
+                    self.metrics.set_sessions(self.sessions.len(), self.sessions.counts());
                     // The verdict may have moved while the request was out.
                     self.reconcile(&key, Cause::Change, now, now, unix_now());
                     Record::applied(&key, access, now_rfc3339())
                 }
                 Some(Settled::Ended(key)) => {
-                    self.metrics.radius_sessions.set(self.sessions.len() as i64);
+                    self.metrics.set_sessions(self.sessions.len(), self.sessions.counts());
                     Record::ended(&key, now_rfc3339())
                 }
                 Some(Settled::Retry(..)) | None => continue,

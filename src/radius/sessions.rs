@@ -57,6 +57,8 @@ pub struct Sessions {
     by_user: HashMap<String, BTreeSet<Key>>,
     retries: BTreeSet<(Instant, u64)>,
     next_serial: u64,
+    /// Sessions by applied access, indexed by `Access as usize`.
+    counts: [usize; 3],
 }
 
 /// What an accounting record did to the table.
@@ -99,6 +101,11 @@ impl Sessions {
 
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+    }
+
+    /// Sessions by the access their NAS applied (`Access as usize`).
+    pub fn counts(&self) -> [usize; 3] {
+        self.counts
     }
 
     /// Applies one accounting record; `access` is what a new session was
@@ -160,6 +167,7 @@ impl Sessions {
         self.index(&key, mac, a.user_name.as_deref());
         self.by_serial.insert(serial, key.clone());
         self.sessions.insert(key, session);
+        self.counts[access as usize] += 1;
         Applied::Started
     }
 
@@ -191,6 +199,8 @@ impl Sessions {
     /// Records the access the NAS applied (a journal replay).
     pub fn set_applied(&mut self, key: &Key, access: Access) {
         if let Some(s) = self.sessions.get_mut(key) {
+            self.counts[s.applied as usize] -= 1;
+            self.counts[access as usize] += 1;
             s.applied = access;
         }
     }
@@ -198,6 +208,7 @@ impl Sessions {
     /// Forgets a session (Stop, Disconnect-ACK, NAS reset).
     pub fn end(&mut self, key: &Key) -> Option<Session> {
         let s = self.sessions.remove(key)?;
+        self.counts[s.applied as usize] -= 1;
         self.unindex(key, s.mac, s.id.user_name.as_deref());
         self.by_serial.remove(&s.serial);
         if let Some((at, _)) = s.retry {
@@ -238,6 +249,8 @@ impl Sessions {
         let target = s.target.take()?;
         match outcome {
             Outcome::Applied => {
+                self.counts[s.applied as usize] -= 1;
+                self.counts[target as usize] += 1;
                 s.applied = target;
                 s.failures = 0;
                 Some(Settled::Applied(key, target))
@@ -355,6 +368,7 @@ mod tests {
         assert_eq!(s.apply(&acct(AcctStatus::Stop, "s1", "127.0.0.2", "x"), Access::Full), Applied::Stopped);
         assert_eq!(s.apply(&acct(AcctStatus::AccountingOn, "-", "127.0.0.3", "x"), Access::Full), Applied::NasReset(1));
         assert!(s.is_empty());
+        assert_eq!(s.counts(), [0, 0, 0]);
         assert!(s.find(&[mac], &["alice"]).is_empty(), "indexes emptied too");
     }
 
@@ -401,6 +415,7 @@ mod tests {
         assert_eq!(s.poll_timeout(), None, "the old retry is gone");
         assert_eq!(s.settle(serial, Outcome::Applied, t1), Some(Settled::Applied(key.clone(), Access::Deny)));
         assert_eq!(s.get(&key).unwrap().applied, Access::Deny);
+        assert_eq!(s.counts(), [0, 0, 1]);
 
         // A Disconnect-ACK ends the record; a late outcome finds nothing.
         let serial = s.reconcile(&key, Access::Full, t1).unwrap();

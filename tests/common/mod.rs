@@ -204,6 +204,14 @@ impl Warden {
         }
     }
 
+    /// Kills it with SIGKILL, as a crash would: nothing is flushed.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGHUP (policy reload).
     pub fn hup(&self) {
         let pid = self.child.as_ref().unwrap().id();

@@ -70,3 +70,41 @@ pub fn accounting(acct: u16, secret: &str, attributes: &str) {
     let out = child.wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Accounting-Response"), "accounting answered");
 }
+
+/// Runs radclient once (one try, 2 s timeout) against warden's `port`:
+/// (answered, output).
+pub fn radclient(port: u16, kind: &str, secret: &str, attrs: &str) -> (bool, String) {
+    require("radclient", "freeradius-utils");
+    let mut child = Command::new("radclient")
+        .args(["-x", "-r", "1", "-t", "2", &format!("127.0.0.1:{port}"), kind, secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run radclient");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), attrs.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (text.contains("Received "), text)
+}
+
+/// MAC Authentication Bypass for `mac`, as a switch sends it; the answer.
+pub fn mab(auth: u16, secret: &str, mac: &str) -> String {
+    let (answered, out) = radclient(
+        auth,
+        "auth",
+        secret,
+        &format!(
+            "User-Name = \"{mac}\", User-Password = \"{mac}\", Calling-Station-Id = \"{mac}\", Service-Type = Call-Check, Message-Authenticator = 0x00"
+        ),
+    );
+    assert!(answered, "no answer: {out}");
+    out
+}
+
+/// The VLAN (Tunnel-Private-Group-Id) radclient printed; every answer must be signed.
+pub fn vlan(out: &str) -> Option<String> {
+    assert!(out.contains("Message-Authenticator = 0x"), "every answer is signed: {out}");
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Tunnel-Private-Group-Id:0 = ").map(|v| v.trim_matches('"').to_string()))
+}
