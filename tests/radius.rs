@@ -8,7 +8,6 @@ use common::nas::{radclient, vlan};
 use common::*;
 use serde_json::json;
 use std::net::UdpSocket;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use warden::radius::{AttrType, Builder, Code, Packet};
 
