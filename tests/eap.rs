@@ -195,3 +195,30 @@ fn peap_mschapv2_succeeds_and_a_wrong_password_is_rejected() {
     let (ok, out) = eapol(&lab, "peap", &peap("correct horse"));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn a_device_claiming_another_s_certificate_identity_is_refused_and_the_certificate_keeps_its_owner() {
+    let lab = start(free_udp_port());
+    let (cert, key) = (lab.dir.join("certs/device.pem"), lab.dir.join("certs/device.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    // tablet-7 holds the certificate identity pos-0001, and is rooted.
+    let r = pos_report(1, json!({"rooted": true, "mac_addresses": ["aa:bb:cc:00:00:07"]}));
+    publish(lab.w.mqtt, "devices/tablet-7/telemetry", &r);
+    lab.w.wait_verdict("tablet-7", "noncompliant");
+    // A compliant tablet-8 claims the same identity: refused.
+    let r = pos_report(1, json!({"mac_addresses": ["aa:bb:cc:00:00:08"]}));
+    publish(lab.w.mqtt, "devices/tablet-8/telemetry", &r);
+    let d = lab.w.wait_verdict("tablet-8", "noncompliant");
+    let failed: Vec<&str> = d["failed_rules"].as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
+    assert_eq!(failed, ["identity-conflict"], "{d}");
+    assert_eq!(d["failed_rules"][0]["severity"], "critical", "{d}");
+    lab.w.wait_metric("warden_identity_conflicts_total{kind=\"cert\"}", 1.0);
+    // The certificate keeps its owner's verdict: quarantine, not the claimant's.
+    let (ok, out) = eapol(&lab, "tls", &tls(&lab.dir, false, cert, key));
+    assert!(ok && vlan(&out).as_deref() == Some("999"), "{out}");
+    // The owner fixes itself: the certificate follows it.
+    publish(lab.w.mqtt, "devices/tablet-7/telemetry", &pos_report(2, json!({"mac_addresses": ["aa:bb:cc:00:00:07"]})));
+    lab.w.wait_verdict("tablet-7", "compliant");
+    let (ok, out) = eapol(&lab, "tls", &tls(&lab.dir, true, cert, key));
+    assert!(ok && vlan(&out).as_deref() == Some("100"), "{out}");
+}

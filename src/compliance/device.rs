@@ -86,6 +86,8 @@ pub struct Device {
     pub(crate) seen_at: Instant,
     /// The engine's next deadline for this device (staleness or grace).
     pub(crate) deadline: Option<Instant>,
+    /// Identities its report claimed that belong to other live devices.
+    pub conflicts: Vec<super::identity::Conflict>,
 }
 
 impl Device {
@@ -102,6 +104,7 @@ impl Device {
             last_seen,
             seen_at,
             deadline: None,
+            conflicts: Vec::new(),
         }
     }
 }

@@ -7,8 +7,9 @@
 //! for timestamps people read and for `ts` checks).
 
 use super::device::{Device, Enforce, Verdict};
+use super::identity::{self, Bound, Conflict};
 use super::table::Table;
-use crate::policy::{Failure, PolicySet, decide};
+use crate::policy::{Failure, Policy, PolicySet, decide};
 use crate::telemetry::{Refusal, Report, UnixMillis};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -63,6 +64,10 @@ pub struct Engine {
     /// (deadline, device): staleness or the end of a grace period.
     deadlines: BTreeSet<(Instant, Arc<str>)>,
     events: VecDeque<Change>,
+    /// Identity claims refused, for the shell to count and log.
+    conflicts: VecDeque<Conflict>,
+    /// The built-in policy of the `identity-conflict` rule.
+    identity_policy: Arc<Policy>,
     counts: [usize; 3],
     interner: super::intern::Interner,
     /// Bumped by every write to the table: a snapshot is only worth writing
@@ -78,6 +83,8 @@ impl Engine {
             stale_after,
             deadlines: BTreeSet::new(),
             events: VecDeque::new(),
+            conflicts: VecDeque::new(),
+            identity_policy: identity::policy(),
             counts: [0; 3],
             interner: Default::default(),
             generation: 0,
@@ -120,11 +127,29 @@ impl Engine {
         }
         let id: Arc<str> = old.as_ref().map_or_else(|| id.into(), |d| Arc::clone(&d.id));
         self.interner.report(&mut report);
-        let failures = decide(&self.policies, &report, wall).failures;
+        let (bound, conflicts) = identity::claims(&id, &report, &self.table);
+        let failures = self.failures_of(&report, &conflicts, wall);
         let mut device = Device::reported(id, report, now, wall);
+        self.conflicts.extend(conflicts.iter().cloned());
+        device.conflicts = conflicts;
         self.settle(&mut device, old.as_deref(), failures, now, wall);
-        self.store(device, old.as_deref(), Cause::Telemetry, now, wall, true);
+        self.store(device, old.as_deref(), Cause::Telemetry, now, wall, Some(&bound));
         Ok(())
+    }
+
+    /// The failures of `report` under the policies in force, and the
+    /// built-in `identity-conflict` when it claimed another device's identity.
+    fn failures_of(&self, report: &Report, conflicts: &[Conflict], wall: UnixMillis) -> Vec<Failure> {
+        let mut failures = decide(&self.policies, report, wall).failures;
+        if !conflicts.is_empty() {
+            failures.push(identity::failure(&self.identity_policy, conflicts, wall));
+        }
+        failures
+    }
+
+    /// The next refused identity claim, if any.
+    pub fn poll_conflict(&mut self) -> Option<Conflict> {
+        self.conflicts.pop_front()
     }
 
     /// Puts a new policy set in force and re-evaluates every device that has
@@ -139,9 +164,9 @@ impl Engine {
                 continue;
             }
             let mut device = (*old).clone();
-            let failures = decide(&self.policies, &device.report, wall).failures;
+            let failures = self.failures_of(&device.report, &device.conflicts, wall);
             self.settle(&mut device, Some(&old), failures, now, wall);
-            self.store(device, Some(&old), Cause::PolicyReload, now, wall, false);
+            self.store(device, Some(&old), Cause::PolicyReload, now, wall, None);
         }
     }
 
@@ -163,11 +188,11 @@ impl Engine {
                 device.failures = Vec::new();
                 device.enforce = Enforce::default();
                 device.since = wall;
-                self.store(device, Some(&old), Cause::Stale, now, wall, false);
+                self.store(device, Some(&old), Cause::Stale, now, wall, None);
             } else {
                 let failures = std::mem::take(&mut device.failures);
                 self.settle(&mut device, Some(&old), failures, now, wall);
-                self.store(device, Some(&old), Cause::GraceExpired, now, wall, false);
+                self.store(device, Some(&old), Cause::GraceExpired, now, wall, None);
             }
         }
     }
@@ -187,10 +212,13 @@ impl Engine {
         let age = Duration::from_millis(u64::try_from(wall.saturating_sub(last_seen)).unwrap_or(0));
         let seen_at = now.checked_sub(age).unwrap_or(now);
         self.interner.report(&mut report);
-        let mut device = Device::reported(id.into(), report, seen_at, last_seen);
+        let id: Arc<str> = id.into();
+        let mut device = Device::reported(Arc::clone(&id), report, seen_at, last_seen);
         device.since = wall;
+        let (bound, conflicts) = identity::claims(&id, &device.report, &self.table);
+        device.conflicts = conflicts;
         if age < self.stale_after {
-            let mut failures = decide(&self.policies, &device.report, wall).failures;
+            let mut failures = self.failures_of(&device.report, &device.conflicts, wall);
             for f in &mut failures {
                 if let Some((_, since)) = prior.iter().find(|(k, _)| *k == f.key()) {
                     f.since = *since;
@@ -198,9 +226,10 @@ impl Engine {
             }
             self.settle(&mut device, None, failures, now, wall);
         }
-        let old = self.table.get(id);
-        self.store(device, old.as_deref(), Cause::Telemetry, now, wall, false);
+        let old = self.table.get(&id);
+        self.store(device, old.as_deref(), Cause::Telemetry, now, wall, Some(&bound));
         self.events.clear();
+        self.conflicts.clear();
     }
 
     /// The next verdict change, if any.
@@ -252,7 +281,7 @@ impl Engine {
         cause: Cause,
         now: Instant,
         wall: UnixMillis,
-        reindex: bool,
+        bound: Option<&Bound>,
     ) {
         if let Some(old) = old {
             if let Some(at) = old.deadline {
@@ -288,10 +317,9 @@ impl Engine {
         }
         self.generation += 1;
         let device = Arc::new(device);
-        if reindex || old.is_none() {
-            self.table.put(device, old);
-        } else {
-            self.table.replace(device);
+        match bound {
+            Some(bound) => self.table.put(device, old, bound),
+            None => self.table.replace(device),
         }
     }
 }

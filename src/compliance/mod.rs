@@ -7,6 +7,7 @@
 pub mod access;
 mod device;
 mod engine;
+pub mod identity;
 mod intern;
 pub mod snapshot;
 mod table;

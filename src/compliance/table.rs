@@ -7,6 +7,7 @@
 //! an `.await` or while the engine writes.
 
 use super::device::Device;
+use super::identity::{Bound, Owners};
 use crate::mac::Mac;
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -74,8 +75,9 @@ impl Table {
         ids
     }
 
-    /// Stores `device`, moving its identities in the indexes from `old`.
-    pub(crate) fn put(&self, device: Arc<Device>, old: Option<&Device>) {
+    /// Stores `device`, releasing the identities `old` claimed and it no
+    /// longer claims (where `old` held them), and binding `bound`.
+    pub(crate) fn put(&self, device: Arc<Device>, old: Option<&Device>, bound: &Bound) {
         let id = &device.id;
         let new_r = &device.report;
         if let Some(old) = old {
@@ -96,14 +98,13 @@ impl Table {
                 self.inner.by_cert.remove_if(&**c, |_, owner| owner == id);
             }
         }
-        // A MAC or key claimed by two devices goes to the latest reporter.
-        for mac in macs(new_r) {
-            self.inner.by_mac.insert(mac, Arc::clone(id));
+        for mac in &bound.macs {
+            self.inner.by_mac.insert(*mac, Arc::clone(id));
         }
-        if let Some(k) = &new_r.wg_public_key {
+        if let Some(k) = &bound.wg_key {
             self.inner.by_wg_key.insert(Arc::clone(k), Arc::clone(id));
         }
-        if let Some(c) = &new_r.cert_identity {
+        if let Some(c) = &bound.cert {
             self.inner.by_cert.insert(Arc::clone(c), Arc::clone(id));
         }
         self.inner.devices.insert(Arc::clone(id), device);
@@ -119,4 +120,22 @@ impl Table {
 /// The valid MAC addresses in a report (malformed ones are not indexed).
 fn macs(r: &crate::telemetry::Report) -> impl Iterator<Item = Mac> + '_ {
     r.mac_addresses.iter().flat_map(|v| v.iter()).filter_map(|m| Mac::parse(m))
+}
+
+impl Owners for Table {
+    fn mac_owner(&self, mac: Mac) -> Option<Arc<Device>> {
+        self.by_mac(mac)
+    }
+
+    fn wg_key_owner(&self, key: &str) -> Option<Arc<Device>> {
+        self.by_wg_key(key)
+    }
+
+    fn cert_owner(&self, identity: &str) -> Option<Arc<Device>> {
+        self.by_cert_identity(identity)
+    }
+
+    fn device(&self, id: &str) -> Option<Arc<Device>> {
+        self.get(id)
+    }
 }

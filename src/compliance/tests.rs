@@ -103,7 +103,7 @@ fn enforcement_modes_and_severities() {
 }
 
 #[test]
-fn identities_follow_the_latest_report() {
+fn identities_follow_reports_and_a_live_owner_keeps_them() {
     let mut e = Engine::new(Table::default(), PolicySet::default(), STALE);
     let c = Clock::new();
     let mut r = report(1, true, Some("AA-BB-CC-00-00-01"));
@@ -124,11 +124,21 @@ fn identities_follow_the_latest_report() {
     assert!(e.table().by_cert_identity("cn-a").is_none());
     assert_eq!(&*e.table().by_mac(Mac::parse("aa:bb:cc:00:00:02").unwrap()).unwrap().id, "a");
 
-    // A MAC claimed by another device moves to it; the first device's later
-    // report without it does not take it back.
+    // A MAC claimed by another live device stays with its owner, and the
+    // claimant fails `identity-conflict`.
     e.handle_telemetry("b", report(1, true, Some("aa:bb:cc:00:00:02")), c.now(), c.wall()).unwrap();
+    assert_eq!(&*e.table().by_mac(Mac::parse("aa:bb:cc:00:00:02").unwrap()).unwrap().id, "a");
+    let b = e.table().get("b").unwrap();
+    assert_eq!(b.verdict, Verdict::Noncompliant);
+    assert_eq!(b.failures.iter().map(|f| f.key()).collect::<Vec<_>>(), ["warden/identity-conflict"]);
+    assert!(b.enforce.quarantine, "critical, always, no grace");
+    let conflict = e.poll_conflict().expect("the refused claim is reported");
+    assert_eq!((&*conflict.claimant, &*conflict.owner, conflict.kind.label()), ("b", "a", "mac"));
+    // Released by its owner, it goes to the next claimant.
     e.handle_telemetry("a", report(3, true, None), c.now(), c.wall()).unwrap();
+    e.handle_telemetry("b", report(2, true, Some("aa:bb:cc:00:00:02")), c.now(), c.wall()).unwrap();
     assert_eq!(&*e.table().by_mac(Mac::parse("aa:bb:cc:00:00:02").unwrap()).unwrap().id, "b");
+    assert_eq!(e.table().get("b").unwrap().verdict, Verdict::Compliant);
 }
 
 #[test]
@@ -192,6 +202,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     devices: HashMap<u8, (u64, u64, bool, Option<u8>)>, // seq, seen_ms, encrypted, mac
     mac_owner: HashMap<u8, u8>,
+    /// Devices whose last report claimed a MAC another live device holds.
+    conflicted: std::collections::HashSet<u8>,
 }
 
 impl Model {
@@ -199,6 +211,7 @@ impl Model {
         match self.devices.get(&device) {
             None => Verdict::Unknown,
             Some((_, seen, _, _)) if now_ms - seen >= STALE.as_millis() as u64 => Verdict::Unknown,
+            Some(_) if self.conflicted.contains(&device) => Verdict::Noncompliant,
             Some((_, _, true, _)) => Verdict::Compliant,
             Some(_) => Verdict::Noncompliant,
         }
@@ -230,8 +243,13 @@ proptest! {
                         if let Some(om) = old_mac && Some(om) != mac && m.mac_owner.get(&om) == Some(&device) {
                             m.mac_owner.remove(&om);
                         }
-                        if let Some(nm) = mac {
-                            m.mac_owner.insert(nm, device);
+                        // A MAC held by another live device stays with it.
+                        let held = mac.and_then(|nm| m.mac_owner.get(&nm).copied())
+                            .filter(|o| *o != device && m.verdict(*o, c.ms) != Verdict::Unknown);
+                        match (mac, held) {
+                            (Some(_), Some(_)) => { m.conflicted.insert(device); }
+                            (Some(nm), None) => { m.mac_owner.insert(nm, device); m.conflicted.remove(&device); }
+                            (None, _) => { m.conflicted.remove(&device); }
                         }
                         m.devices.insert(device, (seq, c.ms, encrypted, mac));
                     }

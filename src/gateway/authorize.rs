@@ -166,9 +166,10 @@ pub fn by_verdict(kind: &'static str, device: Option<&Device>, p: &AccessPolicy)
 
 /// The device an accounting record's session belongs to: by its MAC, else
 /// by the user's `device_id`, else by User-Name as a certificate identity
-/// or device id (EAP-TLS sessions are named by the certificate).
+/// or device id (EAP-TLS sessions are named by the certificate; the device
+/// it names outright comes before one that claims it).
 pub fn session_device(mac: Option<Mac>, user: Option<&str>, table: &Table, users: &Users) -> Option<Arc<Device>> {
     mac.and_then(|m| table.by_mac(m))
         .or_else(|| user.and_then(|u| users.get(u)).and_then(|u| u.device_id.as_deref()).and_then(|id| table.get(id)))
-        .or_else(|| user.and_then(|u| table.by_cert_identity(u).or_else(|| table.get(u))))
+        .or_else(|| user.and_then(|u| table.get(u).or_else(|| table.by_cert_identity(u))))
 }

@@ -100,6 +100,11 @@ impl ComplianceTask {
 
     /// Publishes every queued change and refreshes the device gauges.
     fn drain(&mut self) {
+        while let Some(c) = self.engine.poll_conflict() {
+            self.metrics.identity_conflict(c.kind.label());
+            tracing::info!(device = %c.claimant, owner = %c.owner, kind = c.kind.label(), "identity claim refused: bound to another live device");
+            tracing::debug!(identity = %c.identity, "refused identity");
+        }
         let mut any = false;
         while let Some(change) = self.engine.poll_event() {
             any = true;

@@ -47,7 +47,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // no moment where a known device looks unknown, or an unknown one compliant.
     let table = Table::default();
     let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after);
-    let (entries, bad) = snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
+    let (mut entries, bad) = snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
+    // Identity owners before the devices whose claims were refused, so the
+    // bindings come back as they were.
+    entries.sort_by_key(|e| e.failing_since.iter().any(|(k, _)| k == crate::compliance::identity::FAILURE_KEY));
     let (now, wall) = (Instant::now(), wall_now());
     let restored = entries.len();
     for e in entries {
