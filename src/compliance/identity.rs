@@ -222,8 +222,8 @@ mod tests {
                         _ => (Kind::Cert, format!("d{i}")),
                     };
                     // One key and one certificate identity per report.
-                    if c.0 == Kind::Mac || !claims.iter().any(|x| x.0 == c.0) {
-                        if !claims.contains(&c) { claims.push(c); }
+                    if (c.0 == Kind::Mac || !claims.iter().any(|x| x.0 == c.0)) && !claims.contains(&c) {
+                        claims.push(c);
                     }
                 }
                 let mut report = Report { seq: seq as u64 + 1, ts: 0, ..Default::default() };
