@@ -268,12 +268,62 @@ pub struct PolicyConfig {
     /// No report for this long: the device becomes unknown ("inactive").
     #[serde(default = "default_stale_after", with = "crate::diag::duration")]
     pub stale_after: Duration,
+    /// Verdicts are held this long while the telemetry source is out.
+    #[serde(default = "default_outage_grace", with = "crate::diag::duration")]
+    pub outage_grace: Duration,
+    /// What applies after `outage_grace`: `hold` or `unknown`.
+    #[serde(default)]
+    pub outage_fail_mode: crate::compliance::outage::FailMode,
+    /// This share of the live fleet going silent within `outage_window` is
+    /// a fleet-wide outage, not staleness.
+    #[serde(default = "default_outage_silent_fraction")]
+    pub outage_silent_fraction: f64,
+    #[serde(default = "default_outage_window", with = "crate::diag::duration")]
+    pub outage_window: Duration,
+    /// The circuit breaker: one cause restricting more than this share of
+    /// the devices with a current verdict waits for confirmation.
+    #[serde(default = "default_max_restrict_fraction")]
+    pub max_restrict_fraction: f64,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { dir: default_policy_dir(), unknown_device: UnknownDevice::default(), stale_after: default_stale_after() }
+        Self {
+            dir: default_policy_dir(),
+            unknown_device: UnknownDevice::default(),
+            stale_after: default_stale_after(),
+            outage_grace: default_outage_grace(),
+            outage_fail_mode: Default::default(),
+            outage_silent_fraction: default_outage_silent_fraction(),
+            outage_window: default_outage_window(),
+            max_restrict_fraction: default_max_restrict_fraction(),
+        }
     }
+}
+
+impl PolicyConfig {
+    /// The outage settings of the compliance engine.
+    pub fn outage(&self) -> crate::compliance::outage::Settings {
+        crate::compliance::outage::Settings {
+            grace: self.outage_grace,
+            fail_mode: self.outage_fail_mode,
+            silent_fraction: self.outage_silent_fraction,
+            window: self.outage_window,
+        }
+    }
+}
+
+fn default_outage_grace() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_outage_silent_fraction() -> f64 {
+    0.1
+}
+fn default_outage_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_restrict_fraction() -> f64 {
+    0.1
 }
 
 fn default_policy_dir() -> PathBuf {
@@ -488,6 +538,17 @@ impl Loaded {
         }
         if config.policy.stale_after.is_zero() {
             errors.push(Located::at(file, text, locate("stale_after"), "stale_after must be more than 0s"));
+        }
+        for (key, v) in [
+            ("outage_silent_fraction", config.policy.outage_silent_fraction),
+            ("max_restrict_fraction", config.policy.max_restrict_fraction),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                errors.push(Located::at(file, text, locate(key), format!("{key} must be more than 0 and at most 1")));
+            }
+        }
+        if config.policy.outage_window.is_zero() {
+            errors.push(Located::at(file, text, locate("outage_window"), "outage_window must be more than 0s"));
         }
         if config.node.snapshot_every < Duration::from_secs(1) {
             errors.push(Located::at(file, text, locate("snapshot_every"), "snapshot_every must be at least 1s"));

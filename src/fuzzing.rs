@@ -28,7 +28,7 @@ pub fn telemetry(data: &[u8]) {
     let (topic, payload) = rest.split_at(n);
     let Ok(topic) = std::str::from_utf8(topic) else { return };
     let pattern = TopicPattern::new("devices/+/telemetry").unwrap_or_else(|_| unreachable!("valid pattern"));
-    let fresh = Freshness { max_age_ms: 900_000, max_skew_ms: 300_000 };
+    let fresh = Freshness { max_age_ms: 900_000, max_skew_ms: 300_000, not_before: None };
     let parsed = pattern.device_id(topic).and_then(|id| Ok((id, parse_payload(payload, NOW, fresh)?)));
     let Ok((id, report)) = parsed else { return };
     let json = serde_json::to_vec(&report).unwrap_or_else(|e| panic!("an accepted report must serialize: {e}"));

@@ -199,6 +199,7 @@ fn device_json(d: &Device, stale_after: std::time::Duration) -> Value {
     json!({
         "id": &*d.id,
         "verdict": d.verdict,
+        "held": d.held,
         "failed_rules": failed,
         "enforce": d.enforce,
         "since": format_rfc3339(d.since),

@@ -88,6 +88,9 @@ pub struct Device {
     pub(crate) deadline: Option<Instant>,
     /// Identities its report claimed that belong to other live devices.
     pub conflicts: Vec<super::identity::Conflict>,
+    /// Silent for `stale_after`, but only while the telemetry source was
+    /// out: its verdict is held, not expired.
+    pub held: bool,
 }
 
 impl Device {
@@ -105,6 +108,7 @@ impl Device {
             seen_at,
             deadline: None,
             conflicts: Vec::new(),
+            held: false,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use super::device::{Device, Enforce, Verdict};
 use super::identity::{self, Bound, Conflict};
+use super::outage;
 use super::table::Table;
 use crate::policy::{Failure, Policy, PolicySet, decide};
 use crate::telemetry::{Refusal, Report, UnixMillis};
@@ -73,6 +74,27 @@ pub struct Engine {
     /// Bumped by every write to the table: a snapshot is only worth writing
     /// when it moved.
     generation: u64,
+    /// Whether warden can hear its devices at all.
+    outage: outage::Tracker,
+    outage_events: VecDeque<OutageEvent>,
+    /// Devices whose verdict is held while the source is out.
+    parked: BTreeSet<Arc<str>>,
+    /// The most devices held at once in the outage in progress.
+    parked_peak: usize,
+    /// Staleness waiting out the mass-silence window: (fired, device, the
+    /// `seen_at` it was judged on).
+    pending: VecDeque<(Instant, Arc<str>, Instant)>,
+}
+
+/// What the shell reports about the telemetry source.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OutageEvent {
+    /// Verdicts are held from now on.
+    Began { cause: outage::Cause },
+    /// `outage_grace` has passed with `held` devices held.
+    Expired { fail_mode: outage::FailMode, held: usize },
+    /// The source is back; `released` devices got their deadlines back.
+    Ended { cause: outage::Cause, lasted: Duration, released: usize },
 }
 
 impl Engine {
@@ -88,7 +110,18 @@ impl Engine {
             counts: [0; 3],
             interner: Default::default(),
             generation: 0,
+            outage: outage::Tracker::default(),
+            outage_events: VecDeque::new(),
+            parked: BTreeSet::new(),
+            parked_peak: 0,
+            pending: VecDeque::new(),
         }
+    }
+
+    /// The outage settings (`[policy]`); the default otherwise.
+    pub fn with_outage(mut self, settings: outage::Settings) -> Self {
+        self.outage = outage::Tracker::new(settings);
+        self
     }
 
     /// The read handle this engine writes to.
@@ -133,7 +166,15 @@ impl Engine {
         self.conflicts.extend(conflicts.iter().cloned());
         device.conflicts = conflicts;
         self.settle(&mut device, old.as_deref(), failures, now, wall);
+        let unparked = self.parked.remove(&device.id);
         self.store(device, old.as_deref(), Cause::Telemetry, now, wall, Some(&bound));
+        // A fleet-wide silence ends when most of the silent fleet is back.
+        if unparked
+            && self.outage.current().is_some_and(|c| c.cause == outage::Cause::FleetSilent)
+            && self.parked.len() * 2 <= self.parked_peak
+        {
+            self.end_outage(now, wall);
+        }
         Ok(())
     }
 
@@ -170,8 +211,17 @@ impl Engine {
         }
     }
 
-    /// Expires stale devices and ends grace periods due by `now`.
+    /// Expires stale devices and ends grace periods due by `now`; applies
+    /// the outage grace and the mass-silence window.
     pub fn handle_timeout(&mut self, now: Instant, wall: UnixMillis) {
+        if self.outage.expire(now) {
+            let fail_mode = self.outage.settings.fail_mode;
+            self.outage_events.push_back(OutageEvent::Expired { fail_mode, held: self.parked.len() });
+            if !self.outage.holding() {
+                // `unknown`: silence counts again; held devices are re-armed.
+                self.release_parked(now, wall);
+            }
+        }
         while let Some((at, _)) = self.deadlines.first()
             && *at <= now
         {
@@ -183,18 +233,160 @@ impl Engine {
             };
             let mut device = (*old).clone();
             device.deadline = None;
-            if now.saturating_duration_since(device.seen_at) >= self.stale_after {
-                device.verdict = Verdict::Unknown;
-                device.failures = Vec::new();
-                device.enforce = Enforce::default();
-                device.since = wall;
+            let silence = self.outage.silence(device.seen_at, now);
+            if silence >= self.stale_after {
+                let live = self.counts[Verdict::Compliant.index()] + self.counts[Verdict::Noncompliant.index()];
+                if !self.outage.detecting(live) {
+                    self.go_stale(device, &old, now, wall);
+                    continue;
+                }
+                // A large fleet: staleness waits out the window, in case
+                // this is the start of a fleet-wide silence.
+                let seen_at = device.seen_at;
                 self.store(device, Some(&old), Cause::Stale, now, wall, None);
+                self.pending.push_back((now, Arc::clone(&id), seen_at));
+                if let Some(from) = self.outage.expiry(now, live) {
+                    self.begin_fleet_silence(from, now, wall);
+                }
+            } else if now.saturating_duration_since(device.seen_at) >= self.stale_after {
+                // Silent only while the source was out.
+                if self.outage.holding() {
+                    self.park(device, &old, now, wall);
+                } else {
+                    device.deadline = Some(now + (self.stale_after - silence));
+                    self.store(device, Some(&old), Cause::Stale, now, wall, None);
+                }
             } else {
                 let failures = std::mem::take(&mut device.failures);
                 self.settle(&mut device, Some(&old), failures, now, wall);
                 self.store(device, Some(&old), Cause::GraceExpired, now, wall, None);
             }
         }
+        let window = self.outage.settings.window;
+        while let Some((fired, _, _)) = self.pending.front()
+            && *fired + window <= now
+        {
+            let Some((_, id, seen_at)) = self.pending.pop_front() else { break };
+            // Not if it reported meanwhile.
+            if let Some(old) = self.table.get(&id)
+                && old.seen_at == seen_at
+                && old.verdict != Verdict::Unknown
+            {
+                let device = (*old).clone();
+                self.go_stale(device, &old, now, wall);
+            }
+        }
+    }
+
+    /// The telemetry source went down (`up` false: the connection or the
+    /// subscription is lost) or came back.
+    pub fn handle_source(&mut self, up: bool, now: Instant, wall: UnixMillis) {
+        if !up {
+            if self.outage.begin(outage::Cause::SourceDown, now, wall) {
+                self.outage_events.push_back(OutageEvent::Began { cause: outage::Cause::SourceDown });
+            }
+            return;
+        }
+        if self.outage.current().is_some_and(|c| c.cause == outage::Cause::SourceDown) {
+            self.end_outage(now, wall);
+        }
+    }
+
+    /// The outage in progress, if any.
+    pub fn outage(&self) -> Option<outage::Current> {
+        self.outage.current()
+    }
+
+    /// Devices whose verdict is held now.
+    pub fn held(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Reports produced after this (wall clock) are accepted however late
+    /// they arrive: the latest outage began then.
+    pub fn accept_since(&self) -> Option<UnixMillis> {
+        self.outage.last_began_wall()
+    }
+
+    /// The next outage event, if any.
+    pub fn poll_outage(&mut self) -> Option<OutageEvent> {
+        self.outage_events.pop_front()
+    }
+
+    fn go_stale(&mut self, mut device: Device, old: &Device, now: Instant, wall: UnixMillis) {
+        device.verdict = Verdict::Unknown;
+        device.failures = Vec::new();
+        device.enforce = Enforce::default();
+        device.since = wall;
+        device.deadline = None;
+        self.store(device, Some(old), Cause::Stale, now, wall, None);
+    }
+
+    /// Holds a device's verdict while the source is out: no deadline until
+    /// the outage ends.
+    fn park(&mut self, mut device: Device, old: &Device, now: Instant, wall: UnixMillis) {
+        device.held = true;
+        device.deadline = None;
+        self.parked.insert(Arc::clone(&device.id));
+        self.parked_peak = self.parked_peak.max(self.parked.len());
+        self.store(device, Some(old), Cause::Stale, now, wall, None);
+    }
+
+    fn begin_fleet_silence(&mut self, from: Instant, now: Instant, wall: UnixMillis) {
+        let began_wall = wall - i64::try_from(now.saturating_duration_since(from).as_millis()).unwrap_or(0);
+        if !self.outage.begin(outage::Cause::FleetSilent, from, began_wall) {
+            return;
+        }
+        for (_, id, seen_at) in std::mem::take(&mut self.pending) {
+            if let Some(old) = self.table.get(&id)
+                && old.seen_at == seen_at
+                && old.verdict != Verdict::Unknown
+            {
+                let device = (*old).clone();
+                self.park(device, &old, now, wall);
+            }
+        }
+        self.outage_events.push_back(OutageEvent::Began { cause: outage::Cause::FleetSilent });
+    }
+
+    fn end_outage(&mut self, now: Instant, wall: UnixMillis) {
+        let Some(ended) = self.outage.end(now) else { return };
+        let released = self.parked.len();
+        if ended.cause == outage::Cause::FleetSilent {
+            // Most of the fleet is back; those still silent are silent.
+            for id in std::mem::take(&mut self.parked) {
+                if let Some(old) = self.table.get(&id) {
+                    let mut device = (*old).clone();
+                    device.held = false;
+                    self.go_stale(device, &old, now, wall);
+                }
+            }
+        }
+        self.release_parked(now, wall);
+        self.outage_events.push_back(OutageEvent::Ended {
+            cause: ended.cause,
+            lasted: now.saturating_duration_since(ended.began),
+            released,
+        });
+    }
+
+    /// Held devices get their staleness deadline back, counting only the
+    /// silence heard while the source was up.
+    fn release_parked(&mut self, now: Instant, wall: UnixMillis) {
+        for id in std::mem::take(&mut self.parked) {
+            let Some(old) = self.table.get(&id) else { continue };
+            let mut device = (*old).clone();
+            device.held = false;
+            let silence = self.outage.silence(device.seen_at, now);
+            if silence >= self.stale_after {
+                // Silence counts again (`unknown` after the grace).
+                self.go_stale(device, &old, now, wall);
+            } else {
+                device.deadline = Some(now + (self.stale_after - silence));
+                self.store(device, Some(&old), Cause::Stale, now, wall, None);
+            }
+        }
+        self.parked_peak = 0;
     }
 
     /// Puts a device restored from a snapshot back, without an event: the
@@ -239,7 +431,9 @@ impl Engine {
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        let window = self.outage.settings.window;
+        let pending = self.pending.front().map(|(fired, _, _)| *fired + window);
+        self.deadlines.first().map(|(at, _)| *at).into_iter().chain(pending).chain(self.outage.expires_at()).min()
     }
 
     /// Fills in verdict, failures (keeping when each started failing),
@@ -267,7 +461,7 @@ impl Engine {
             Some(old) if old.verdict == device.verdict => old.since,
             _ => wall,
         };
-        let stale_at = device.seen_at + self.stale_after;
+        let stale_at = now + self.stale_after.saturating_sub(self.outage.silence(device.seen_at, now));
         let grace_at = grace_end.map(|end| now + Duration::from_millis(u64::try_from(end - wall).unwrap_or(0)));
         device.deadline = Some(grace_at.map_or(stale_at, |g| g.min(stale_at)));
     }

@@ -9,12 +9,13 @@ mod device;
 mod engine;
 pub mod identity;
 mod intern;
+pub mod outage;
 pub mod snapshot;
 mod table;
 
 pub use access::{Access, Grant, Rules, Stage, Why, grant};
 pub use device::{Device, Enforce, Verdict};
-pub use engine::{Cause, Change, Engine};
+pub use engine::{Cause, Change, Engine, OutageEvent};
 pub use table::Table;
 
 #[cfg(test)]

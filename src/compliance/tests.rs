@@ -285,3 +285,118 @@ proptest! {
         }
     }
 }
+
+/// Runs the engine's timers until `until`, the way the shell does.
+fn run_until(e: &mut Engine, c: &mut Clock, until_ms: u64) {
+    while let Some(at) = e.poll_timeout() {
+        let at_ms = at.saturating_duration_since(c.start).as_millis() as u64;
+        if at_ms > until_ms {
+            break;
+        }
+        c.ms = c.ms.max(at_ms);
+        e.handle_timeout(c.now(), c.wall());
+    }
+    c.ms = until_ms;
+    e.handle_timeout(c.now(), c.wall());
+}
+
+#[test]
+fn a_source_outage_holds_verdicts_and_silence_counts_again_after_it() {
+    use crate::compliance::outage::Cause as Out;
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE);
+    let mut c = Clock::new();
+    e.handle_telemetry("d", report(1, true, None), c.now(), c.wall()).unwrap();
+    drain(&mut e);
+    // 1 s after its report the source goes down, for 10 stale periods.
+    c.advance(1_000);
+    e.handle_source(false, c.now(), c.wall());
+    assert_eq!(e.poll_outage(), Some(OutageEvent::Began { cause: Out::SourceDown }));
+    run_until(&mut e, &mut c, 1_000 + 10 * STALE.as_millis() as u64);
+    assert!(drain(&mut e).is_empty(), "silence while the source is out changes nothing");
+    let d = e.table().get("d").unwrap();
+    assert_eq!((d.verdict, d.held), (Verdict::Compliant, true));
+    assert_eq!(e.held(), 1);
+    // Back: it has used 1 s of its stale_after; the rest runs from now.
+    let back = c.ms;
+    e.handle_source(true, c.now(), c.wall());
+    assert!(matches!(e.poll_outage(), Some(OutageEvent::Ended { cause: Out::SourceDown, released: 1, .. })));
+    assert!(!e.table().get("d").unwrap().held);
+    let rest = STALE.as_millis() as u64 - 1_000;
+    run_until(&mut e, &mut c, back + rest - 1);
+    assert!(drain(&mut e).is_empty());
+    run_until(&mut e, &mut c, back + rest);
+    let ev = drain(&mut e);
+    assert_eq!((ev.len(), ev[0].cause, ev[0].new), (1, Cause::Stale, Verdict::Unknown));
+}
+
+#[test]
+fn after_the_outage_grace_the_fail_mode_applies() {
+    use crate::compliance::outage::{FailMode, Settings};
+    for (mode, verdict) in [(FailMode::Hold, Verdict::Compliant), (FailMode::Unknown, Verdict::Unknown)] {
+        let grace = STALE * 3;
+        let settings = Settings { grace, fail_mode: mode, ..Settings::default() };
+        let mut e = Engine::new(Table::default(), PolicySet::default(), STALE).with_outage(settings);
+        let mut c = Clock::new();
+        e.handle_telemetry("d", report(1, true, None), c.now(), c.wall()).unwrap();
+        drain(&mut e);
+        e.handle_source(false, c.now(), c.wall());
+        run_until(&mut e, &mut c, (grace + STALE * 2).as_millis() as u64);
+        assert_eq!(e.table().get("d").unwrap().verdict, verdict, "{mode:?}");
+        let events: Vec<OutageEvent> = std::iter::from_fn(|| e.poll_outage()).collect();
+        assert!(events.iter().any(|ev| matches!(ev, OutageEvent::Expired { .. })), "{events:?}");
+    }
+}
+
+#[test]
+fn a_fleet_falling_silent_at_once_is_an_outage_not_staleness() {
+    use crate::compliance::outage::{Cause as Out, Settings};
+    let settings = Settings { window: Duration::from_secs(2), silent_fraction: 0.1, ..Settings::default() };
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE).with_outage(settings);
+    let mut c = Clock::new();
+    for i in 0..100 {
+        e.handle_telemetry(&format!("d{i}"), report(1, true, None), c.now(), c.wall()).unwrap();
+        c.advance(10);
+    }
+    drain(&mut e);
+    // Nobody reports again: the deadlines fire 10 ms apart.
+    run_until(&mut e, &mut c, STALE.as_millis() as u64 + 2_000);
+    assert!(drain(&mut e).is_empty(), "no device went unknown");
+    assert_eq!(e.poll_outage(), Some(OutageEvent::Began { cause: Out::FleetSilent }));
+    assert_eq!(e.held(), 100);
+    // Half the fleet comes back: the outage ends; the silent rest is stale.
+    for i in 0..50 {
+        e.handle_telemetry(&format!("d{i}"), report(2, true, None), c.now(), c.wall()).unwrap();
+    }
+    assert!(matches!(e.poll_outage(), Some(OutageEvent::Ended { cause: Out::FleetSilent, released: 50, .. })));
+    let stale = drain(&mut e).into_iter().filter(|ch| ch.new == Verdict::Unknown).count();
+    assert_eq!(stale, 50);
+    assert_eq!(e.held(), 0);
+    assert_eq!(e.counts(), [50, 0, 50]);
+}
+
+#[test]
+fn a_few_devices_going_silent_in_a_large_fleet_go_stale_after_the_window() {
+    use crate::compliance::outage::Settings;
+    let window = Duration::from_secs(2);
+    let settings = Settings { window, silent_fraction: 0.1, ..Settings::default() };
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE).with_outage(settings);
+    let mut c = Clock::new();
+    for i in 0..100 {
+        e.handle_telemetry(&format!("d{i}"), report(1, true, None), c.now(), c.wall()).unwrap();
+    }
+    drain(&mut e);
+    // All but three keep reporting.
+    let mut seq = 1;
+    while c.ms < STALE.as_millis() as u64 * 3 {
+        c.advance(STALE.as_millis() as u64 / 4);
+        seq += 1;
+        for i in 3..100 {
+            e.handle_telemetry(&format!("d{i}"), report(seq, true, None), c.now(), c.wall()).unwrap();
+        }
+        e.handle_timeout(c.now(), c.wall());
+    }
+    let stale: Vec<String> =
+        drain(&mut e).into_iter().filter(|ch| ch.new == Verdict::Unknown).map(|ch| ch.device.to_string()).collect();
+    assert_eq!(stale, ["d0", "d1", "d2"]);
+    assert_eq!(e.poll_outage(), None);
+}

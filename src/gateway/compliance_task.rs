@@ -21,6 +21,8 @@ pub struct ComplianceTask {
     pub engine: Engine,
     pub telemetry: mpsc::Receiver<Inbound>,
     pub policies: mpsc::Receiver<PolicySet>,
+    /// True while the telemetry subscription is up.
+    pub source: watch::Receiver<bool>,
     pub pattern: TopicPattern,
     pub freshness: Freshness,
     pub changes: broadcast::Sender<Arc<Change>>,
@@ -29,6 +31,8 @@ pub struct ComplianceTask {
     pub metrics: Arc<Metrics>,
     pub state_dir: PathBuf,
     pub snapshot_every: Duration,
+    /// For the log line when an outage begins.
+    pub outage_grace: Duration,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -63,6 +67,13 @@ impl ComplianceTask {
                     }
                 }
                 _ = timer.fired() => self.engine.handle_timeout(Instant::now(), wall_now()),
+                r = self.source.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let up = *self.source.borrow_and_update();
+                    self.engine.handle_source(up, Instant::now(), wall_now());
+                }
                 _ = snapshot_tick.tick() => {
                     // Nothing changed since the last one: nothing to write.
                     if self.engine.generation() != snapshot_generation && self.snapshot(&snapshot_busy) {
@@ -100,6 +111,7 @@ impl ComplianceTask {
 
     /// Publishes every queued change and refreshes the device gauges.
     fn drain(&mut self) {
+        self.outages();
         while let Some(c) = self.engine.poll_conflict() {
             self.metrics.identity_conflict(c.kind.label());
             tracing::info!(device = %c.claimant, owner = %c.owner, kind = c.kind.label(), "identity claim refused: bound to another live device");
@@ -121,6 +133,35 @@ impl ComplianceTask {
         if any {
             self.metrics.set_devices(self.engine.counts());
         }
+    }
+
+    /// Reports the telemetry source's outages, and keeps the backlog of the
+    /// latest one acceptable.
+    fn outages(&mut self) {
+        use crate::compliance::OutageEvent;
+        while let Some(event) = self.engine.poll_outage() {
+            match event {
+                OutageEvent::Began { cause } => tracing::warn!(
+                    cause = cause.label(),
+                    grace = %humantime::format_duration(self.outage_grace),
+                    "telemetry source out: verdicts held, silence enforces nothing"
+                ),
+                OutageEvent::Expired { fail_mode, held } => tracing::warn!(
+                    ?fail_mode,
+                    held,
+                    "telemetry source still out after outage_grace; the fail mode applies"
+                ),
+                OutageEvent::Ended { cause, lasted, released } => tracing::info!(
+                    cause = cause.label(),
+                    lasted_ms = lasted.as_millis() as u64,
+                    released,
+                    "telemetry source back: held verdicts released"
+                ),
+            }
+        }
+        self.freshness.not_before = self.engine.accept_since();
+        self.metrics.telemetry_source_up.set(i64::from(self.engine.outage().is_none()));
+        self.metrics.verdicts_held.set(i64::try_from(self.engine.held()).unwrap_or(i64::MAX));
     }
 
     /// Writes the snapshot off the async threads, one at a time; false when

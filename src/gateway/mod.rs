@@ -46,7 +46,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // Restore the table before anything can ask it a question, so there is
     // no moment where a known device looks unknown, or an unknown one compliant.
     let table = Table::default();
-    let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after);
+    let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after).with_outage(cfg.policy.outage());
     let (mut entries, bad) = snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
     // Identity owners before the devices whose claims were refused, so the
     // bindings come back as they were.
@@ -56,6 +56,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     for e in entries {
         engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
     }
+    // Until the telemetry subscription is up, nothing is heard: silence
+    // then holds verdicts instead of expiring them.
+    engine.handle_source(false, now, wall);
+    while engine.poll_outage().is_some() {}
     metrics.snapshot_bad_lines.inc_by(bad as u64);
     metrics.set_devices(engine.counts());
     if restored > 0 || bad > 0 {
@@ -112,6 +116,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_QUEUE);
+    let (source_tx, source_rx) = watch::channel(false);
     let (policy_tx, policy_rx) = mpsc::channel(4);
     let ready = Arc::new(Readiness::default());
     let mut tasks = tokio::task::JoinSet::new();
@@ -126,6 +131,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         telemetry_tx,
         Arc::clone(&metrics),
         Arc::clone(&ready.telemetry),
+        source_tx,
         shutdown.clone(),
     ));
     tasks.spawn(status::run(
@@ -139,16 +145,19 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             engine,
             telemetry: telemetry_rx,
             policies: policy_rx,
+            source: source_rx,
             pattern: cfg.mqtt.telemetry_topic.clone(),
             freshness: Freshness {
                 max_age_ms: i64::try_from(cfg.policy.stale_after.as_millis()).unwrap_or(i64::MAX),
                 max_skew_ms: i64::try_from(cfg.mqtt.max_clock_skew.as_millis()).unwrap_or(i64::MAX),
+                not_before: None,
             },
             changes: changes_tx.clone(),
             reconcile: reconcile_tx,
             metrics: Arc::clone(&metrics),
             state_dir: cfg.node.state_dir.clone(),
             snapshot_every: cfg.node.snapshot_every,
+            outage_grace: cfg.policy.outage_grace,
             shutdown: shutdown.clone(),
         }
         .run(),

@@ -96,8 +96,13 @@ fn tls_config(cfg: &Mqtt) -> anyhow::Result<rustls::ClientConfig> {
     })
 }
 
-/// Exponential backoff with jitter: 100 ms doubling to 30 s, each wait drawn
-/// from [half, full] so a fleet of wardens does not reconnect in lockstep.
+/// Exponential backoff with jitter: 100 ms doubling, each wait drawn from
+/// [half, full] so a fleet of wardens does not reconnect in lockstep. A
+/// broker that refused the connection (a CONNACK refusal: credentials,
+/// "server unavailable") is retried up to every 30 s; a broker that cannot
+/// be reached at all is probed at least every second, so warden is
+/// subscribed again within about a second of it accepting connections: the
+/// verdicts held meanwhile depend on it.
 struct Backoff {
     next: Duration,
 }
@@ -105,6 +110,8 @@ struct Backoff {
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(30);
+    /// The cap while the broker is unreachable (no CONNACK at all).
+    const MAX_UNREACHABLE: Duration = Duration::from_secs(1);
 
     fn new() -> Self {
         Self { next: Self::FIRST }
@@ -115,9 +122,22 @@ impl Backoff {
     }
 
     fn wait(&mut self) -> Duration {
-        let full = self.next;
+        self.wait_capped(Self::MAX)
+    }
+
+    fn wait_capped(&mut self, cap: Duration) -> Duration {
+        let full = self.next.min(cap);
         self.next = (self.next * 2).min(Self::MAX);
         full.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// The wait after `error`: refusals back off fully, unreachable brokers
+    /// are probed every second at most.
+    fn wait_after(&mut self, error: &rumqttc::ConnectionError) -> Duration {
+        match error {
+            rumqttc::ConnectionError::ConnectionRefused(_) => self.wait(),
+            _ => self.wait_capped(Self::MAX_UNREACHABLE),
+        }
     }
 
     /// Logs a lost connection and sleeps the next backoff; `false` if
@@ -128,7 +148,7 @@ impl Backoff {
         what: &str,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        let wait = self.wait();
+        let wait = self.wait_after(error);
         tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "{what}");
         tokio::select! {
             _ = tokio::time::sleep(wait) => true,
@@ -137,8 +157,10 @@ impl Backoff {
     }
 }
 
-/// Runs the connection until `shutdown` turns true. `ready` is true while the
-/// telemetry subscription is acknowledged.
+/// Runs the connection until `shutdown` turns true. `ready` is true, and
+/// `source` says so to the compliance task, while the telemetry
+/// subscription is acknowledged.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: AsyncClient,
     mut eventloop: EventLoop,
@@ -146,6 +168,7 @@ pub async fn run(
     tx: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    source: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
@@ -175,6 +198,7 @@ pub async fn run(
                 let granted = ack.return_codes.iter().all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if granted {
                     ready.store(true, Ordering::Release);
+                    source.send_replace(true);
                     metrics.mqtt_connected.set(1);
                     tracing::info!("telemetry subscription active");
                 } else {
@@ -186,6 +210,7 @@ pub async fn run(
                 if ready.swap(false, Ordering::AcqRel) {
                     metrics.mqtt_disconnects.inc();
                 }
+                source.send_replace(false);
                 metrics.mqtt_connected.set(0);
                 if !backoff.pause(&e, "MQTT connection lost", &mut shutdown).await {
                     break;
@@ -233,5 +258,15 @@ mod tests {
         assert!(waits[11] >= Backoff::MAX / 2);
         b.reset();
         assert!(b.wait() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn an_unreachable_broker_is_probed_every_second_and_a_refusal_backs_off() {
+        let mut b = Backoff::new();
+        let io = || rumqttc::ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let waits: Vec<Duration> = (0..20).map(|_| b.wait_after(&io())).collect();
+        assert!(waits.iter().all(|w| *w <= Backoff::MAX_UNREACHABLE), "{waits:?}");
+        let refused = rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized);
+        assert!(b.wait_after(&refused) >= Backoff::MAX / 2, "a refusal waits the full backoff");
     }
 }

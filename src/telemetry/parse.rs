@@ -113,6 +113,10 @@ pub struct Freshness {
     pub max_age_ms: i64,
     /// A report further ahead than this is refused as [`Refusal::Future`].
     pub max_skew_ms: i64,
+    /// Reports produced at or after this are not too old however late they
+    /// arrive: the telemetry source was out from then, and its backlog is
+    /// real news (replays are still refused by `seq`).
+    pub not_before: Option<UnixMillis>,
 }
 
 /// Parses a payload and checks its `ts` against `wall_now`. The `seq` check
@@ -125,7 +129,7 @@ pub fn parse_payload(payload: &[u8], wall_now: UnixMillis, fresh: Freshness) -> 
         serde_json::error::Category::Data => Refusal::InvalidField(e.to_string()),
         _ => Refusal::Malformed(e.to_string()),
     })?;
-    if report.ts < wall_now.saturating_sub(fresh.max_age_ms) {
+    if report.ts < wall_now.saturating_sub(fresh.max_age_ms) && fresh.not_before.is_none_or(|t| report.ts < t) {
         return Err(Refusal::TooOld);
     }
     if report.ts > wall_now.saturating_add(fresh.max_skew_ms) {
@@ -139,7 +143,7 @@ mod tests {
     use super::*;
 
     const NOW: UnixMillis = 1_795_000_000_000; // 2026-11-18
-    const FRESH: Freshness = Freshness { max_age_ms: 15 * 60_000, max_skew_ms: 5 * 60_000 };
+    const FRESH: Freshness = Freshness { max_age_ms: 15 * 60_000, max_skew_ms: 5 * 60_000, not_before: None };
 
     fn ts(ms: UnixMillis) -> String {
         crate::telemetry::report::format_rfc3339(ms)
@@ -218,5 +222,14 @@ mod tests {
         }
         let big = vec![b' '; MAX_PAYLOAD + 1];
         assert_eq!(parse_payload(&big, NOW, FRESH), Err(Refusal::Oversize));
+    }
+
+    #[test]
+    fn a_backlog_from_an_outage_is_not_too_old() {
+        let late = format!(r#"{{"seq":1,"ts":"{}"}}"#, ts(NOW - 16 * 60_000));
+        let outage = Freshness { not_before: Some(NOW - 20 * 60_000), ..FRESH };
+        assert!(parse_payload(late.as_bytes(), NOW, outage).is_ok(), "produced after the outage began");
+        let older = Freshness { not_before: Some(NOW - 10 * 60_000), ..FRESH };
+        assert_eq!(parse_payload(late.as_bytes(), NOW, older).err(), Some(Refusal::TooOld), "before it: too old");
     }
 }
