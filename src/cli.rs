@@ -1,4 +1,4 @@
-//! The command line: `warden run | check | certs init | policy test`.
+//! The command line: `warden run | check | certs init | policy test | changes`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -37,6 +37,35 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The circuit breaker's held batches, through the API of a running warden.
+    Changes {
+        #[command(subcommand)]
+        command: ChangesCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// How to reach a running warden's API.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// Its API, e.g. http://127.0.0.1:9090 (default: the config's http.listen).
+    #[arg(long, global = true)]
+    pub api: Option<String>,
+    /// A file holding the API token (default: the config's http.token_file).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The configuration the defaults come from (default: the embedded one).
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChangesCommand {
+    /// List the held batches.
+    List,
+    /// Apply the held batch ID.
+    Confirm { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]

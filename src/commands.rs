@@ -144,3 +144,48 @@ pub fn certs_init(dir: &Path, device: &str, server_name: &str) -> ExitCode {
         }
     }
 }
+
+/// `warden changes list | confirm ID`, through the API of a running warden.
+pub fn changes(command: &crate::cli::ChangesCommand, args: &crate::cli::ApiArgs) -> ExitCode {
+    use crate::cli::ChangesCommand;
+    let api = match api_client(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("warden: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (method, path) = match command {
+        ChangesCommand::List => ("GET", "/api/v1/changes".to_string()),
+        ChangesCommand::Confirm { id } => ("POST", format!("/api/v1/changes/{id}/confirm")),
+    };
+    match api.request(method, &path) {
+        Ok((200, body)) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((code, body)) => {
+            eprintln!("warden: the API answered {code}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("warden: cannot reach the API: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The API client from `--api` and `--token-file`, else the config's `[http]`.
+fn api_client(args: &crate::cli::ApiArgs) -> Result<crate::client::Api, String> {
+    let loaded = match &args.config {
+        Some(f) => Loaded::from_file(f)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?,
+        None => Loaded::embedded_default(),
+    };
+    let url = args.api.clone().unwrap_or_else(|| format!("http://{}", loaded.config.http.listen));
+    let token = match &args.token_file {
+        Some(f) => Some(std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?.trim().to_string()),
+        None => loaded.secrets.api_token.clone(),
+    };
+    crate::client::Api::new(&url, token)
+}

@@ -29,12 +29,22 @@ pub struct ApiState {
     pub ready: Arc<Readiness>,
     pub token: Option<Arc<str>>,
     pub stale_after: std::time::Duration,
+    pub changes: Changes,
+}
+
+/// The circuit breaker's held batches, and the way to confirm one.
+#[derive(Clone)]
+pub struct Changes {
+    pub held: tokio::sync::watch::Receiver<Vec<crate::compliance::Held>>,
+    pub confirm: tokio::sync::mpsc::Sender<crate::gateway::Confirm>,
 }
 
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
+        .route("/api/v1/changes", get(list_changes))
+        .route("/api/v1/changes/{id}/confirm", axum::routing::post(confirm_change))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -76,6 +86,45 @@ async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> R
         }
     }
     next.run(req).await
+}
+
+fn held_json(h: &crate::compliance::Held) -> Value {
+    json!({
+        "id": h.id,
+        "cause": h.cause.label(),
+        "restricting": h.restricting,
+        "devices": h.live,
+        "held_since": format_rfc3339(h.since),
+    })
+}
+
+/// `GET /api/v1/changes`: the batches the circuit breaker holds.
+async fn list_changes(State(s): State<ApiState>) -> Response {
+    let held: Vec<Value> = s.changes.held.borrow().iter().map(held_json).collect();
+    Json(json!({ "changes": held })).into_response()
+}
+
+/// `POST /api/v1/changes/{id}/confirm`: applies a held batch. A write: it
+/// needs `http.token_file` to be configured (the token was checked by the
+/// layer in front).
+async fn confirm_change(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    if s.token.is_none() {
+        return (StatusCode::FORBIDDEN, Json(json!({"error": "writes need an API token: set http.token_file"})))
+            .into_response();
+    }
+    let Ok(id) = id.parse::<u64>() else { return bad_request("a change id is a number") };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if s.changes.confirm.send(crate::gateway::Confirm { id, reply }).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "shutting down"}))).into_response();
+    }
+    match answer.await {
+        Ok(Some(h)) => {
+            tracing::info!(change = h.id, "held change confirmed through the API");
+            Json(json!({ "confirmed": held_json(&h) })).into_response()
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": "no held change with that id"}))).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "shutting down"}))).into_response(),
+    }
 }
 
 #[derive(Deserialize)]

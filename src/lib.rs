@@ -11,6 +11,7 @@
 pub mod broker;
 pub mod certs;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod compliance;
 pub mod config;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Certs { command: CertsCommand::Init { dir, device, server_name } } => {
             warden::commands::certs_init(&dir, &device, &server_name)
         }
+        Command::Changes { command, api } => warden::commands::changes(&command, &api),
     }
 }
 

@@ -84,6 +84,33 @@ pub struct Engine {
     /// Staleness waiting out the mass-silence window: (fired, device, the
     /// `seen_at` it was judged on).
     pending: VecDeque<(Instant, Arc<str>, Instant)>,
+    /// The circuit breaker: its share, the batch it holds, its events.
+    max_restrict_fraction: f64,
+    held: Option<(Held, PolicySet)>,
+    next_held: u64,
+    breaker_events: VecDeque<BreakerEvent>,
+}
+
+/// A batch of restrictions the circuit breaker holds until confirmed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    pub id: u64,
+    pub cause: Cause,
+    /// Devices it would newly quarantine.
+    pub restricting: usize,
+    /// Devices with a current verdict when it was held.
+    pub live: usize,
+    /// When it was held (wall clock).
+    pub since: UnixMillis,
+}
+
+/// What the circuit breaker did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BreakerEvent {
+    Held(Held),
+    Confirmed(Held),
+    /// A newer policy set replaced it.
+    Superseded(Held),
 }
 
 /// What the shell reports about the telemetry source.
@@ -115,6 +142,11 @@ impl Engine {
             parked: BTreeSet::new(),
             parked_peak: 0,
             pending: VecDeque::new(),
+            // Off unless configured: the engine alone never holds.
+            max_restrict_fraction: 1.0,
+            held: None,
+            next_held: 0,
+            breaker_events: VecDeque::new(),
         }
     }
 
@@ -193,9 +225,80 @@ impl Engine {
         self.conflicts.pop_front()
     }
 
-    /// Puts a new policy set in force and re-evaluates every device that has
-    /// a current report (stale devices stay unknown until they report).
+    /// A new policy set. It is put in force and every device with a
+    /// current report re-evaluated (stale devices stay unknown until they
+    /// report) unless it would newly quarantine more than the circuit
+    /// breaker's share of them: then nothing changes, and the set waits as a
+    /// [`Held`] batch for [`Engine::confirm`]. A newer set replaces a held one.
     pub fn handle_policies(&mut self, policies: PolicySet, now: Instant, wall: UnixMillis) {
+        let (restricting, live) = self.restricting_under(&policies, wall);
+        // Single-device changes never wait.
+        if restricting >= 2 && restricting as f64 > self.max_restrict_fraction * live as f64 {
+            self.next_held += 1;
+            let held = Held { id: self.next_held, cause: Cause::PolicyReload, restricting, live, since: wall };
+            self.breaker_events.push_back(BreakerEvent::Held(held.clone()));
+            self.held = Some((held, policies));
+            return;
+        }
+        if let Some((superseded, _)) = self.held.take() {
+            self.breaker_events.push_back(BreakerEvent::Superseded(superseded));
+        }
+        self.apply_policies(policies, now, wall);
+    }
+
+    /// Applies the held batch `id`, as an operator confirmed it.
+    pub fn confirm(&mut self, id: u64, now: Instant, wall: UnixMillis) -> Option<Held> {
+        if self.held.as_ref().is_none_or(|(h, _)| h.id != id) {
+            return None;
+        }
+        let (held, policies) = self.held.take()?;
+        self.breaker_events.push_back(BreakerEvent::Confirmed(held.clone()));
+        self.apply_policies(policies, now, wall);
+        Some(held)
+    }
+
+    /// The batches the circuit breaker holds.
+    pub fn held_changes(&self) -> Vec<Held> {
+        self.held.iter().map(|(h, _)| h.clone()).collect()
+    }
+
+    /// The next circuit-breaker event, if any.
+    pub fn poll_breaker(&mut self) -> Option<BreakerEvent> {
+        self.breaker_events.pop_front()
+    }
+
+    /// The circuit breaker's share (`policy.max_restrict_fraction`).
+    pub fn with_breaker(mut self, max_restrict_fraction: f64) -> Self {
+        self.max_restrict_fraction = max_restrict_fraction;
+        self
+    }
+
+    /// How many devices with a current verdict `policies` would newly
+    /// quarantine (cutting their running sessions), and how many there are.
+    fn restricting_under(&self, policies: &PolicySet, wall: UnixMillis) -> (usize, usize) {
+        let (mut restricting, mut live) = (0, 0);
+        self.table.for_each(|d| {
+            if d.verdict == Verdict::Unknown {
+                return;
+            }
+            live += 1;
+            if d.enforce.quarantine {
+                return;
+            }
+            let mut failures = decide(policies, &d.report, wall).failures;
+            for f in &mut failures {
+                if let Some(prev) = d.failures.iter().find(|p| p.same_rule(f)) {
+                    f.since = prev.since;
+                }
+            }
+            if Enforce::of(&failures, wall).0.quarantine {
+                restricting += 1;
+            }
+        });
+        (restricting, live)
+    }
+
+    fn apply_policies(&mut self, policies: PolicySet, now: Instant, wall: UnixMillis) {
         self.policies = policies;
         for id in self.table.sorted_ids() {
             let Some(old) = self.table.get(&id) else {

@@ -400,3 +400,41 @@ fn a_few_devices_going_silent_in_a_large_fleet_go_stale_after_the_window() {
     assert_eq!(stale, ["d0", "d1", "d2"]);
     assert_eq!(e.poll_outage(), None);
 }
+
+#[test]
+fn a_reload_that_would_quarantine_half_the_fleet_waits_for_confirmation() {
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE * 1000).with_breaker(0.1);
+    let c = Clock::new();
+    for i in 0..10 {
+        e.handle_telemetry(&format!("d{i}"), report(1, i % 2 == 0, None), c.now(), c.wall()).unwrap();
+    }
+    drain(&mut e);
+    let strict = || policies(&[&encrypted_policy("critical", "always", "0s")]);
+    e.handle_policies(strict(), c.now(), c.wall());
+    assert!(drain(&mut e).is_empty(), "nothing applied");
+    assert_eq!(e.counts(), [10, 0, 0]);
+    let held = e.held_changes();
+    assert_eq!((held.len(), held[0].restricting, held[0].live), (1, 5, 10));
+    assert!(matches!(e.poll_breaker(), Some(BreakerEvent::Held(_))));
+    assert!(e.confirm(held[0].id + 1, c.now(), c.wall()).is_none(), "only the held batch");
+    // A newer set replaces it (and is held again, with a new id).
+    e.handle_policies(strict(), c.now(), c.wall());
+    let again = e.held_changes();
+    assert_ne!(again[0].id, held[0].id);
+    assert!(e.confirm(held[0].id, c.now(), c.wall()).is_none(), "the replaced batch is gone");
+    let confirmed = e.confirm(again[0].id, c.now(), c.wall()).expect("confirmed");
+    assert_eq!(confirmed.restricting, 5);
+    assert_eq!(drain(&mut e).iter().filter(|ch| ch.new == Verdict::Noncompliant).count(), 5);
+    assert!(e.held_changes().is_empty());
+}
+
+#[test]
+fn a_change_restricting_one_device_never_waits() {
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE * 1000).with_breaker(0.1);
+    let c = Clock::new();
+    e.handle_telemetry("d", report(1, false, None), c.now(), c.wall()).unwrap();
+    drain(&mut e);
+    e.handle_policies(policies(&[&encrypted_policy("critical", "always", "0s")]), c.now(), c.wall());
+    assert_eq!(drain(&mut e).len(), 1, "100% of a one-device fleet, applied at once");
+    assert!(e.held_changes().is_empty());
+}

@@ -2,7 +2,7 @@
 //! policy sets and timeouts, publishes every verdict change to the planes,
 //! and writes the snapshot.
 
-use crate::compliance::{Change, Engine, snapshot};
+use crate::compliance::{Change, Engine, Held, snapshot};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 use crate::telemetry::ingest::{Inbound, wall_now};
@@ -14,6 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 
+/// An operator's confirmation of a held batch; the reply is the batch
+/// applied, or `None` when no batch has that id.
+pub struct Confirm {
+    pub id: u64,
+    pub reply: tokio::sync::oneshot::Sender<Option<Held>>,
+}
+
 /// Messages taken from the channel in one go before events are drained.
 const BATCH: usize = 1024;
 
@@ -23,6 +30,10 @@ pub struct ComplianceTask {
     pub policies: mpsc::Receiver<PolicySet>,
     /// True while the telemetry subscription is up.
     pub source: watch::Receiver<bool>,
+    /// Confirmations of held batches, from the API.
+    pub confirms: mpsc::Receiver<Confirm>,
+    /// The batches the circuit breaker holds, for the API.
+    pub held: watch::Sender<Vec<Held>>,
     pub pattern: TopicPattern,
     pub freshness: Freshness,
     pub changes: broadcast::Sender<Arc<Change>>,
@@ -67,6 +78,13 @@ impl ComplianceTask {
                     }
                 }
                 _ = timer.fired() => self.engine.handle_timeout(Instant::now(), wall_now()),
+                Some(confirm) = self.confirms.recv() => {
+                    let done = self.engine.confirm(confirm.id, Instant::now(), wall_now());
+                    if done.is_some() {
+                        self.reconcile.send_modify(|n| *n += 1);
+                    }
+                    let _ = confirm.reply.send(done);
+                }
                 r = self.source.changed() => {
                     if r.is_err() {
                         break;
@@ -112,6 +130,7 @@ impl ComplianceTask {
     /// Publishes every queued change and refreshes the device gauges.
     fn drain(&mut self) {
         self.outages();
+        self.breaker();
         while let Some(c) = self.engine.poll_conflict() {
             self.metrics.identity_conflict(c.kind.label());
             tracing::info!(device = %c.claimant, owner = %c.owner, kind = c.kind.label(), "identity claim refused: bound to another live device");
@@ -132,6 +151,36 @@ impl ComplianceTask {
         }
         if any {
             self.metrics.set_devices(self.engine.counts());
+        }
+    }
+
+    /// Reports what the circuit breaker did and publishes what it holds.
+    fn breaker(&mut self) {
+        use crate::compliance::BreakerEvent;
+        let mut any = false;
+        while let Some(event) = self.engine.poll_breaker() {
+            any = true;
+            match event {
+                BreakerEvent::Held(h) => tracing::warn!(
+                    change = h.id,
+                    cause = h.cause.label(),
+                    restricting = h.restricting,
+                    devices = h.live,
+                    "circuit breaker: a change would quarantine too many devices; held until confirmed (warden changes confirm {})",
+                    h.id
+                ),
+                BreakerEvent::Confirmed(h) => {
+                    tracing::info!(change = h.id, restricting = h.restricting, "held change confirmed and applied")
+                }
+                BreakerEvent::Superseded(h) => {
+                    tracing::info!(change = h.id, "held change replaced by a newer one")
+                }
+            }
+        }
+        if any {
+            let held = self.engine.held_changes();
+            self.metrics.changes_pending.set(held.len() as i64);
+            self.held.send_replace(held);
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod authorize;
 mod compliance_task;
+pub use compliance_task::Confirm;
 mod radius_enforce;
 mod radius_task;
 mod reload;
@@ -46,7 +47,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // Restore the table before anything can ask it a question, so there is
     // no moment where a known device looks unknown, or an unknown one compliant.
     let table = Table::default();
-    let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after).with_outage(cfg.policy.outage());
+    let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after)
+        .with_outage(cfg.policy.outage())
+        .with_breaker(cfg.policy.max_restrict_fraction);
     let (mut entries, bad) = snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
     // Identity owners before the devices whose claims were refused, so the
     // bindings come back as they were.
@@ -117,6 +120,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_QUEUE);
     let (source_tx, source_rx) = watch::channel(false);
+    let (confirm_tx, confirm_rx) = mpsc::channel(16);
+    let (held_tx, held_rx) = watch::channel(Vec::new());
     let (policy_tx, policy_rx) = mpsc::channel(4);
     let ready = Arc::new(Readiness::default());
     let mut tasks = tokio::task::JoinSet::new();
@@ -146,6 +151,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             telemetry: telemetry_rx,
             policies: policy_rx,
             source: source_rx,
+            confirms: confirm_rx,
+            held: held_tx,
             pattern: cfg.mqtt.telemetry_topic.clone(),
             freshness: Freshness {
                 max_age_ms: i64::try_from(cfg.policy.stale_after.as_millis()).unwrap_or(i64::MAX),
@@ -176,6 +183,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         ready: Arc::clone(&ready),
         token: loaded.secrets.api_token.as_deref().map(Arc::from),
         stale_after: cfg.policy.stale_after,
+        changes: crate::http::Changes { held: held_rx, confirm: confirm_tx },
     });
     let mut http_shutdown = shutdown.clone();
     tasks.spawn(async move {

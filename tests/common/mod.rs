@@ -228,6 +228,13 @@ impl Warden {
         (code == 200).then(|| serde_json::from_str(&body).unwrap())
     }
 
+    /// The device JSON, with request headers (a token); panics on anything but 200.
+    pub fn device_with(&self, id: &str, headers: &[(&str, &str)]) -> serde_json::Value {
+        let (code, body) = http_get_with(self.http, &format!("/api/v1/devices/{id}"), headers).expect("device");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
     /// Waits until the device's verdict is `verdict`; returns the device JSON.
     pub fn wait_verdict(&self, id: &str, verdict: &str) -> serde_json::Value {
         wait_for(&format!("{id} to be {verdict}"), Duration::from_secs(10), || {

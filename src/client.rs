@@ -1,0 +1,93 @@
+//! A small HTTP/1.1 client for the commands that act on a running warden
+//! (`warden changes ...`): plain `http://` to its API, one request per
+//! connection, bounded in time and size. Written here because the API is
+//! local and this is all the CLI needs; a general client would bring a
+//! second TLS stack and an async runtime into one-shot commands.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Responses larger than this are refused.
+const MAX_RESPONSE: u64 = 16 << 20;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the API is and the token to show it.
+pub struct Api {
+    /// `host:port`.
+    pub authority: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    /// From `http://host:port` (a trailing `/` allowed).
+    pub fn new(url: &str, token: Option<String>) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(format!("{url}: give the API as http://host:port"));
+        }
+        Ok(Self { authority: authority.to_string(), token })
+    }
+
+    /// `method path` with an empty body: (status, body).
+    pub fn request(&self, method: &str, path: &str) -> Result<(u16, String), String> {
+        let addr = self
+            .authority
+            .to_socket_addrs()
+            .map_err(|e| format!("{}: {e}", self.authority))?
+            .next()
+            .ok_or_else(|| format!("{}: no address", self.authority))?;
+        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("{}: {e}", self.authority))?;
+        s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+        let auth = self.token.as_deref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.authority
+        )
+        .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(|e| e.to_string())?;
+        parse(&raw)
+    }
+}
+
+fn parse(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("an incomplete HTTP response")?;
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or("an HTTP response without a status")?;
+    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_responses() {
+        assert_eq!(Api::new("http://127.0.0.1:9090/", None).unwrap().authority, "127.0.0.1:9090");
+        assert!(Api::new("https://x:1", None).is_err());
+        assert!(Api::new("http://x:1/api", None).is_err());
+        let (code, body) = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((code, body.as_str()), (200, "{}"));
+        let (_, body) = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n").unwrap();
+        assert_eq!(body, "{}");
+        assert!(parse(b"garbage").is_err());
+    }
+}
