@@ -421,3 +421,51 @@ fn a_device_that_reported_its_key_is_admitted_with_a_pool_address() {
     assert_eq!(lab.ping(&["-c", "2", "-i", "0.2", "-W", "1", REMEDIATION]).1, 2);
     w.stop();
 }
+
+/// A BYOD device reporting `agent`: below 3.2 it fails an `admission` rule.
+fn byod_report(w: &Warden, seq: u64, agent: &str) {
+    let r = json!({"seq": seq, "ts": common::ts(0), "os": "android", "groups": ["byod"], "agent_version": agent});
+    common::publish_in(w.netns.as_deref(), w.mqtt, "devices/laptop-1/telemetry", &r.to_string());
+}
+
+#[test]
+fn an_admission_failure_restricts_a_new_tunnel_only() {
+    if !can_run() {
+        return;
+    }
+    let dir = Warden::workdir();
+    let mut lab = Lab::new(&dir);
+    let w = start(&lab, &dir);
+    // Compliant, then an outdated agent, all before any handshake.
+    byod_report(&w, 1, "3.2.0");
+    w.wait_verdict("laptop-1", "compliant");
+    byod_report(&w, 2, "3.0.0");
+    let d = w.wait_verdict("laptop-1", "noncompliant");
+    assert_eq!(d["enforce"]["deny_admission"], true, "{d}");
+    assert_eq!(d["enforce"]["quarantine"], false, "{d}");
+
+    // The tunnel established now is an admission: remediation only.
+    lab.start_peer();
+    let (_, got) = lab.ping(&["-c", "3", "-i", "0.2", "-W", "1", REMEDIATION]);
+    assert_eq!(got, 3, "remediation reachable; log:\n{}", w.log_text());
+    assert_eq!(lab.ping(&["-c", "2", "-i", "0.2", "-W", "1", ELSEWHERE]).1, 0, "and nothing else");
+
+    // Fixed: the running tunnel is restored.
+    byod_report(&w, 3, "3.2.0");
+    w.wait_verdict("laptop-1", "compliant");
+    wait_for("the tunnel restored", Duration::from_secs(5), || {
+        (lab.ping(&["-c", "1", "-W", "1", ELSEWHERE]).1 == 1).then_some(())
+    });
+
+    // An admission failure does not cut the tunnel that is up.
+    let handshake = lab.latest_handshake();
+    byod_report(&w, 4, "3.0.0");
+    w.wait_verdict("laptop-1", "noncompliant");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        lab.ping(&["-c", "3", "-i", "0.2", "-W", "1", ELSEWHERE]).1,
+        3,
+        "a running tunnel follows `always` only"
+    );
+    assert_eq!(lab.latest_handshake(), handshake, "no new handshake meanwhile");
+}
