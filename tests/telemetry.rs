@@ -208,7 +208,7 @@ fn a_silent_device_becomes_unknown() {
 }
 
 #[test]
-fn restart_keeps_verdicts_and_stale_ones_come_back_stale() {
+fn restart_keeps_verdicts_and_the_time_warden_was_down_is_not_silence() {
     let dir = Warden::workdir();
     let mut setup = Setup::embedded();
     setup.stale_after = "4s";
@@ -234,10 +234,17 @@ fn restart_keeps_verdicts_and_stale_ones_come_back_stale() {
     w2.wait_metric("warden_telemetry_messages_total{result=\"replay\"}", 1.0);
     drop(w2);
 
-    // Down for longer than stale_after: they come back unknown, never compliant.
+    // Down for longer than stale_after: no one could hear them meanwhile,
+    // so that time is an outage, not silence. They come back with their
+    // verdicts, and go unknown once stale_after passes with warden listening.
     std::thread::sleep(Duration::from_secs(5));
     let w3 = Warden::start(&dir, &setup);
-    assert_eq!(w3.device("pos-ok").unwrap()["verdict"], "unknown");
-    assert_eq!(w3.device("pos-bad").unwrap()["verdict"], "unknown");
-    assert_eq!(w3.metric("warden_devices{verdict=\"unknown\"}"), 2.0);
+    let back = std::time::Instant::now();
+    assert_eq!(w3.device("pos-ok").unwrap()["verdict"], "compliant");
+    assert_eq!(w3.device("pos-bad").unwrap()["verdict"], "noncompliant", "a restart never widens access");
+    assert_eq!(w3.metric("warden_verdict_changes_total{from=\"compliant\",to=\"unknown\"}"), 0.0);
+    wait_for("silence heard for stale_after", Duration::from_secs(10), || {
+        (w3.metric("warden_devices{verdict=\"unknown\"}") == 2.0).then_some(())
+    });
+    assert!(back.elapsed() >= Duration::from_secs(3), "stale_after counts from when warden listens again");
 }

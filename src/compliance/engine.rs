@@ -493,8 +493,10 @@ impl Engine {
     }
 
     /// Puts a device restored from a snapshot back, without an event: the
-    /// planes have not started yet. `age` is how long ago (wall clock) its
-    /// last report arrived; a device older than `stale_after` comes back unknown.
+    /// planes have not started yet. A device silent for `stale_after` comes
+    /// back unknown, not counting the time no one could hear it (an outage
+    /// begun with [`Engine::handle_source`] before restoring, from when warden
+    /// went down): such a device comes back held.
     pub fn restore(
         &mut self,
         id: &str,
@@ -512,7 +514,15 @@ impl Engine {
         device.since = wall;
         let (bound, conflicts) = identity::claims(&id, &device.report, &self.table);
         device.conflicts = conflicts;
-        if age < self.stale_after {
+        // The silence heard: while warden was down (the outage the shell
+        // began when the snapshot was last written), nobody could be heard.
+        let silence = match self.outage.current() {
+            Some(c) if self.outage.holding() => {
+                Duration::from_millis(u64::try_from(c.began_wall.saturating_sub(last_seen)).unwrap_or(0))
+            }
+            _ => age,
+        };
+        if silence < self.stale_after {
             let mut failures = self.failures_of(&device.report, &device.conflicts, wall);
             for f in &mut failures {
                 if let Some((_, since)) = prior.iter().find(|(k, _)| *k == f.key()) {
@@ -520,6 +530,13 @@ impl Engine {
                 }
             }
             self.settle(&mut device, None, failures, now, wall);
+            if age >= self.stale_after {
+                // Silent only while nobody listened: held until the source is up.
+                device.held = true;
+                device.deadline = None;
+                self.parked.insert(Arc::clone(&id));
+                self.parked_peak = self.parked_peak.max(self.parked.len());
+            }
         }
         let old = self.table.get(&id);
         self.store(device, old.as_deref(), Cause::Telemetry, now, wall, Some(&bound));

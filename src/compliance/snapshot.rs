@@ -24,6 +24,13 @@ pub struct Entry {
     pub report: Report,
 }
 
+/// When the snapshot in `dir` was last written (Unix ms), if there is one.
+pub fn written_at(dir: &Path) -> Option<UnixMillis> {
+    let modified = std::fs::metadata(dir.join(FILE)).ok()?.modified().ok()?;
+    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
+}
+
 /// Writes every device of `table` to `dir/FILE`. Returns the device count.
 pub fn write(table: &Table, dir: &Path) -> std::io::Result<usize> {
     std::fs::create_dir_all(dir)?;

@@ -438,3 +438,26 @@ fn a_change_restricting_one_device_never_waits() {
     assert_eq!(drain(&mut e).len(), 1, "100% of a one-device fleet, applied at once");
     assert!(e.held_changes().is_empty());
 }
+
+#[test]
+fn the_time_warden_was_down_is_an_outage_not_silence() {
+    let mut e = Engine::new(Table::default(), policies(&[&encrypted_policy("critical", "always", "0s")]), STALE);
+    let mut c = Clock::new();
+    c.advance(60_000);
+    // Down from 20 s ago; one device was last heard 1 s before that, one
+    // a whole stale period before that.
+    let down = c.wall() - 20_000;
+    e.handle_source(false, c.now() - Duration::from_secs(20), down);
+    e.restore("recent", report(1, false, None), down - 1_000, &[], c.now(), c.wall());
+    e.restore("silent", report(1, true, None), down - 6_000, &[], c.now(), c.wall());
+    let recent = e.table().get("recent").unwrap();
+    assert_eq!((recent.verdict, recent.held), (Verdict::Noncompliant, true), "held, and still restricted");
+    assert_eq!(e.table().get("silent").unwrap().verdict, Verdict::Unknown, "silent before warden went down");
+    // Listening again: 4 s of its stale_after are left.
+    e.handle_source(true, c.now(), c.wall());
+    let back = c.ms;
+    run_until(&mut e, &mut c, back + 3_999);
+    assert!(drain(&mut e).is_empty());
+    run_until(&mut e, &mut c, back + 4_000);
+    assert_eq!(drain(&mut e)[0].new, Verdict::Unknown);
+}

@@ -20,7 +20,7 @@ use crate::telemetry::ingest::{self, wall_now};
 use crate::telemetry::parse::Freshness;
 use anyhow::Context;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 
 /// Verdict changes a slow subscriber may fall behind by before it misses some.
@@ -55,14 +55,18 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // bindings come back as they were.
     entries.sort_by_key(|e| e.failing_since.iter().any(|(k, _)| k == crate::compliance::identity::FAILURE_KEY));
     let (now, wall) = (Instant::now(), wall_now());
+    // Nothing was heard while warden was down (since its last snapshot was
+    // written) and nothing is until the telemetry subscription is up: that
+    // time is an outage, and silence in it holds verdicts instead of
+    // expiring them. A restart after a long stop does not quarantine the fleet.
+    let down_since = snapshot::written_at(&cfg.node.state_dir).unwrap_or(wall).min(wall);
+    let down_for = Duration::from_millis(u64::try_from(wall - down_since).unwrap_or(0));
+    engine.handle_source(false, now.checked_sub(down_for).unwrap_or(now), down_since);
+    while engine.poll_outage().is_some() {}
     let restored = entries.len();
     for e in entries {
         engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
     }
-    // Until the telemetry subscription is up, nothing is heard: silence
-    // then holds verdicts instead of expiring them.
-    engine.handle_source(false, now, wall);
-    while engine.poll_outage().is_some() {}
     metrics.snapshot_bad_lines.inc_by(bad as u64);
     metrics.set_devices(engine.counts());
     if restored > 0 || bad > 0 {
