@@ -197,6 +197,15 @@ async fn quarantine(mqtt: u16, acct: u16, nas_port: u16, secret: String, flips: 
         .await
         .expect("Accounting-Response")
         .expect("recv");
+    // After each Disconnect-ACK the device re-authenticates and its NAS
+    // starts a new session (warden ends the disconnected one's record).
+    let restart_session = |n: u32| {
+        let mut b = Builder::new(Code::AccountingRequest, (n % 256) as u8, false);
+        b.attr_u32(AttrType::AcctStatusType, 1).unwrap();
+        b.attr(AttrType::AcctSessionId, format!("bench-session-{n}").as_bytes()).unwrap();
+        b.attr(AttrType::CallingStationId, mac.as_bytes()).unwrap();
+        b.finish_request(&secret)
+    };
     // The observer saw the first report before the session existed.
     let _ = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await;
     let mut samples = Vec::with_capacity(flips as usize);
@@ -222,6 +231,11 @@ async fn quarantine(mqtt: u16, acct: u16, nas_port: u16, secret: String, flips: 
         let ack =
             Builder::new(Code::DisconnectAck, req.identifier(), false).finish_response(&secret, &req.authenticator());
         nas.send_to(&ack, from).await.expect("ack");
+        sock.send_to(&restart_session(i), ("127.0.0.1", acct)).await.expect("send accounting");
+        tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("Accounting-Response")
+            .expect("recv");
         // Paced below warden's CoA rate cap (500/s per NAS): back-to-back
         // flips would measure the cap's queue, not the path.
         tokio::time::sleep(Duration::from_millis(3)).await;

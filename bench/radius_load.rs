@@ -3,7 +3,11 @@
 //! requests/s and latency percentiles. The same program drives warden and
 //! FreeRADIUS, so the two are measured alike.
 //!
-//!   radius_load HOST:PORT SECRET pap|mab WINDOW SECONDS
+//!   radius_load HOST:PORT SECRET pap|mab|acct WINDOW SECONDS [LIMIT]
+//!
+//! `acct` sends Accounting-Start for new sessions (one MAC each, from a
+//! counter) to the accounting port, to fill a server's session table;
+//! LIMIT stops after that many requests.
 //!
 //! Every request carries Message-Authenticator; every answer is checked
 //! (Response Authenticator) and counted as accept or reject.
@@ -15,12 +19,14 @@ use warden::radius::{AttrType, Builder, Code, Packet};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: radius_load HOST:PORT SECRET pap|mab WINDOW SECONDS";
+    let usage = "usage: radius_load HOST:PORT SECRET pap|mab|acct WINDOW SECONDS [LIMIT]";
     let target: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect(usage);
     let secret = args.get(2).expect(usage).as_bytes().to_vec();
     let mab = args.get(3).map(String::as_str) == Some("mab");
+    let acct = args.get(3).map(String::as_str) == Some("acct");
     let window: usize = args.get(4).and_then(|a| a.parse().ok()).expect(usage);
     let seconds: u64 = args.get(5).and_then(|a| a.parse().ok()).expect(usage);
+    let limit: u64 = args.get(6).and_then(|a| a.parse().ok()).unwrap_or(u64::MAX);
     // One socket per 200 requests in flight: each has 256 identifiers.
     let sockets: Vec<UdpSocket> = (0..window.div_ceil(200))
         .map(|_| {
@@ -38,10 +44,10 @@ fn main() {
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut buf = [0u8; 4096];
-    while Instant::now() < end {
+    while Instant::now() < end && (counter < limit || inflight.iter().any(|f| !f.is_empty())) {
         for (i, s) in sockets.iter().enumerate() {
             // Top up this socket's share of the window.
-            while inflight[i].len() < per_socket {
+            while inflight[i].len() < per_socket && counter < limit {
                 let id = next_id[i];
                 next_id[i] = id.wrapping_add(1);
                 if inflight[i].contains_key(&id) {
@@ -54,6 +60,27 @@ fn main() {
                     a[8..].copy_from_slice(&(i as u64).to_be_bytes());
                     a
                 };
+                if acct {
+                    let mut b = Builder::new(Code::AccountingRequest, id, true);
+                    let mac = format!(
+                        "02:00:{:02x}:{:02x}:{:02x}:{:02x}",
+                        (counter >> 24) & 0xff,
+                        (counter >> 16) & 0xff,
+                        (counter >> 8) & 0xff,
+                        counter & 0xff
+                    );
+                    b.attr_u32(AttrType::AcctStatusType, 1).unwrap();
+                    b.attr(AttrType::AcctSessionId, format!("s{counter}").as_bytes()).unwrap();
+                    b.attr(AttrType::CallingStationId, mac.as_bytes()).unwrap();
+                    b.attr(AttrType::NasIpAddress, &[127, 0, 0, 1]).unwrap();
+                    let pkt = b.finish_request(&secret);
+                    let ra: [u8; 16] = pkt[4..20].try_into().unwrap();
+                    if s.send_to(&pkt, target).is_err() {
+                        break;
+                    }
+                    inflight[i].insert(id, (Instant::now(), ra));
+                    continue;
+                }
                 let mut b = Builder::new(Code::AccessRequest, id, true);
                 if mab {
                     let mac = format!("aabbcc{:06x}", counter % 1000);
@@ -85,7 +112,7 @@ fn main() {
                 }
                 latencies.push(sent.elapsed());
                 match p.code() {
-                    Code::AccessAccept => accepts += 1,
+                    Code::AccessAccept | Code::AccountingResponse => accepts += 1,
                     _ => rejects += 1,
                 }
             }

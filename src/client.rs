@@ -62,7 +62,8 @@ fn parse(raw: &[u8]) -> Result<(u16, String), String> {
     Ok((status, if chunked { dechunk(body) } else { body.to_string() }))
 }
 
-fn dechunk(mut body: &str) -> String {
+/// The body of a chunked transfer encoding, decoded.
+pub fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);

@@ -479,6 +479,12 @@ mod tests {
             self.enforce.handle_timeout(self.now);
         }
 
+        /// Sessions with a request in flight.
+        fn in_flight(&self) -> usize {
+            let s = &self.enforce.sessions;
+            s.keys_after(None, usize::MAX).iter().filter(|k| s.get(k).is_some_and(|x| x.target.is_some())).count()
+        }
+
         /// Sessions whose applied access is not what their verdict implies.
         fn out_of_step(&self) -> usize {
             let mut n = 0;
@@ -574,25 +580,11 @@ mod tests {
         let mut sim = Sim::new(5000, CoaMode::Coa);
         sim.report_all(5000, false);
         sim.enforce.sweep_slice(BACKGROUND_SLICE, sim.now);
-        let in_flight = sim
-            .enforce
-            .sessions
-            .keys_after(None, 10_000)
-            .iter()
-            .filter(|k| sim.enforce.sessions.get(k).unwrap().target.is_some())
-            .count();
-        assert_eq!(in_flight, BACKGROUND_SLICE, "one slice reconciles at most {BACKGROUND_SLICE} sessions");
+        assert_eq!(sim.in_flight(), BACKGROUND_SLICE, "one slice reconciles at most {BACKGROUND_SLICE} sessions");
         // The whole table is covered in ceil(5000 / 2000) slices.
         sim.enforce.sweep_slice(BACKGROUND_SLICE, sim.now);
         sim.enforce.sweep_slice(BACKGROUND_SLICE, sim.now);
-        let in_flight = sim
-            .enforce
-            .sessions
-            .keys_after(None, 10_000)
-            .iter()
-            .filter(|k| sim.enforce.sessions.get(k).unwrap().target.is_some())
-            .count();
-        assert_eq!(in_flight, 5000);
+        assert_eq!(sim.in_flight(), 5000);
     }
 
     #[test]
