@@ -171,7 +171,10 @@ async fn quarantine(mqtt: u16, acct: u16, nas_port: u16, secret: String, flips: 
         }
     });
     let device = format!("q-{}", std::process::id());
-    let mac = "aa:bb:cc:fe:fe:01";
+    // A MAC of its own per run: a MAC belongs to one live device, and the
+    // previous run's device still holds its own.
+    let pid = std::process::id();
+    let mac = &format!("aa:bb:cc:fe:{:02x}:{:02x}", (pid >> 8) & 0xff, pid & 0xff);
     // An observer subscribed to the same telemetry topic through the same
     // broker: its receive time splits the end-to-end figure into the MQTT hop
     // (publish → a subscriber has it) and what follows (warden + the UDP hop).
@@ -189,7 +192,7 @@ async fn quarantine(mqtt: u16, acct: u16, nas_port: u16, secret: String, flips: 
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let mut b = Builder::new(Code::AccountingRequest, 1, false);
     b.attr_u32(AttrType::AcctStatusType, 1).unwrap();
-    b.attr(AttrType::AcctSessionId, b"bench-session").unwrap();
+    b.attr(AttrType::AcctSessionId, format!("bench-session-{pid}").as_bytes()).unwrap();
     b.attr(AttrType::CallingStationId, mac.as_bytes()).unwrap();
     sock.send_to(&b.finish_request(&secret), ("127.0.0.1", acct)).await.expect("send accounting");
     let mut buf = [0u8; 4096];
@@ -202,7 +205,7 @@ async fn quarantine(mqtt: u16, acct: u16, nas_port: u16, secret: String, flips: 
     let restart_session = |n: u32| {
         let mut b = Builder::new(Code::AccountingRequest, (n % 256) as u8, false);
         b.attr_u32(AttrType::AcctStatusType, 1).unwrap();
-        b.attr(AttrType::AcctSessionId, format!("bench-session-{n}").as_bytes()).unwrap();
+        b.attr(AttrType::AcctSessionId, format!("bench-session-{pid}-{n}").as_bytes()).unwrap();
         b.attr(AttrType::CallingStationId, mac.as_bytes()).unwrap();
         b.finish_request(&secret)
     };

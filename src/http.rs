@@ -32,9 +32,15 @@ pub struct ApiState {
     pub changes: Changes,
 }
 
-/// The circuit breaker's held batches, and the way to confirm one.
-#[derive(Clone)]
+/// The circuit breaker's held batches, and the way to confirm one: one
+/// source per place that holds (the compliance engine, the RADIUS plane).
+#[derive(Clone, Default)]
 pub struct Changes {
+    pub sources: Vec<ChangeSource>,
+}
+
+#[derive(Clone)]
+pub struct ChangeSource {
     pub held: tokio::sync::watch::Receiver<Vec<crate::compliance::Held>>,
     pub confirm: tokio::sync::mpsc::Sender<crate::gateway::Confirm>,
 }
@@ -100,7 +106,8 @@ fn held_json(h: &crate::compliance::Held) -> Value {
 
 /// `GET /api/v1/changes`: the batches the circuit breaker holds.
 async fn list_changes(State(s): State<ApiState>) -> Response {
-    let held: Vec<Value> = s.changes.held.borrow().iter().map(held_json).collect();
+    let held: Vec<Value> =
+        s.changes.sources.iter().flat_map(|src| src.held.borrow().iter().map(held_json).collect::<Vec<_>>()).collect();
     Json(json!({ "changes": held })).into_response()
 }
 
@@ -113,8 +120,11 @@ async fn confirm_change(State(s): State<ApiState>, Path(id): Path<String>) -> Re
             .into_response();
     }
     let Ok(id) = id.parse::<u64>() else { return bad_request("a change id is a number") };
+    let Some(source) = s.changes.sources.iter().find(|src| src.held.borrow().iter().any(|h| h.id == id)) else {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "no held change with that id"}))).into_response();
+    };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    if s.changes.confirm.send(crate::gateway::Confirm { id, reply }).await.is_err() {
+    if source.confirm.send(crate::gateway::Confirm { id, reply }).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "shutting down"}))).into_response();
     }
     match answer.await {

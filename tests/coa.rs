@@ -235,3 +235,58 @@ fn a_session_quarantined_before_kill_9_is_restored_after_restart() {
     w2.wait_metric("warden_radius_session_access{access=\"full\"}", 1.0);
     broker.kill();
 }
+
+#[test]
+fn a_restart_that_would_restrict_every_session_waits_for_confirmation() {
+    let dir = Warden::workdir();
+    let nas_port = free_udp_port();
+    let (mut w, ports) = start_warden_with(&dir, nas_port, "coa", "broker = \"embedded\"", free_port());
+    for i in 1..=3 {
+        let mac = format!("aa:bb:cc:00:01:0{i}");
+        let r = pos_report(1, json!({"mac_addresses": [mac], "cert_identity": format!("pos-100{i}")}));
+        publish(w.mqtt, &format!("devices/pos-100{i}/telemetry"), &r);
+        w.wait_verdict(&format!("pos-100{i}"), "compliant");
+        common::nas::accounting(
+            ports.acct,
+            SECRET,
+            &format!(
+                "Acct-Status-Type = Start, Acct-Session-Id = \"s-{i}\", Calling-Station-Id = \"{mac}\", NAS-IP-Address = 127.0.0.1"
+            ),
+        );
+    }
+    w.wait_metric("warden_radius_session_access{access=\"full\"}", 3.0);
+    w.stop();
+
+    // The compliance state is lost: every device is unknown, and unknown
+    // devices are quarantined. Reconciling at start would restrict all three.
+    std::fs::remove_file(dir.join("state/compliance.jsonl")).unwrap();
+    std::fs::write(dir.join("api.token"), "s3cret-token-0123456789\n").unwrap();
+    let config = std::fs::read_to_string(dir.join(format!("warden-{}.toml", w.http))).unwrap();
+    let body = config.split("\n[http]").next().unwrap().to_string();
+    let w2 = Warden::launch(&dir, &body, w.mqtt, "token_file = \"api.token\"\n");
+    let nas = TestNas::start(nas_port, SECRET, false);
+    wait_for("warden ready", Duration::from_secs(20), || w2.get("/readyz").filter(|(c, _)| *c == 200));
+    w2.wait_metric("warden_changes_pending", 1.0);
+    assert!(nas.next(Duration::from_millis(700)).is_none(), "nothing restricted without confirmation");
+    assert_eq!(w2.metric("warden_radius_session_access{access=\"full\"}"), 3.0);
+    let auth = [("Authorization", "Bearer s3cret-token-0123456789")];
+    let (code, text) = http_get_with(w2.http, "/api/v1/changes", &auth).unwrap();
+    assert_eq!(code, 200, "{text}");
+    let changes: Value = serde_json::from_str(&text).unwrap();
+    let held = &changes["changes"][0];
+    assert_eq!((held["cause"].as_str(), held["restricting"].as_u64()), (Some("reconciliation"), Some(3)), "{text}");
+    let id = held["id"].as_u64().unwrap().to_string();
+
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["changes", "confirm", &id, "--config"])
+        .arg(dir.join(format!("warden-{}.toml", w2.http)))
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    for _ in 0..3 {
+        let req = nas.next(Duration::from_secs(5)).expect("the confirmed restrictions");
+        assert_eq!((req["code"].as_str(), req["vlan"].as_str()), (Some("CoA-Request"), Some("999")), "{req}");
+    }
+    w2.wait_metric("warden_radius_session_access{access=\"quarantine\"}", 3.0);
+    assert_eq!(w2.metric("warden_changes_pending"), 0.0);
+}

@@ -91,14 +91,32 @@ pub struct Engine {
     breaker_events: VecDeque<BreakerEvent>,
 }
 
+/// What a held batch came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldCause {
+    /// A policy reload (the compliance engine).
+    PolicyReload,
+    /// A reconciliation pass of an enforcement plane (the one at start).
+    Reconciliation,
+}
+
+impl HeldCause {
+    pub fn label(self) -> &'static str {
+        match self {
+            HeldCause::PolicyReload => "policy_reload",
+            HeldCause::Reconciliation => "reconciliation",
+        }
+    }
+}
+
 /// A batch of restrictions the circuit breaker holds until confirmed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Held {
     pub id: u64,
-    pub cause: Cause,
-    /// Devices it would newly quarantine.
+    pub cause: HeldCause,
+    /// Devices (or sessions) it would newly restrict.
     pub restricting: usize,
-    /// Devices with a current verdict when it was held.
+    /// Devices with a current verdict (or sessions) when it was held.
     pub live: usize,
     /// When it was held (wall clock).
     pub since: UnixMillis,
@@ -235,7 +253,7 @@ impl Engine {
         // Single-device changes never wait.
         if restricting >= 2 && restricting as f64 > self.max_restrict_fraction * live as f64 {
             self.next_held += 1;
-            let held = Held { id: self.next_held, cause: Cause::PolicyReload, restricting, live, since: wall };
+            let held = Held { id: self.next_held, cause: HeldCause::PolicyReload, restricting, live, since: wall };
             self.breaker_events.push_back(BreakerEvent::Held(held.clone()));
             self.held = Some((held, policies));
             return;

@@ -15,7 +15,7 @@ mod table;
 
 pub use access::{Access, Grant, Rules, Stage, Why, grant};
 pub use device::{Device, Enforce, Verdict};
-pub use engine::{BreakerEvent, Cause, Change, Engine, Held, OutageEvent};
+pub use engine::{BreakerEvent, Cause, Change, Engine, Held, HeldCause, OutageEvent};
 pub use table::Table;
 
 #[cfg(test)]

@@ -179,8 +179,8 @@ impl ComplianceTask {
         }
         if any {
             let held = self.engine.held_changes();
-            self.metrics.changes_pending.set(held.len() as i64);
-            self.held.send_replace(held);
+            let before = self.held.send_replace(held).len();
+            self.metrics.changes_pending.add(self.held.borrow().len() as i64 - before as i64);
         }
     }
 

@@ -89,8 +89,18 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // Bumped by the compliance task when every session and peer should be
     // reconciled against the table (a policy reload).
     let (reconcile_tx, reconcile_rx) = watch::channel(0u64);
+    let mut change_sources = crate::http::Changes::default();
     let radius = match &cfg.radius {
-        Some(r) => Some(radius_task(r, &loaded, &table, &metrics, changes_tx.subscribe(), reconcile_rx.clone()).await?),
+        Some(r) => {
+            let mut task =
+                radius_task(r, &loaded, &table, &metrics, changes_tx.subscribe(), reconcile_rx.clone()).await?;
+            let (confirm_tx, confirm_rx) = mpsc::channel(16);
+            let (held_tx, held_rx) = watch::channel(Vec::new());
+            task.held = held_tx;
+            task.confirms = confirm_rx;
+            change_sources.sources.push(crate::http::ChangeSource { held: held_rx, confirm: confirm_tx });
+            Some(task)
+        }
         None => None,
     };
     // Status messages get their own connection. rumqttc does not read while
@@ -187,7 +197,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         ready: Arc::clone(&ready),
         token: loaded.secrets.api_token.as_deref().map(Arc::from),
         stale_after: cfg.policy.stale_after,
-        changes: crate::http::Changes { held: held_rx, confirm: confirm_tx },
+        changes: {
+            change_sources.sources.insert(0, crate::http::ChangeSource { held: held_rx, confirm: confirm_tx });
+            change_sources
+        },
     });
     let mut http_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -288,6 +301,7 @@ async fn radius_task(
         table.clone(),
         Arc::clone(&users),
         Arc::clone(metrics),
+        loaded.config.policy.max_restrict_fraction,
     );
     Ok(radius_task::RadiusTask {
         server: Server::new(clients),
@@ -300,6 +314,8 @@ async fn radius_task(
         coa_socket,
         changes,
         reconcile,
+        held: watch::channel(Vec::new()).0,
+        confirms: mpsc::channel(1).1,
         slow: radius_task::SlowChecks::new(),
         eap: loaded.eap.as_ref().map(|e| {
             let mut server = crate::eap::server::EapServer::new(Some(Arc::clone(&e.tls)), e.limits.clone(), seed);

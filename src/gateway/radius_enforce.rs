@@ -7,7 +7,7 @@
 //! retried with backoff. A lost event costs latency, never correctness.
 
 use super::authorize::{AccessPolicy, session_device};
-use crate::compliance::{Access, Change, Stage, Table, grant};
+use crate::compliance::{Access, Change, Held, HeldCause, Stage, Table, grant};
 use crate::config::CoaMode;
 use crate::mac::Mac;
 use crate::metrics::Metrics;
@@ -60,7 +60,16 @@ struct Sweep {
     urgent: bool,
     /// Corrections in this pass, for the log line at its end.
     corrected: usize,
+    /// The circuit breaker's pass at start: restrictions are counted, not
+    /// made (restorations are made), and decided on at the end.
+    counting: bool,
+    /// Sessions the counting pass would restrict.
+    narrowing: usize,
 }
+
+/// Ids of batches held by this plane's circuit breaker: apart from the
+/// compliance engine's, which count from 1.
+pub const HELD_IDS: u64 = 1 << 32;
 
 pub struct Enforcer {
     pub sessions: Sessions,
@@ -73,6 +82,10 @@ pub struct Enforcer {
     metrics: Arc<Metrics>,
     admitted: Admitted,
     sweep: Sweep,
+    /// The circuit breaker: its share, and the batch it holds.
+    max_restrict_fraction: f64,
+    held: Option<Held>,
+    next_held: u64,
 }
 
 impl Enforcer {
@@ -84,6 +97,7 @@ impl Enforcer {
         table: Table,
         users: Arc<Users>,
         metrics: Arc<Metrics>,
+        max_restrict_fraction: f64,
     ) -> Self {
         Self {
             sessions,
@@ -96,9 +110,29 @@ impl Enforcer {
             metrics,
             admitted: Admitted::default(),
             // Sessions from the journal keep the access they had, and are
-            // reconciled as soon as the task runs.
-            sweep: Sweep { urgent: true, ..Sweep::default() },
+            // reconciled as soon as the task runs; restrictions are counted
+            // first, so a lost or damaged table cannot restrict every
+            // session at once without an operator's word.
+            sweep: Sweep { urgent: true, counting: true, ..Sweep::default() },
+            max_restrict_fraction,
+            held: None,
+            next_held: HELD_IDS,
         }
+    }
+
+    /// The batch the circuit breaker holds, if any.
+    pub fn held(&self) -> Option<&Held> {
+        self.held.as_ref()
+    }
+
+    /// Applies the held batch `id`, as an operator confirmed it.
+    pub fn confirm(&mut self, id: u64) -> Option<Held> {
+        if self.held.as_ref().is_none_or(|h| h.id != id) {
+            return None;
+        }
+        let held = self.held.take();
+        self.sweep = Sweep { urgent: true, ..Sweep::default() };
+        held
     }
 
     /// An Access-Accept (or Reject) went out with `access` for a device the
@@ -165,22 +199,62 @@ impl Enforcer {
         let keys = self.sessions.keys_after(self.sweep.cursor.as_ref(), n);
         let unix_time = unix_now();
         for key in &keys {
-            if self.reconcile(key, Cause::Sweep, now, now, unix_time) {
+            if self.sweep.counting && self.narrowing(key) {
+                self.sweep.narrowing += 1;
+            } else if self.reconcile(key, Cause::Sweep, now, now, unix_time) {
                 self.sweep.corrected += 1;
             }
         }
-        match keys.last() {
-            Some(last) if keys.len() == n => self.sweep.cursor = Some(last.clone()),
-            _ => {
-                if self.sweep.urgent || self.sweep.corrected > 0 {
-                    tracing::info!(
-                        sessions = self.sessions.len(),
-                        corrected = self.sweep.corrected,
-                        "RADIUS sessions reconciled"
-                    );
-                }
-                self.sweep = Sweep::default();
-            }
+        if let Some(last) = keys.last()
+            && keys.len() == n
+        {
+            self.sweep.cursor = Some(last.clone());
+            return;
+        }
+        if self.sweep.counting {
+            return self.decide_counted();
+        }
+        if self.sweep.urgent || self.sweep.corrected > 0 {
+            tracing::info!(
+                sessions = self.sessions.len(),
+                corrected = self.sweep.corrected,
+                "RADIUS sessions reconciled"
+            );
+        }
+        self.sweep = Sweep::default();
+    }
+
+    /// Would reconciling `key` restrict its session?
+    fn narrowing(&self, key: &Key) -> bool {
+        let Some(s) = self.sessions.get(key) else { return false };
+        let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, &self.users);
+        self.policy.running(device.as_deref(), s.applied).narrower_than(s.applied)
+    }
+
+    /// The counting pass is over: the restrictions it found are made now,
+    /// or held for confirmation when they are more than the breaker allows.
+    fn decide_counted(&mut self) {
+        let (narrowing, total) = (self.sweep.narrowing, self.sessions.len());
+        if narrowing >= 2 && narrowing as f64 > self.max_restrict_fraction * total as f64 {
+            self.next_held += 1;
+            let held = Held {
+                id: self.next_held,
+                cause: HeldCause::Reconciliation,
+                restricting: narrowing,
+                live: total,
+                since: crate::telemetry::ingest::wall_now(),
+            };
+            tracing::warn!(
+                change = held.id,
+                restricting = narrowing,
+                sessions = total,
+                "circuit breaker: reconciling would restrict too many RADIUS sessions at once; held until confirmed (warden changes confirm {})",
+                held.id
+            );
+            self.held = Some(held);
+            self.sweep = Sweep::default();
+        } else {
+            self.sweep = Sweep { urgent: true, ..Sweep::default() };
         }
     }
 
@@ -204,6 +278,10 @@ impl Enforcer {
         let Some(s) = self.sessions.get(key) else { return false };
         let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, &self.users);
         let desired = self.policy.running(device.as_deref(), s.applied);
+        if cause == Cause::Sweep && self.held.is_some() && desired.narrower_than(s.applied) {
+            // Held by the circuit breaker: passes restrict nothing until confirmed.
+            return false;
+        }
         let Some(serial) = self.sessions.reconcile(key, desired, now) else { return false };
         let Some(s) = self.sessions.get(key) else { return false };
         let device_id: Arc<str> = device.map_or_else(|| Arc::from("-"), |d| Arc::clone(&d.id));
@@ -402,6 +480,7 @@ mod tests {
                 table,
                 Arc::new(Users::default()),
                 Arc::new(Metrics::new()),
+                1.0,
             );
             let mut sim = Sim { engine, enforce, now: Instant::now(), wall: 1_795_000_000_000, seq: 0, _dir: dir };
             sim.report_all(devices, true);
@@ -585,6 +664,60 @@ mod tests {
         sim.enforce.sweep_slice(BACKGROUND_SLICE, sim.now);
         sim.enforce.sweep_slice(BACKGROUND_SLICE, sim.now);
         assert_eq!(sim.in_flight(), 5000);
+    }
+
+    #[test]
+    fn a_start_pass_that_would_restrict_most_sessions_is_held_until_confirmed() {
+        let mut sim = Sim::new(10, CoaMode::Coa);
+        sim.report_all(10, false);
+        // As if restarted with these verdicts: the first pass counts first.
+        sim.enforce.max_restrict_fraction = 0.1;
+        sim.enforce.sweep = Sweep { urgent: true, counting: true, ..Sweep::default() };
+        sim.finish_sweep();
+        assert_eq!(sim.answer(true), 0, "nothing restricted");
+        let held = sim.enforce.held().cloned().expect("held");
+        assert_eq!((held.cause, held.restricting, held.live), (HeldCause::Reconciliation, 10, 10));
+        // The background sweep restricts nothing while it is held...
+        sim.enforce.sweep_slice(BACKGROUND_SLICE, sim.now);
+        assert_eq!(sim.answer(true), 0);
+        // ...and a verdict event still does, for its own device.
+        sim.enforce.handle_change(&change("d3", &sim), sim.now);
+        assert_eq!(sim.answer(true), 1);
+        assert!(sim.enforce.confirm(held.id + 1).is_none());
+        assert_eq!(sim.enforce.confirm(held.id).map(|h| h.id), Some(held.id));
+        sim.finish_sweep();
+        let mut answered = 0;
+        for _ in 0..4 {
+            answered += sim.answer(true);
+            sim.advance(Duration::from_millis(500));
+        }
+        assert_eq!(answered, 9);
+        assert_eq!(sim.out_of_step(), 0);
+    }
+
+    #[test]
+    fn a_start_pass_restricting_few_sessions_goes_ahead() {
+        let mut sim = Sim::new(100, CoaMode::Coa);
+        sim.report_all(5, false);
+        sim.enforce.max_restrict_fraction = 0.1;
+        sim.enforce.sweep = Sweep { urgent: true, counting: true, ..Sweep::default() };
+        sim.finish_sweep();
+        assert!(sim.enforce.held().is_none());
+        assert_eq!(sim.answer(true), 5);
+        assert_eq!(sim.out_of_step(), 0);
+    }
+
+    fn change(device: &str, sim: &Sim) -> Change {
+        Change {
+            device: device.into(),
+            old: crate::compliance::Verdict::Compliant,
+            new: crate::compliance::Verdict::Noncompliant,
+            failures: Vec::new(),
+            enforce: Default::default(),
+            cause: crate::compliance::Cause::Telemetry,
+            at: sim.now,
+            wall: sim.wall,
+        }
     }
 
     #[test]

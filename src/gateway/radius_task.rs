@@ -28,6 +28,9 @@ pub struct RadiusTask {
     pub changes: broadcast::Receiver<Arc<Change>>,
     /// Bumped when every session should be reconciled (a policy reload).
     pub reconcile: watch::Receiver<u64>,
+    /// The circuit breaker's held batch, for the API, and its confirmations.
+    pub held: watch::Sender<Vec<crate::compliance::Held>>,
+    pub confirms: tokio::sync::mpsc::Receiver<super::Confirm>,
     /// Argon2 checks running on blocking threads, and their results.
     pub slow: SlowChecks,
     /// 802.1X, when `[eap]` is configured.
@@ -113,6 +116,13 @@ impl RadiusTask {
                     Ok(()) => self.enforce.sweep_soon(),
                     Err(_) => return,
                 },
+                Some(confirm) = self.confirms.recv() => {
+                    let done = self.enforce.confirm(confirm.id);
+                    if let Some(h) = &done {
+                        tracing::info!(change = h.id, restricting = h.restricting, "held RADIUS restrictions confirmed");
+                    }
+                    let _ = confirm.reply.send(done);
+                }
                 Some((id, ok)) = self.slow.rx.recv() => {
                     if let Some(req) = self.slow.waiting.remove(&id) {
                         self.decide(&req, Some(ok));
@@ -158,6 +168,16 @@ impl RadiusTask {
                 }
             }
             self.drain(Instant::now()).await;
+            self.publish_held();
+        }
+    }
+
+    /// Tells the API (and the gauge) when the held batch changed.
+    fn publish_held(&mut self) {
+        let now = self.enforce.held().map(|h| h.id);
+        if self.held.borrow().first().map(|h| h.id) != now {
+            let before = self.held.send_replace(self.enforce.held().cloned().into_iter().collect()).len();
+            self.metrics.changes_pending.add(self.held.borrow().len() as i64 - before as i64);
         }
     }
 
