@@ -89,6 +89,7 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
+    #[allow(clippy::too_many_arguments)] // each is a distinct part, built once by the gateway
     pub fn new(
         sessions: Sessions,
         journal: Journal,
