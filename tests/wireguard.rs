@@ -469,3 +469,71 @@ fn an_admission_failure_restricts_a_new_tunnel_only() {
     );
     assert_eq!(lab.latest_handshake(), handshake, "no new handshake meanwhile");
 }
+
+/// mosquitto inside the gateway's namespace (`ip netns exec` replaces
+/// itself with mosquitto, so killing the child kills the broker).
+fn mosquitto_in(lab: &Lab, dir: &Path, port: u16) -> std::process::Child {
+    let conf = dir.join("mosquitto-wg.conf");
+    std::fs::write(
+        &conf,
+        format!("persistence false\nset_tcp_nodelay true\nlistener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.gw, "mosquitto", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    wait_for("mosquitto in the namespace", Duration::from_secs(10), || {
+        lab.in_ns(&lab.gw, &["bash", "-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
+            .status
+            .success()
+            .then_some(())
+    });
+    child
+}
+
+#[test]
+fn a_broker_outage_longer_than_stale_after_restricts_no_tunnel() {
+    if !can_run() {
+        return;
+    }
+    require("mosquitto", "mosquitto");
+    let dir = Warden::workdir();
+    let mut lab = Lab::new(&dir);
+    let port = 1884;
+    let mut broker = mosquitto_in(&lab, &dir, port);
+    let config = lab
+        .config(true)
+        .replace("[mqtt]\nlisten = \"127.0.0.1:1883\"\n", &format!("[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"))
+        .replace("[policy]\ndir = \"policies\"\n", "[policy]\ndir = \"policies\"\nstale_after = \"3s\"\n");
+    let mut w = Warden::launch_in(Some(&lab.gw), &dir, &config, port, "");
+    w.wait_ready();
+    lab.start_peer();
+    report(&w, 1, true);
+    w.wait_verdict("laptop-1", "compliant");
+    wait_for("the tunnel up", Duration::from_secs(5), || {
+        (lab.ping(&["-c", "1", "-W", "1", ELSEWHERE]).1 == 1).then_some(())
+    });
+
+    // The broker is gone for twice stale_after: the tunnel keeps its access.
+    let _ = broker.kill();
+    let _ = broker.wait();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(w.metric("warden_telemetry_source_up"), 0.0);
+    assert_eq!(w.device("laptop-1").unwrap()["held"], true);
+    assert_eq!(lab.ping(&["-c", "3", "-i", "0.2", "-W", "1", ELSEWHERE]).1, 3, "no restriction from silence");
+    assert_eq!(packets(&w, "from_peer", "drop_quarantine"), 0.0);
+
+    // Back: listening again, the verdict released.
+    broker = mosquitto_in(&lab, &dir, port);
+    wait_for("the source up again", Duration::from_secs(3), || {
+        (w.metric("warden_telemetry_source_up") == 1.0).then_some(())
+    });
+    assert_eq!(w.device("laptop-1").unwrap()["held"], false);
+    w.stop();
+    let _ = broker.kill();
+    let _ = broker.wait();
+}

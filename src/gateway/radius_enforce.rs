@@ -197,19 +197,31 @@ impl Enforcer {
 
     /// Reconciles the next `n` sessions of the pass under way.
     pub fn sweep_slice(&mut self, n: usize, now: Instant) {
-        let keys = self.sessions.keys_after(self.sweep.cursor.as_ref(), n);
+        // One ordered walk reads the slice in place; only the sessions with
+        // something to do (not in step, or a retry pending) are taken out.
+        let mut last = None;
+        let mut seen = 0;
+        let mut todo: Vec<(Key, bool)> = Vec::new();
+        for (key, s) in self.sessions.after(self.sweep.cursor.as_ref()).take(n) {
+            seen += 1;
+            last = Some(key);
+            let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, &self.users);
+            let desired = self.policy.running(device.as_deref(), s.applied);
+            if desired != s.applied || s.retry.is_some() {
+                todo.push((key.clone(), desired.narrower_than(s.applied)));
+            }
+        }
+        let last = last.cloned();
         let unix_time = unix_now();
-        for key in &keys {
-            if self.sweep.counting && self.narrowing(key) {
+        for (key, narrowing) in &todo {
+            if self.sweep.counting && *narrowing {
                 self.sweep.narrowing += 1;
             } else if self.reconcile(key, Cause::Sweep, now, now, unix_time) {
                 self.sweep.corrected += 1;
             }
         }
-        if let Some(last) = keys.last()
-            && keys.len() == n
-        {
-            self.sweep.cursor = Some(last.clone());
+        if seen == n {
+            self.sweep.cursor = last;
             return;
         }
         if self.sweep.counting {
@@ -223,13 +235,6 @@ impl Enforcer {
             );
         }
         self.sweep = Sweep::default();
-    }
-
-    /// Would reconciling `key` restrict its session?
-    fn narrowing(&self, key: &Key) -> bool {
-        let Some(s) = self.sessions.get(key) else { return false };
-        let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, &self.users);
-        self.policy.running(device.as_deref(), s.applied).narrower_than(s.applied)
     }
 
     /// The counting pass is over: the restrictions it found are made now,

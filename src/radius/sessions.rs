@@ -191,9 +191,16 @@ impl Sessions {
     /// Up to `n` keys after `cursor` (from the start when `None`), in key
     /// order: a sweep walks the table in slices this way.
     pub fn keys_after(&self, cursor: Option<&Key>, n: usize) -> Vec<Key> {
+        self.after(cursor).take(n).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The sessions after `cursor`, in key order, to be read in place (a
+    /// sweep reads a slice in one ordered walk, and looks a session up
+    /// again only where something is to be done).
+    pub fn after(&self, cursor: Option<&Key>) -> impl Iterator<Item = (&Key, &Session)> {
         use std::ops::Bound::{Excluded, Unbounded};
         let from = cursor.map_or(Unbounded, Excluded);
-        self.sessions.range((from, Unbounded)).take(n).map(|(k, _)| k.clone()).collect()
+        self.sessions.range((from, Unbounded))
     }
 
     /// Records the access the NAS applied (a journal replay).
