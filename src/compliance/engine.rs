@@ -89,7 +89,12 @@ pub struct Engine {
     held: Option<(Held, PolicySet)>,
     next_held: u64,
     breaker_events: VecDeque<BreakerEvent>,
+    /// Restrictions applied by reloads in the last [`BREAKER_WINDOW`].
+    recent_reloads: VecDeque<(Instant, usize)>,
 }
+
+/// The circuit breaker adds up the restrictions of reloads this close together.
+const BREAKER_WINDOW: Duration = Duration::from_secs(60);
 
 /// What a held batch came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +170,7 @@ impl Engine {
             held: None,
             next_held: 0,
             breaker_events: VecDeque::new(),
+            recent_reloads: VecDeque::new(),
         }
     }
 
@@ -250,8 +256,14 @@ impl Engine {
     /// [`Held`] batch for [`Engine::confirm`]. A newer set replaces a held one.
     pub fn handle_policies(&mut self, policies: PolicySet, now: Instant, wall: UnixMillis) {
         let (restricting, live) = self.restricting_under(&policies, wall);
+        // Reloads within a minute add up: a large change cut into small
+        // reloads is still a large change.
+        while self.recent_reloads.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= BREAKER_WINDOW) {
+            self.recent_reloads.pop_front();
+        }
+        let recent: usize = self.recent_reloads.iter().map(|(_, n)| n).sum();
         // Single-device changes never wait.
-        if restricting >= 2 && restricting as f64 > self.max_restrict_fraction * live as f64 {
+        if restricting >= 2 && (restricting + recent) as f64 > self.max_restrict_fraction * live as f64 {
             self.next_held += 1;
             let held = Held { id: self.next_held, cause: HeldCause::PolicyReload, restricting, live, since: wall };
             self.breaker_events.push_back(BreakerEvent::Held(held.clone()));
@@ -260,6 +272,9 @@ impl Engine {
         }
         if let Some((superseded, _)) = self.held.take() {
             self.breaker_events.push_back(BreakerEvent::Superseded(superseded));
+        }
+        if restricting > 0 {
+            self.recent_reloads.push_back((now, restricting));
         }
         self.apply_policies(policies, now, wall);
     }

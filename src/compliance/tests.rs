@@ -461,3 +461,31 @@ fn the_time_warden_was_down_is_an_outage_not_silence() {
     run_until(&mut e, &mut c, back + 4_000);
     assert_eq!(drain(&mut e)[0].new, Verdict::Unknown);
 }
+
+#[test]
+fn small_reloads_within_a_minute_add_up() {
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE * 1000).with_breaker(0.1);
+    let mut c = Clock::new();
+    // 100 devices; reload k quarantines 6 more of them (OS versions 1..).
+    for i in 0..100u64 {
+        let mut r = report(1, true, None);
+        r.os_version = Some(format!("{}", i / 6 + 1).into());
+        e.handle_telemetry(&format!("d{i}"), r, c.now(), c.wall()).unwrap();
+    }
+    drain(&mut e);
+    let min_version = |v: u64| {
+        let p = format!(
+            "name = \"min\"\nseverity = \"critical\"\n[[rules]]\nid = \"v\"\ncheck = {{ attr = \"os_version\", version_gte = \"{v}\" }}\n"
+        );
+        policies(&[&p])
+    };
+    e.handle_policies(min_version(2), c.now(), c.wall());
+    assert!(e.held_changes().is_empty(), "6% goes ahead");
+    assert_eq!(drain(&mut e).len(), 6);
+    e.handle_policies(min_version(3), c.now(), c.wall());
+    assert_eq!(e.held_changes().len(), 1, "6% more within the minute: 12% in all, held");
+    // A minute later the next 6% is on its own again.
+    c.advance(60_000);
+    e.handle_policies(min_version(3), c.now(), c.wall());
+    assert!(e.held_changes().is_empty(), "{:?}", e.held_changes());
+}
