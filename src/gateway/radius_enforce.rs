@@ -159,7 +159,7 @@ impl Enforcer {
         if applied == Applied::Started {
             // It may have changed between the Accept and now.
             if let Some(key) = acct.session_id.clone().map(|sid| (acct.nas, sid)) {
-                self.reconcile(&key, Cause::Change, now, now, 0);
+                self.reconcile(&key, Cause::Change, now, now, unix_now());
             }
         }
         Ok(applied)
