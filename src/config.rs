@@ -284,6 +284,9 @@ pub struct PolicyConfig {
     /// the devices with a current verdict waits for confirmation.
     #[serde(default = "default_max_restrict_fraction")]
     pub max_restrict_fraction: f64,
+    /// Devices with no report this long are removed from the table.
+    #[serde(default = "default_forget_after", with = "crate::diag::duration")]
+    pub forget_after: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -297,6 +300,7 @@ impl Default for PolicyConfig {
             outage_silent_fraction: default_outage_silent_fraction(),
             outage_window: default_outage_window(),
             max_restrict_fraction: default_max_restrict_fraction(),
+            forget_after: default_forget_after(),
         }
     }
 }
@@ -324,6 +328,9 @@ fn default_outage_window() -> Duration {
 }
 fn default_max_restrict_fraction() -> f64 {
     0.1
+}
+fn default_forget_after() -> Duration {
+    Duration::from_secs(90 * 86_400)
 }
 
 fn default_policy_dir() -> PathBuf {
@@ -546,6 +553,14 @@ impl Loaded {
             if !(v > 0.0 && v <= 1.0) {
                 errors.push(Located::at(file, text, locate(key), format!("{key} must be more than 0 and at most 1")));
             }
+        }
+        if config.policy.forget_after <= config.policy.stale_after {
+            errors.push(Located::at(
+                file,
+                text,
+                locate("forget_after"),
+                "forget_after must be longer than stale_after",
+            ));
         }
         if config.policy.outage_window.is_zero() {
             errors.push(Located::at(file, text, locate("outage_window"), "outage_window must be more than 0s"));

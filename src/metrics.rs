@@ -64,6 +64,8 @@ pub struct Metrics {
     pub verdicts_held: IntGauge,
     /// Batches of restrictions held by the circuit breaker.
     pub changes_pending: IntGauge,
+    /// Devices removed after `forget_after` of silence.
+    pub devices_forgotten: IntCounter,
 }
 
 /// `plane` label values of `warden_reconcile_corrections_total`.
@@ -222,6 +224,10 @@ impl Metrics {
                 "Devices whose verdict is held while the telemetry source is out",
             ),
             changes_pending: gauge("warden_changes_pending", "Restriction batches held by the circuit breaker"),
+            devices_forgotten: counter(
+                "warden_devices_forgotten_total",
+                "Devices removed from the table after policy.forget_after without a report",
+            ),
             devices: Verdict::ALL.map(|v| devices.with_label_values(&[v.label()])),
             telemetry_accepted: telemetry.with_label_values(&["accepted"]),
             telemetry_refused: Refusal::LABELS.map(|l| telemetry.with_label_values(&[l])),

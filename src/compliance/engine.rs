@@ -91,6 +91,9 @@ pub struct Engine {
     breaker_events: VecDeque<BreakerEvent>,
     /// Restrictions applied by reloads in the last [`BREAKER_WINDOW`].
     recent_reloads: VecDeque<(Instant, usize)>,
+    /// Devices silent this long are removed (`policy.forget_after`).
+    forget_after: Option<Duration>,
+    forgotten: VecDeque<Arc<str>>,
 }
 
 /// The circuit breaker adds up the restrictions of reloads this close together.
@@ -171,7 +174,21 @@ impl Engine {
             next_held: 0,
             breaker_events: VecDeque::new(),
             recent_reloads: VecDeque::new(),
+            forget_after: None,
+            forgotten: VecDeque::new(),
         }
+    }
+
+    /// Devices with no report for `after` (silence heard, as for
+    /// staleness) are removed from the table, releasing their identities.
+    pub fn with_forget_after(mut self, after: Duration) -> Self {
+        self.forget_after = Some(after);
+        self
+    }
+
+    /// The next device forgotten, if any.
+    pub fn poll_forgotten(&mut self) -> Option<Arc<str>> {
+        self.forgotten.pop_front()
     }
 
     /// The outage settings (`[policy]`); the default otherwise.
@@ -370,6 +387,18 @@ impl Engine {
             let mut device = (*old).clone();
             device.deadline = None;
             let silence = self.outage.silence(device.seen_at, now);
+            if device.verdict == Verdict::Unknown {
+                // A stale device: its deadline is when it is forgotten.
+                match self.forget_after {
+                    Some(after) if silence >= after => self.forget(&old),
+                    Some(after) => {
+                        device.deadline = Some(now + (after - silence));
+                        self.store(device, Some(&old), Cause::Stale, now, wall, None);
+                    }
+                    None => {}
+                }
+                continue;
+            }
             if silence >= self.stale_after {
                 let live = self.counts[Verdict::Compliant.index()] + self.counts[Verdict::Noncompliant.index()];
                 if !self.outage.detecting(live) {
@@ -454,8 +483,21 @@ impl Engine {
         device.failures = Vec::new();
         device.enforce = Enforce::default();
         device.since = wall;
-        device.deadline = None;
+        let silence = self.outage.silence(device.seen_at, now);
+        device.deadline = self.forget_after.map(|after| now + after.saturating_sub(silence));
         self.store(device, Some(old), Cause::Stale, now, wall, None);
+    }
+
+    /// Removes a long-silent device and releases its identities.
+    fn forget(&mut self, device: &Device) {
+        if let Some(at) = device.deadline {
+            self.deadlines.remove(&(at, Arc::clone(&device.id)));
+        }
+        self.parked.remove(&device.id);
+        self.counts[device.verdict.index()] -= 1;
+        self.table.remove(device);
+        self.generation += 1;
+        self.forgotten.push_back(Arc::clone(&device.id));
     }
 
     /// Holds a device's verdict while the source is out: no deadline until
@@ -555,6 +597,16 @@ impl Engine {
             }
             _ => age,
         };
+        if let Some(after) = self.forget_after {
+            if silence >= after {
+                // Forgotten while warden was away: not restored at all.
+                self.forgotten.push_back(id);
+                return;
+            }
+            if silence >= self.stale_after {
+                device.deadline = Some(now + (after - silence));
+            }
+        }
         if silence < self.stale_after {
             let mut failures = self.failures_of(&device.report, &device.conflicts, wall);
             for f in &mut failures {

@@ -110,6 +110,22 @@ impl Table {
         self.inner.devices.insert(Arc::clone(id), device);
     }
 
+    /// Removes a device and releases the identities it holds.
+    pub(crate) fn remove(&self, device: &Device) {
+        let id = &device.id;
+        let r = &device.report;
+        for mac in macs(r) {
+            self.inner.by_mac.remove_if(&mac, |_, owner| owner == id);
+        }
+        if let Some(k) = &r.wg_public_key {
+            self.inner.by_wg_key.remove_if(&**k, |_, owner| owner == id);
+        }
+        if let Some(c) = &r.cert_identity {
+            self.inner.by_cert.remove_if(&**c, |_, owner| owner == id);
+        }
+        self.inner.devices.remove(id);
+    }
+
     /// Replaces a device's record without touching the indexes (its report,
     /// and so its identities, are unchanged).
     pub(crate) fn replace(&self, device: Arc<Device>) {

@@ -489,3 +489,34 @@ fn small_reloads_within_a_minute_add_up() {
     e.handle_policies(min_version(3), c.now(), c.wall());
     assert!(e.held_changes().is_empty(), "{:?}", e.held_changes());
 }
+
+#[test]
+fn a_device_silent_for_forget_after_is_removed_and_its_identities_released() {
+    let forget = STALE * 4;
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE).with_forget_after(forget);
+    let mut c = Clock::new();
+    e.handle_telemetry("gone", report(1, true, Some("aa:bb:cc:00:00:0f")), c.now(), c.wall()).unwrap();
+    drain(&mut e);
+    run_until(&mut e, &mut c, STALE.as_millis() as u64);
+    assert_eq!(e.table().get("gone").unwrap().verdict, Verdict::Unknown, "stale first");
+    run_until(&mut e, &mut c, forget.as_millis() as u64 - 1);
+    assert!(e.table().get("gone").is_some());
+    run_until(&mut e, &mut c, forget.as_millis() as u64);
+    assert!(e.table().get("gone").is_none(), "forgotten");
+    assert_eq!(e.poll_forgotten().as_deref(), Some("gone"));
+    assert_eq!(e.counts(), [0, 0, 0]);
+    let mac = Mac::parse("aa:bb:cc:00:00:0f").unwrap();
+    assert!(e.table().by_mac(mac).is_none(), "its MAC released");
+    assert_eq!(e.poll_timeout(), None, "nothing left to time");
+
+    // Restored from a snapshot older than forget_after: not restored at all.
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE).with_forget_after(forget);
+    let c = Clock::new();
+    let long_ago = c.wall() - forget.as_millis() as i64 - 1;
+    e.restore("ancient", report(1, true, None), long_ago, &[], c.now(), c.wall());
+    e.restore("stale", report(1, true, None), c.wall() - STALE.as_millis() as i64 - 1, &[], c.now(), c.wall());
+    assert!(e.table().get("ancient").is_none());
+    assert_eq!(e.poll_forgotten().as_deref(), Some("ancient"));
+    assert_eq!(e.table().get("stale").unwrap().verdict, Verdict::Unknown);
+    assert!(e.poll_timeout().is_some(), "the stale one will be forgotten in its turn");
+}

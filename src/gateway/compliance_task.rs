@@ -131,6 +131,16 @@ impl ComplianceTask {
     fn drain(&mut self) {
         self.outages();
         self.breaker();
+        let mut forgotten = 0usize;
+        while let Some(id) = self.engine.poll_forgotten() {
+            forgotten += 1;
+            tracing::debug!(device = %id, "device forgotten");
+        }
+        if forgotten > 0 {
+            self.metrics.devices_forgotten.inc_by(forgotten as u64);
+            self.metrics.set_devices(self.engine.counts());
+            tracing::info!(forgotten, "devices silent for forget_after removed from the table");
+        }
         while let Some(c) = self.engine.poll_conflict() {
             self.metrics.identity_conflict(c.kind.label());
             tracing::info!(device = %c.claimant, owner = %c.owner, kind = c.kind.label(), "identity claim refused: bound to another live device");

@@ -49,7 +49,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let table = Table::default();
     let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after)
         .with_outage(cfg.policy.outage())
-        .with_breaker(cfg.policy.max_restrict_fraction);
+        .with_breaker(cfg.policy.max_restrict_fraction)
+        .with_forget_after(cfg.policy.forget_after);
     let (mut entries, bad) = snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
     // Identity owners before the devices whose claims were refused, so the
     // bindings come back as they were.
@@ -63,9 +64,14 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let down_for = Duration::from_millis(u64::try_from(wall - down_since).unwrap_or(0));
     engine.handle_source(false, now.checked_sub(down_for).unwrap_or(now), down_since);
     while engine.poll_outage().is_some() {}
-    let restored = entries.len();
+    let mut restored = entries.len();
     for e in entries {
         engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
+    }
+    let forgotten = std::iter::from_fn(|| engine.poll_forgotten()).count();
+    restored -= forgotten;
+    if forgotten > 0 {
+        tracing::info!(forgotten, after = %humantime::format_duration(cfg.policy.forget_after), "devices silent for forget_after not restored");
     }
     metrics.snapshot_bad_lines.inc_by(bad as u64);
     metrics.set_devices(engine.counts());
