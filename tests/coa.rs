@@ -5,18 +5,12 @@
 
 mod common;
 
-use common::nas::TestNas;
+use common::nas::{Ports, TestNas};
 use common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "a-long-shared-secret";
-
-/// warden's RADIUS ports.
-struct Ports {
-    auth: u16,
-    acct: u16,
-}
 
 fn start_warden(dir: &std::path::Path, nas_port: u16, coa_mode: &str) -> (Warden, u16) {
     let (w, ports) = start_warden_with(dir, nas_port, coa_mode, "broker = \"embedded\"", free_port());
@@ -26,17 +20,10 @@ fn start_warden(dir: &std::path::Path, nas_port: u16, coa_mode: &str) -> (Warden
 /// warden with RADIUS for a test NAS on `nas_port`; `broker` is the
 /// `[mqtt]` broker line, `mqtt` its port.
 fn start_warden_with(dir: &std::path::Path, nas_port: u16, coa_mode: &str, broker: &str, mqtt: u16) -> (Warden, Ports) {
-    let (auth, acct) = (free_udp_port(), free_udp_port());
-    let config = format!(
-        "[node]\nstate_dir = \"state\"\n[mqtt]\n{broker}\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
-         [policy]\ndir = \"policies\"\n\
-         [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
-         [[radius.clients]]\nname = \"lab-switch\"\naddress = \"127.0.0.0/8\"\nsecret = \"{SECRET}\"\n\
-         coa_port = {nas_port}\ncoa_mode = \"{coa_mode}\"\n"
-    );
+    let (config, ports) = common::nas::radius_config(broker, mqtt, "", SECRET, nas_port, coa_mode);
     let mut w = Warden::launch(dir, &config, mqtt, "");
     w.wait_ready();
-    (w, Ports { auth, acct })
+    (w, ports)
 }
 
 fn accounting_start(acct: u16) {

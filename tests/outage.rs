@@ -17,16 +17,11 @@ const SECRET: &str = "a-long-shared-secret";
 fn a_broker_outage_longer_than_stale_after_holds_verdicts_and_the_backlog_is_applied() {
     let dir = Warden::workdir();
     let mut broker = Mosquitto::start(&dir);
-    let (auth, acct, nas_port) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let config = format!(
-        "[node]\nstate_dir = \"state\"\n\
-         [mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"warden-outage-{auth}\"\n\
-         [policy]\ndir = \"policies\"\nstale_after = \"3s\"\n\
-         [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
-         [[radius.clients]]\nname = \"lab-switch\"\naddress = \"127.0.0.0/8\"\nsecret = \"{SECRET}\"\n\
-         coa_port = {nas_port}\ncoa_mode = \"coa\"\n",
-        port = broker.port
-    );
+    let nas_port = free_udp_port();
+    let broker_line = format!("broker = \"mqtt://127.0.0.1:{}\"", broker.port);
+    let (config, ports) =
+        common::nas::radius_config(&broker_line, broker.port, "stale_after = \"3s\"\n", SECRET, nas_port, "coa");
+    let acct = ports.acct;
     let mut w = Warden::launch(&dir, &config, broker.port, "");
     w.wait_ready();
     let nas = TestNas::start(nas_port, SECRET, false);

@@ -88,16 +88,11 @@ fn coas_until_all(nas: &TestNas, vlan: &str) {
 fn a_burst_of_100_000_verdict_changes_ends_with_every_session_in_step() {
     let dir = Warden::workdir();
     let broker = Mosquitto::start_with(&dir, free_port(), "max_queued_messages 0\n", "allow_anonymous true\n");
-    let (auth, acct, nas_port) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let config = format!(
-        "[node]\nstate_dir = \"state\"\n\
-         [mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"warden-burst-{auth}\"\n\
-         [policy]\ndir = \"policies\"\nmax_restrict_fraction = 1.0\n\
-         [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
-         [[radius.clients]]\nname = \"lab-switch\"\naddress = \"127.0.0.0/8\"\nsecret = \"{SECRET}\"\n\
-         coa_port = {nas_port}\ncoa_mode = \"coa\"\n",
-        port = broker.port
-    );
+    let nas_port = free_udp_port();
+    let broker_line = format!("broker = \"mqtt://127.0.0.1:{}\"", broker.port);
+    let (config, ports) =
+        common::nas::radius_config(&broker_line, broker.port, "max_restrict_fraction = 1.0\n", SECRET, nas_port, "coa");
+    let acct = ports.acct;
     let mut w = Warden::launch(&dir, &config, broker.port, "");
     w.wait_ready();
     publish_fleet(broker.port);

@@ -108,3 +108,32 @@ pub fn vlan(out: &str) -> Option<String> {
     out.lines()
         .find_map(|l| l.trim().strip_prefix("Tunnel-Private-Group-Id:0 = ").map(|v| v.trim_matches('"').to_string()))
 }
+
+/// warden's RADIUS ports.
+pub struct Ports {
+    pub auth: u16,
+    pub acct: u16,
+}
+
+/// A config (every table but `[http]`) with RADIUS for a test NAS on
+/// loopback (client `lab-switch`, `secret`) whose CoA port is `nas_port`.
+/// `broker` is the `[mqtt]` broker line, `mqtt` its port; `policy` adds
+/// `[policy]` lines.
+pub fn radius_config(
+    broker: &str,
+    mqtt: u16,
+    policy: &str,
+    secret: &str,
+    nas_port: u16,
+    coa_mode: &str,
+) -> (String, Ports) {
+    let (auth, acct) = (super::free_udp_port(), super::free_udp_port());
+    let config = format!(
+        "[node]\nstate_dir = \"state\"\n[mqtt]\n{broker}\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
+         [policy]\ndir = \"policies\"\n{policy}\
+         [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
+         [[radius.clients]]\nname = \"lab-switch\"\naddress = \"127.0.0.0/8\"\nsecret = \"{secret}\"\n\
+         coa_port = {nas_port}\ncoa_mode = \"{coa_mode}\"\n"
+    );
+    (config, Ports { auth, acct })
+}
