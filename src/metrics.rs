@@ -66,6 +66,8 @@ pub struct Metrics {
     pub changes_pending: IntGauge,
     /// Devices removed after `forget_after` of silence.
     pub devices_forgotten: IntCounter,
+    /// Jumps in a device's report numbers: reports lost before warden.
+    pub telemetry_seq_gaps: IntCounter,
 }
 
 /// `plane` label values of `warden_reconcile_corrections_total`.
@@ -224,6 +226,10 @@ impl Metrics {
                 "Devices whose verdict is held while the telemetry source is out",
             ),
             changes_pending: gauge("warden_changes_pending", "Restriction batches held by the circuit breaker"),
+            telemetry_seq_gaps: counter(
+                "warden_telemetry_seq_gaps_total",
+                "Reports whose seq jumped past the next number: reports lost before they reached warden",
+            ),
             devices_forgotten: counter(
                 "warden_devices_forgotten_total",
                 "Devices removed from the table after policy.forget_after without a report",

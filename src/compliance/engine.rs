@@ -94,6 +94,8 @@ pub struct Engine {
     /// Devices silent this long are removed (`policy.forget_after`).
     forget_after: Option<Duration>,
     forgotten: VecDeque<Arc<str>>,
+    /// Jumps in a device's `seq` since the shell last took them.
+    seq_gaps: u64,
 }
 
 /// The circuit breaker adds up the restrictions of reloads this close together.
@@ -176,7 +178,14 @@ impl Engine {
             recent_reloads: VecDeque::new(),
             forget_after: None,
             forgotten: VecDeque::new(),
+            seq_gaps: 0,
         }
+    }
+
+    /// The jumps in `seq` seen since the last call (each a report, or
+    /// several, lost before warden got it).
+    pub fn take_seq_gaps(&mut self) -> u64 {
+        std::mem::take(&mut self.seq_gaps)
     }
 
     /// Devices with no report for `after` (silence heard, as for
@@ -230,6 +239,13 @@ impl Engine {
             && report.seq <= old.report.seq
         {
             return Err(Refusal::Replay { seq: report.seq, last: old.report.seq });
+        }
+        // Agents number reports consecutively: a jump means reports were
+        // lost on the way (a broker queue that overflowed, for one).
+        if let Some(old) = &old
+            && report.seq > old.report.seq.saturating_add(1)
+        {
+            self.seq_gaps += 1;
         }
         let id: Arc<str> = old.as_ref().map_or_else(|| id.into(), |d| Arc::clone(&d.id));
         self.interner.report(&mut report);

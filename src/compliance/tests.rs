@@ -520,3 +520,16 @@ fn a_device_silent_for_forget_after_is_removed_and_its_identities_released() {
     assert_eq!(e.table().get("stale").unwrap().verdict, Verdict::Unknown);
     assert!(e.poll_timeout().is_some(), "the stale one will be forgotten in its turn");
 }
+
+#[test]
+fn a_jump_in_seq_is_a_gap() {
+    let mut e = Engine::new(Table::default(), PolicySet::default(), STALE);
+    let c = Clock::new();
+    for seq in [1, 2, 3, 7, 8, 10] {
+        e.handle_telemetry("d", report(seq, true, None), c.now(), c.wall()).unwrap();
+    }
+    assert_eq!(e.take_seq_gaps(), 2, "3 → 7 and 8 → 10");
+    assert_eq!(e.take_seq_gaps(), 0, "taken");
+    e.handle_telemetry("new", report(40, true, None), c.now(), c.wall()).unwrap();
+    assert_eq!(e.take_seq_gaps(), 0, "a device's first report is no gap");
+}

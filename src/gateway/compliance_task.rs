@@ -129,6 +129,10 @@ impl ComplianceTask {
 
     /// Publishes every queued change and refreshes the device gauges.
     fn drain(&mut self) {
+        let gaps = self.engine.take_seq_gaps();
+        if gaps > 0 {
+            self.metrics.telemetry_seq_gaps.inc_by(gaps);
+        }
         self.outages();
         self.breaker();
         let mut forgotten = 0usize;
