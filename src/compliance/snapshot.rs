@@ -75,11 +75,57 @@ pub fn read(dir: &Path) -> std::io::Result<(Vec<Entry>, usize)> {
     };
     let mut entries = Vec::new();
     let mut bad = 0;
-    for line in std::io::BufReader::new(file).lines() {
-        match serde_json::from_str::<Entry>(&line?) {
+    // Lines as bytes: a damaged line (a flipped byte, invalid UTF-8, a torn
+    // end) is skipped and counted like any other, never fatal.
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Entry>(text) {
             Ok(e) if crate::telemetry::parse::valid_device_id(&e.id) => entries.push(e),
             _ => bad += 1,
         }
     }
     Ok((entries, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str) -> Vec<u8> {
+        let e = Entry { id: id.into(), last_seen: 1, failing_since: Vec::new(), report: Report::default() };
+        let mut v = serde_json::to_vec(&e).unwrap();
+        v.push(b'\n');
+        v
+    }
+
+    /// Recovery does not depend on how the file was damaged: a flipped
+    /// byte, invalid UTF-8 and a torn last line are each one skipped line.
+    #[test]
+    fn damaged_lines_are_skipped_whatever_the_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend(line("a"));
+        let mut flipped = line("b");
+        flipped[3] ^= 0x20;
+        bytes.extend(flipped);
+        let mut utf8 = line("c");
+        utf8[8] = 0xff;
+        bytes.extend(utf8);
+        bytes.extend(line("d"));
+        let torn = line("e");
+        bytes.extend(&torn[..torn.len() / 2]);
+        std::fs::write(path(dir.path()), bytes).unwrap();
+        let (entries, bad) = read(dir.path()).unwrap();
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!((ids, bad), (vec!["a", "d"], 3));
+    }
 }
