@@ -375,7 +375,11 @@ fn through_the_radius_core_the_accept_carries_the_supplicant_s_msk() {
                     Outcome::Authenticated { keys, success, .. } => Decision::Accept {
                         vlan: Some("100".into()),
                         reply_message: None,
-                        eap: Some(EapReply { message: success, msk: Some(Box::new(keys.msk)), user_name: None }),
+                        eap: Some(EapReply {
+                            message: success,
+                            msk: Some(Box::new(zeroize::Zeroizing::new(keys.msk))),
+                            user_name: None,
+                        }),
                     },
                     other => panic!("tls13={tls13}: {other:?}"),
                 };

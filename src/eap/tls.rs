@@ -43,6 +43,15 @@ pub struct Keys {
     pub emsk: [u8; 64],
 }
 
+/// Zeroed when dropped, like every copy warden makes of them.
+impl Drop for Keys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.msk.zeroize();
+        self.emsk.zeroize();
+    }
+}
+
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Keys(..)")

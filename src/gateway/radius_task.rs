@@ -62,7 +62,11 @@ fn with_eap(
         Decision::Accept { vlan, reply_message, .. } => Decision::Accept {
             vlan,
             reply_message,
-            eap: Some(EapReply { message: success, msk: Some(Box::new(keys.msk)), user_name: Some(user.to_string()) }),
+            eap: Some(EapReply {
+                message: success,
+                msk: Some(Box::new(zeroize::Zeroizing::new(keys.msk))),
+                user_name: Some(user.to_string()),
+            }),
         },
         Decision::Reject { reply_message, .. } => {
             Decision::Reject { reply_message, eap: Some(EapReply { message: failure, msk: None, user_name: None }) }
@@ -313,7 +317,8 @@ impl RadiusTask {
                     super::authorize::user_device(&user, req.calling_station_id.as_deref(), &self.table, &self.users);
                 let (decision, outcome) = by_verdict("peap", device.as_deref(), &self.enforce.policy);
                 let decision = with_eap(decision, success, failure, keys, &user);
-                let reason = format!("{} (user {user})", outcome.reason);
+                // User and certificate names are PII: DEBUG only (below).
+                let reason = outcome.reason;
                 (decision, "peap", outcome.result, reason, outcome.device, outcome.access, Some(user))
             }
             Outcome::Authenticated {
@@ -334,8 +339,7 @@ impl RadiusTask {
                     let device = self.table.get(&name).or_else(|| self.table.by_cert_identity(&name));
                     let (decision, outcome) = by_verdict("eap-tls", device.as_deref(), &self.enforce.policy);
                     let decision = with_eap(decision, success, failure, keys, &name);
-                    let reason =
-                        format!("{} (certificate {name}, TLS 1.{})", outcome.reason, if tls13 { 3 } else { 2 });
+                    let reason = format!("{} (TLS 1.{})", outcome.reason, if tls13 { 3 } else { 2 });
                     (decision, "eap-tls", outcome.result, reason, outcome.device, outcome.access, Some(name))
                 }
             },
@@ -349,6 +353,7 @@ impl RadiusTask {
             device = device.as_deref().unwrap_or("-"),
             "access decision"
         );
+        tracing::debug!(name = ?named, user = ?req.user_name, calling_station = ?req.calling_station_id, "EAP identities");
         let mac = req.calling_station_id.as_deref();
         self.enforce.admitted(mac, req.user_name.as_deref(), access, now);
         if named.is_some() && named != req.user_name {

@@ -176,7 +176,8 @@ pub struct EapReply {
     pub message: Vec<u8>,
     /// The MSK, sent as MS-MPPE-Recv-Key / Send-Key (RFC 2548), encrypted
     /// with the client's secret and this request's authenticator.
-    pub msk: Option<Box<[u8; 64]>>,
+    /// Zeroed when dropped: the key material never lingers in freed memory.
+    pub msk: Option<Box<zeroize::Zeroizing<[u8; 64]>>>,
     /// User-Name for the Accept (the identity that authenticated).
     pub user_name: Option<String>,
 }
