@@ -1,10 +1,16 @@
 //! The writer side of the compliance table, as a sans-IO state machine.
 //!
 //! Drive it: feed one input (`handle_telemetry`, `handle_policies`,
-//! `handle_timeout`), drain `poll_event` until it returns `None`, then sleep
-//! until `poll_timeout` or the next input. It reads no clock: every input
-//! carries `now` (monotonic, for deadlines) and `wall` (Unix milliseconds,
-//! for timestamps people read and for `ts` checks).
+//! `handle_source`, `confirm`, `handle_timeout`), then drain `poll_event`,
+//! `poll_conflict`, `poll_outage`, `poll_breaker` and `poll_forgotten` until
+//! each returns `None` (and `take_seq_gaps`), then sleep until `poll_timeout`
+//! or the next input. It reads no clock: every input carries `now`
+//! (monotonic, for deadlines) and `wall` (Unix milliseconds, for timestamps
+//! people read and for `ts` checks).
+//!
+//! Longer than most files here because every input shares the same private
+//! state (the deadline set, the held devices, the held batch); the pure
+//! parts live beside it (`access`, `identity`, `outage`).
 
 use super::device::{Device, Enforce, Verdict};
 use super::identity::{self, Bound, Conflict};

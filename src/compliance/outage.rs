@@ -181,8 +181,8 @@ impl Tracker {
     }
 
     /// A staleness deadline fired at `now` with `live` devices holding a
-    /// current verdict. True when this makes the silence a fleet-wide
-    /// outage (from the first expiry of the window on).
+    /// current verdict. When this makes the silence a fleet-wide outage,
+    /// the time it began: the first expiry of the window.
     pub fn expiry(&mut self, now: Instant, live: usize) -> Option<Instant> {
         if self.current.is_some() || live + self.expiries.len() < MIN_FLEET {
             self.expiries.clear();

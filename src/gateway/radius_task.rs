@@ -1,6 +1,7 @@
 //! The RADIUS shell: two UDP sockets (auth, acct) feeding the sans-IO
-//! [`Server`], decisions from [`authorize`], accounting appended to a
-//! journal in `state_dir` before it is acknowledged.
+//! [`Server`], decisions from [`authorize`], and [`Enforcer`] for sessions,
+//! CoA and the accounting journal (a record is appended before it is
+//! acknowledged).
 
 use super::authorize::{authorize, by_verdict, slow_check};
 use super::radius_enforce::{BACKGROUND_SLICE, Enforcer, SWEEP_EVERY, URGENT_SLICE};
