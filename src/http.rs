@@ -15,11 +15,17 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// What `/readyz` checks: every configured plane is up.
+/// What `/readyz` checks: every configured plane is up. (The compliance
+/// state is restored before the HTTP listener is bound, so it is never
+/// asked about before then.)
 #[derive(Default)]
 pub struct Readiness {
     /// The telemetry subscription is acknowledged by the broker.
     pub telemetry: Arc<AtomicBool>,
+    /// The RADIUS task serves its bound sockets (`None`: not configured).
+    pub radius: Option<Arc<AtomicBool>>,
+    /// The WireGuard packet tasks run (`None`: not configured).
+    pub wireguard: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Clone)]
@@ -61,9 +67,16 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn readyz(State(s): State<ApiState>) -> Response {
-    let telemetry = s.ready.telemetry.load(Ordering::Acquire);
-    let body = Json(json!({ "ready": telemetry, "planes": { "telemetry": telemetry } }));
-    let code = if telemetry { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut planes = serde_json::Map::new();
+    planes.insert("telemetry".into(), s.ready.telemetry.load(Ordering::Acquire).into());
+    for (name, flag) in [("radius", &s.ready.radius), ("wireguard", &s.ready.wireguard)] {
+        if let Some(f) = flag {
+            planes.insert(name.into(), f.load(Ordering::Acquire).into());
+        }
+    }
+    let ready = planes.values().all(|v| v.as_bool() == Some(true));
+    let body = Json(json!({ "ready": ready, "planes": planes }));
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, body).into_response()
 }
 

@@ -64,6 +64,11 @@ fn mab(nas: &Nas, mac: &str) -> String {
 fn pap_and_mab_follow_the_verdict() {
     let dir = Warden::workdir();
     let (w, nas) = start(&dir, "127.0.0.0/8", "quarantine");
+    // Ready means every configured plane: here telemetry and RADIUS.
+    let (code, body) = w.get("/readyz").unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(ready["planes"], json!({"telemetry": true, "radius": true}), "{body}");
 
     // Nothing reported yet: unknown devices are quarantined (the default).
     let out = mab(&nas, "AA-BB-CC-00-00-01");

@@ -143,7 +143,11 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let (confirm_tx, confirm_rx) = mpsc::channel(16);
     let (held_tx, held_rx) = watch::channel(Vec::new());
     let (policy_tx, policy_rx) = mpsc::channel(4);
-    let ready = Arc::new(Readiness::default());
+    let ready = Arc::new(Readiness {
+        radius: radius.as_ref().map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false))),
+        wireguard: wireguard.as_ref().map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false))),
+        ..Readiness::default()
+    });
     let mut tasks = tokio::task::JoinSet::new();
 
     tasks.spawn(ingest::run_publisher(status_client.clone(), status_eventloop, shutdown.clone()));
@@ -191,10 +195,11 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     );
     if let Some(mut task) = radius {
         task.shutdown = shutdown.clone();
+        task.ready = ready.radius.clone();
         tasks.spawn(task.run());
     }
     if let Some(task) = wireguard {
-        tasks.spawn(task.run(shutdown.clone()));
+        tasks.spawn(task.run(shutdown.clone(), ready.wireguard.clone()));
     }
     tasks.spawn(reload::run(cfg.policy.dir.clone(), policy_tx, Arc::clone(&metrics), shutdown.clone()));
     let api = crate::http::router(ApiState {
@@ -322,6 +327,7 @@ async fn radius_task(
         reconcile,
         held: watch::channel(Vec::new()).0,
         confirms: mpsc::channel(1).1,
+        ready: None,
         slow: radius_task::SlowChecks::new(),
         eap: loaded.eap.as_ref().map(|e| {
             let mut server = crate::eap::server::EapServer::new(Some(Arc::clone(&e.tls)), e.limits.clone(), seed);

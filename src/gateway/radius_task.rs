@@ -32,6 +32,8 @@ pub struct RadiusTask {
     /// The circuit breaker's held batch, for the API, and its confirmations.
     pub held: watch::Sender<Vec<crate::compliance::Held>>,
     pub confirms: tokio::sync::mpsc::Receiver<super::Confirm>,
+    /// Set once the task serves its sockets, for `/readyz`.
+    pub ready: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Argon2 checks running on blocking threads, and their results.
     pub slow: SlowChecks,
     /// 802.1X, when `[eap]` is configured.
@@ -109,6 +111,9 @@ impl RadiusTask {
         let mut timer = super::timer::Timer::new();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let Some(ready) = &self.ready {
+            ready.store(true, std::sync::atomic::Ordering::Release);
+        }
         loop {
             timer.arm(self.server.poll_timeout().into_iter().chain(self.enforce.poll_timeout()).min());
             let urgent = self.enforce.sweep_urgent();

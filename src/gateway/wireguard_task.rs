@@ -263,7 +263,7 @@ impl WireGuardTask {
         })
     }
 
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>, ready: Option<Arc<std::sync::atomic::AtomicBool>>) {
         let from_network = tokio::spawn(network_to_tun(
             Arc::clone(&self.router),
             Arc::clone(&self.socket),
@@ -278,6 +278,9 @@ impl WireGuardTask {
             Arc::clone(&self.metrics),
             shutdown.clone(),
         ));
+        if let Some(ready) = &ready {
+            ready.store(true, std::sync::atomic::Ordering::Release);
+        }
         self.control(shutdown).await;
         let _ = from_network.await;
         let _ = from_tun.await;
