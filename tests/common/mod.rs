@@ -132,7 +132,9 @@ impl Warden {
     /// [`Warden::launch`] inside network namespace `netns`, if given: its
     /// loopback ports are then reached through `ip netns exec`.
     pub fn launch_in(netns: Option<&str>, dir: &Path, config: &str, mqtt: u16, http_extra: &str) -> Self {
-        let http = free_port();
+        // Not the MQTT port: on a restart that port is free (nothing listens
+        // on it while warden is down) and could be handed out again.
+        let http = std::iter::repeat_with(free_port).find(|p| *p != mqtt).unwrap_or_default();
         let file = dir.join(format!("warden-{http}.toml"));
         std::fs::write(&file, format!("{config}\n[http]\nlisten = \"127.0.0.1:{http}\"\n{http_extra}")).unwrap();
         let log = dir.join(format!("warden-{http}.log"));
