@@ -246,5 +246,7 @@ fn restart_keeps_verdicts_and_the_time_warden_was_down_is_not_silence() {
     wait_for("silence heard for stale_after", Duration::from_secs(10), || {
         (w3.metric("warden_devices{verdict=\"unknown\"}") == 2.0).then_some(())
     });
-    assert!(back.elapsed() >= Duration::from_secs(3), "stale_after counts from when warden listens again");
+    // Not at once: what is left of stale_after (4 s, less the silence heard
+    // while the last warden ran) counts from when this one listens.
+    assert!(back.elapsed() >= Duration::from_secs(1), "stale_after counts from when warden listens again");
 }
