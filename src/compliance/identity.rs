@@ -46,6 +46,9 @@ pub struct Conflict {
     pub owner: Arc<str>,
 }
 
+/// Conflicts kept per report (each refused claim is refused all the same).
+pub const MAX_CONFLICTS: usize = 16;
+
 /// The identities a report binds to its device (the claims that were not
 /// conflicts).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,27 +76,35 @@ fn live(owner: &Device) -> bool {
 pub fn claims(id: &Arc<str>, report: &Report, owners: &impl Owners) -> (Bound, Vec<Conflict>) {
     let mut bound = Bound::default();
     let mut conflicts = Vec::new();
-    let mut check = |kind: Kind, identity: &str, owner: Option<Arc<Device>>| -> bool {
+    let mut check = |kind: Kind, identity: &dyn std::fmt::Display, owner: Option<Arc<Device>>| -> bool {
         match owner {
             Some(o) if o.id != *id && live(&o) => {
-                conflicts.push(Conflict {
-                    claimant: Arc::clone(id),
-                    kind,
-                    identity: identity.into(),
-                    owner: Arc::clone(&o.id),
-                });
+                // A report is at most 64 KiB, thousands of MACs: every claim is
+                // refused, the first few are kept to be reported.
+                if conflicts.len() < MAX_CONFLICTS {
+                    conflicts.push(Conflict {
+                        claimant: Arc::clone(id),
+                        kind,
+                        identity: identity.to_string().into(),
+                        owner: Arc::clone(&o.id),
+                    });
+                }
                 false
             }
             _ => true,
         }
     };
-    for mac in report.mac_addresses.iter().flat_map(|v| v.iter()).filter_map(|m| Mac::parse(m)) {
-        if !bound.macs.contains(&mac) && check(Kind::Mac, &mac.to_string(), owners.mac_owner(mac)) {
+    // Sorted and deduplicated: one claim per MAC, whatever the report repeats.
+    let mut macs: Vec<Mac> = report.mac_addresses.iter().flat_map(|v| v.iter()).filter_map(|m| Mac::parse(m)).collect();
+    macs.sort_unstable();
+    macs.dedup();
+    for mac in macs {
+        if check(Kind::Mac, &mac, owners.mac_owner(mac)) {
             bound.macs.push(mac);
         }
     }
     if let Some(k) = &report.wg_public_key
-        && check(Kind::WgKey, k, owners.wg_key_owner(k))
+        && check(Kind::WgKey, &k, owners.wg_key_owner(k))
     {
         bound.wg_key = Some(Arc::clone(k));
     }
@@ -102,7 +113,7 @@ pub fn claims(id: &Arc<str>, report: &Report, owners: &impl Owners) -> (Bound, V
         // claimant itself, or a live other device.
         let owner =
             if **c == **id { None } else { owners.device(c).filter(|d| live(d)).or_else(|| owners.cert_owner(c)) };
-        if check(Kind::Cert, c, owner) {
+        if check(Kind::Cert, &c, owner) {
             bound.cert = Some(Arc::clone(c));
         }
     }
@@ -154,6 +165,27 @@ mod tests {
         let p = policy();
         assert_eq!(format!("{}/{}", p.name, p.rules[0].id), FAILURE_KEY);
         assert_eq!(p.severity, crate::policy::Severity::Critical);
+    }
+
+    #[test]
+    fn a_report_full_of_claims_is_refused_in_full_and_reported_in_part() {
+        use crate::compliance::{Engine, Table};
+        let table = Table::default();
+        let mut engine = Engine::new(table.clone(), Default::default(), std::time::Duration::from_secs(3600));
+        let now = std::time::Instant::now();
+        let all: Vec<Arc<str>> = (0..3000u32)
+            .map(|i| format!("02:00:00:{:02x}:{:02x}:{:02x}", i >> 16, (i >> 8) & 0xff, i & 0xff).into())
+            .collect();
+        let owner = Report { seq: 1, mac_addresses: Some(all.clone().into()), ..Default::default() };
+        engine.handle_telemetry("owner", owner, now, 0).unwrap();
+        // The same 3000 MACs, each twice.
+        let twice: Vec<Arc<str>> = all.iter().chain(all.iter()).cloned().collect();
+        let claimant = Report { seq: 1, mac_addresses: Some(twice.into()), ..Default::default() };
+        engine.handle_telemetry("claimant", claimant, now, 0).unwrap();
+        assert_eq!(std::iter::from_fn(|| engine.poll_conflict()).count(), MAX_CONFLICTS);
+        let mac = Mac::parse(&all[2999]).unwrap();
+        assert_eq!(table.by_mac(mac).map(|d| d.id.to_string()).as_deref(), Some("owner"), "none moved");
+        assert!(table.get("claimant").unwrap().failures.iter().any(|f| f.key() == FAILURE_KEY));
     }
 
     /// The reference model: identity → owner, by the rules in the module

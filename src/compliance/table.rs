@@ -82,8 +82,10 @@ impl Table {
         let new_r = &device.report;
         if let Some(old) = old {
             let old_r = &old.report;
+            // A set, not a scan per MAC: a report may list thousands.
+            let kept: std::collections::HashSet<Mac, foldhash::fast::RandomState> = macs(new_r).collect();
             for mac in macs(old_r) {
-                if !macs(new_r).any(|m| m == mac) {
+                if !kept.contains(&mac) {
                     self.inner.by_mac.remove_if(&mac, |_, owner| owner == id);
                 }
             }
