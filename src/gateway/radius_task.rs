@@ -111,6 +111,7 @@ impl RadiusTask {
         let mut timer = super::timer::Timer::new();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published: Option<u64> = None;
         if let Some(ready) = &self.ready {
             ready.store(true, std::sync::atomic::Ordering::Release);
         }
@@ -178,16 +179,19 @@ impl RadiusTask {
                 }
             }
             self.drain(Instant::now()).await;
-            self.publish_held();
+            self.publish_held(&mut published);
         }
     }
 
-    /// Tells the API (and the gauge) when the held batch changed.
-    fn publish_held(&mut self) {
+    /// Tells the API (and the gauge) when the held batch changed. Compared
+    /// with what was `published` last, so the loop takes no lock for it.
+    fn publish_held(&mut self, published: &mut Option<u64>) {
         let now = self.enforce.held().map(|h| h.id);
-        if self.held.borrow().first().map(|h| h.id) != now {
-            let before = self.held.send_replace(self.enforce.held().cloned().into_iter().collect()).len();
-            self.metrics.changes_pending.add(self.held.borrow().len() as i64 - before as i64);
+        if *published != now {
+            let held: Vec<_> = self.enforce.held().cloned().into_iter().collect();
+            self.metrics.changes_pending.add(held.len() as i64 - i64::from(published.is_some()));
+            self.held.send_replace(held);
+            *published = now;
         }
     }
 
