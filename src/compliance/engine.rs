@@ -104,6 +104,9 @@ pub struct Engine {
     seq_gaps: u64,
 }
 
+/// Devices under a new policy set: each with its failures.
+type Evaluated = Vec<(Arc<Device>, Vec<Failure>)>;
+
 /// The circuit breaker adds up the restrictions of reloads this close together.
 const BREAKER_WINDOW: Duration = Duration::from_secs(60);
 
@@ -294,7 +297,8 @@ impl Engine {
     /// breaker's share of them: then nothing changes, and the set waits as a
     /// [`Held`] batch for [`Engine::confirm`]. A newer set replaces a held one.
     pub fn handle_policies(&mut self, policies: PolicySet, now: Instant, wall: UnixMillis) {
-        let (restricting, live) = self.restricting_under(&policies, wall);
+        let (evaluated, restricting) = self.evaluate(&policies, wall);
+        let live = evaluated.len();
         // Reloads within a minute add up: a large change cut into small
         // reloads is still a large change.
         while self.recent_reloads.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= BREAKER_WINDOW) {
@@ -315,7 +319,7 @@ impl Engine {
         if restricting > 0 {
             self.recent_reloads.push_back((now, restricting));
         }
-        self.apply_policies(policies, now, wall);
+        self.apply_evaluated(policies, evaluated, now, wall);
     }
 
     /// Applies the held batch `id`, as an operator confirmed it.
@@ -345,42 +349,44 @@ impl Engine {
         self
     }
 
-    /// How many devices with a current verdict `policies` would newly
-    /// quarantine (cutting their running sessions), and how many there are.
-    fn restricting_under(&self, policies: &PolicySet, wall: UnixMillis) -> (usize, usize) {
-        let (mut restricting, mut live) = (0, 0);
+    /// Every device with a current verdict, evaluated under `policies`
+    /// (in id order, failure start times kept), and how many of them it
+    /// would newly quarantine (cutting their running sessions). Evaluated
+    /// once: the breaker counts from it, and applying it reuses it.
+    fn evaluate(&self, policies: &PolicySet, wall: UnixMillis) -> (Evaluated, usize) {
+        let mut devices = Vec::new();
+        let mut restricting = 0;
         self.table.for_each(|d| {
             if d.verdict == Verdict::Unknown {
                 return;
             }
-            live += 1;
-            if d.enforce.quarantine {
-                return;
-            }
             let mut failures = decide(policies, &d.report, wall).failures;
+            if !d.conflicts.is_empty() {
+                failures.push(identity::failure(&self.identity_policy, &d.conflicts, wall));
+            }
             for f in &mut failures {
                 if let Some(prev) = d.failures.iter().find(|p| p.same_rule(f)) {
                     f.since = prev.since;
                 }
             }
-            if Enforce::of(&failures, wall).0.quarantine {
+            if !d.enforce.quarantine && Enforce::of(&failures, wall).0.quarantine {
                 restricting += 1;
             }
+            devices.push((Arc::clone(d), failures));
         });
-        (restricting, live)
+        devices.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
+        (devices, restricting)
     }
 
     fn apply_policies(&mut self, policies: PolicySet, now: Instant, wall: UnixMillis) {
+        let (evaluated, _) = self.evaluate(&policies, wall);
+        self.apply_evaluated(policies, evaluated, now, wall);
+    }
+
+    fn apply_evaluated(&mut self, policies: PolicySet, evaluated: Evaluated, now: Instant, wall: UnixMillis) {
         self.policies = policies;
-        for id in self.table.sorted_ids() {
-            let Some(old) = self.table.get(&id) else {
-                continue;
-            };
-            if old.verdict == Verdict::Unknown {
-                continue;
-            }
+        for (old, failures) in evaluated {
             let mut device = (*old).clone();
-            let failures = self.failures_of(&device.report, &device.conflicts, wall);
             self.settle(&mut device, Some(&old), failures, now, wall);
             self.store(device, Some(&old), Cause::PolicyReload, now, wall, None);
         }

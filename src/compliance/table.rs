@@ -68,13 +68,6 @@ impl Table {
         }
     }
 
-    /// Every device id, sorted: for deterministic walks by the engine.
-    pub(crate) fn sorted_ids(&self) -> Vec<Arc<str>> {
-        let mut ids: Vec<Arc<str>> = self.inner.devices.iter().map(|e| Arc::clone(e.key())).collect();
-        ids.sort_unstable();
-        ids
-    }
-
     /// Stores `device`, releasing the identities `old` claimed and it no
     /// longer claims (where `old` held them), and binding `bound`.
     pub(crate) fn put(&self, device: Arc<Device>, old: Option<&Device>, bound: &Bound) {
