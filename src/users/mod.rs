@@ -1,8 +1,12 @@
 //! Local credentials (`radius.users_file`) for PAP: a name, a password or its
 //! NT hash, and optionally the device whose verdict decides the user's access.
 
+mod scan;
+
 use crate::diag::Located;
+use hashbrown::HashTable;
 use serde::Deserialize;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -38,9 +42,9 @@ enum Credential {
 }
 
 pub struct User {
-    pub name: String,
+    pub name: Box<str>,
     credential: Credential,
-    pub device_id: Option<String>,
+    pub device_id: Option<Box<str>>,
 }
 
 impl User {
@@ -105,25 +109,53 @@ impl std::fmt::Debug for Users {
 /// verdict change. Loading and lookups cost the same per user whatever the
 /// file's size (a linear scan per request once made PAP 50 times slower
 /// than FreeRADIUS with 100,000 users, bench/RESULTS.md).
+///
+/// The indexes hold positions in `users`, not copies of the names: with
+/// 1,000,000 users every extra allocation per user costs about a tenth of
+/// a second to load and again to free.
 #[derive(Default)]
 pub struct Users {
     users: Vec<User>,
-    by_name: std::collections::HashMap<Box<str>, usize, foldhash::fast::RandomState>,
-    by_device: std::collections::HashMap<Box<str>, Vec<usize>, foldhash::fast::RandomState>,
+    by_name: HashTable<u32>,
+    /// One position per user with a `device_id`; a device's users share
+    /// its hash and are told apart by comparing the id.
+    by_device: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     file: PathBuf,
 }
 
 impl Users {
     pub fn load(path: &Path) -> Result<Self, Located> {
         let text = std::fs::read_to_string(path).map_err(|e| Located::file(path, format!("cannot read: {e}")))?;
-        let f: File = toml::from_str(&text).map_err(|e| Located::toml(path, &text, &e))?;
+        let entries = match scan::scan(&text) {
+            Some(entries) => entries,
+            // Not the plain shape: toml reads it, and locates any error.
+            None => {
+                let f: File = toml::from_str(&text).map_err(|e| Located::toml(path, &text, &e))?;
+                f.users
+                    .into_iter()
+                    .map(|u| scan::Entry {
+                        name_at: u.name.span().start,
+                        name: u.name.into_inner().into(),
+                        password: u.password.map(Into::into),
+                        nt_hash: u.nt_hash.map(Into::into),
+                        argon2: u.argon2.map(Into::into),
+                        device_id: u.device_id.map(Into::into),
+                    })
+                    .collect()
+            }
+        };
+        if u32::try_from(entries.len()).is_err() {
+            return Err(Located::file(path, "more than 4,294,967,295 users"));
+        }
         let mut out = Self { file: path.to_path_buf(), ..Self::default() };
-        out.users.reserve(f.users.len());
-        for u in f.users {
-            let at = u.name.span().start;
-            let name = u.name.into_inner();
+        out.users.reserve(entries.len());
+        out.by_name.reserve(entries.len(), |_| 0);
+        for u in entries {
+            let at = u.name_at;
+            let name = u.name;
             let credential = match (u.password, u.nt_hash, u.argon2) {
-                (Some(p), None, None) => Credential::Plain(Zeroizing::new(p.into_bytes())),
+                (Some(p), None, None) => Credential::Plain(Zeroizing::new(p.into_owned().into_bytes())),
                 (None, Some(h), None) => Credential::NtHash(parse_hash(&h).ok_or_else(|| {
                     Located::at(path, &text, at, format!("user {name:?}: nt_hash must be 32 hex digits"))
                 })?),
@@ -136,7 +168,7 @@ impl Users {
                             format!("user {name:?}: argon2 is not a PHC string ($argon2id$v=19$...)"),
                         ));
                     }
-                    Credential::Argon2(phc.into())
+                    Credential::Argon2(phc.as_ref().into())
                 }
                 _ => {
                     return Err(Located::at(
@@ -147,30 +179,46 @@ impl Users {
                     ));
                 }
             };
-            let i = out.users.len();
-            if out.by_name.insert(name.as_str().into(), i).is_some() {
-                return Err(Located::at(path, &text, at, format!("duplicate user {name:?}")));
+            let i = out.users.len() as u32;
+            let users = &out.users;
+            let hash = out.hasher.hash_one(name.as_ref());
+            match out.by_name.entry(
+                hash,
+                |&j| *users[j as usize].name == *name,
+                |&j| out.hasher.hash_one(&*users[j as usize].name),
+            ) {
+                hashbrown::hash_table::Entry::Occupied(_) => {
+                    return Err(Located::at(path, &text, at, format!("duplicate user {name:?}")));
+                }
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(i);
+                }
             }
-            if let Some(d) = &u.device_id {
-                out.by_device.entry(d.as_str().into()).or_default().push(i);
+            let device_id: Option<Box<str>> = u.device_id.map(|d| d.as_ref().into());
+            if let Some(d) = &device_id {
+                let hasher = &out.hasher;
+                out.by_device.insert_unique(hasher.hash_one(&**d), i, |&j| {
+                    hasher.hash_one(users[j as usize].device_id.as_deref().unwrap_or_default())
+                });
             }
-            out.users.push(User { name, credential, device_id: u.device_id });
+            out.users.push(User { name: name.as_ref().into(), credential, device_id });
         }
         Ok(out)
     }
 
     pub fn get(&self, name: &str) -> Option<&User> {
-        self.by_name.get(name).and_then(|i| self.users.get(*i))
+        let hash = self.hasher.hash_one(name);
+        let i = self.by_name.find(hash, |&i| *self.users[i as usize].name == *name)?;
+        self.users.get(*i as usize)
     }
 
     /// The users whose access a device's verdict decides.
     pub fn names_for_device(&self, device: &str) -> Vec<&str> {
         self.by_device
-            .get(device)
-            .into_iter()
-            .flatten()
-            .filter_map(|i| self.users.get(*i))
-            .map(|u| u.name.as_str())
+            .iter_hash(self.hasher.hash_one(device))
+            .filter_map(|&i| self.users.get(i as usize))
+            .filter(|u| u.device_id.as_deref() == Some(device))
+            .map(|u| &*u.name)
             .collect()
     }
 
