@@ -63,8 +63,24 @@ pub struct Radius {
     pub noncompliant: Noncompliant,
     /// Local credentials for PAP (and PEAP-MSCHAPv2).
     pub users_file: Option<PathBuf>,
+    /// Auth shards (sockets on the auth port, one task each); 0: one per core.
+    #[serde(default)]
+    pub workers: usize,
     #[serde(default)]
     pub clients: Vec<RadiusClient>,
+}
+
+/// Auth shards at most: each is a socket, a task and a duplicate cache.
+const MAX_WORKERS: usize = 256;
+
+impl Radius {
+    /// The number of auth shards: `workers`, or one per core.
+    pub fn shards(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
 }
 
 fn default_auth_listen() -> SocketAddr {
@@ -412,6 +428,7 @@ impl Loaded {
                 quarantine_vlan: default_quarantine_vlan(),
                 noncompliant: Noncompliant::default(),
                 users_file: None,
+                workers: 0,
                 clients: vec![RadiusClient {
                     name: "loopback".into(),
                     address: toml::Spanned::new(0..0, "127.0.0.0/8".into()),
@@ -575,6 +592,14 @@ impl Loaded {
             ));
         }
         if let Some(r) = &config.radius {
+            if r.workers > MAX_WORKERS {
+                errors.push(Located::at(
+                    file,
+                    text,
+                    locate("workers"),
+                    format!("radius.workers must be at most {MAX_WORKERS} (0: one per core)"),
+                ));
+            }
             if r.clients.is_empty() {
                 errors.push(Located::at(
                     file,

@@ -68,6 +68,11 @@ pub struct Metrics {
     pub devices_forgotten: IntCounter,
     /// Jumps in a device's report numbers: reports lost before warden.
     pub telemetry_seq_gaps: IntCounter,
+    /// Users in the users file in force.
+    pub radius_users: IntGauge,
+    /// Users-file reloads (SIGHUP), by result.
+    pub users_reloads_ok: IntCounter,
+    pub users_reloads_failed: IntCounter,
 }
 
 /// `plane` label values of `warden_reconcile_corrections_total`.
@@ -88,7 +93,7 @@ pub const RADIUS_RESULTS: [&str; 5] = ["accept", "quarantine", "reject", "challe
 /// `reason` label values of `warden_radius_discarded_total`: every reason the
 /// RADIUS plane can discard for, so a flood of garbage costs an index, not a
 /// label lookup.
-pub const RADIUS_DISCARDS: [&str; 11] = [
+pub const RADIUS_DISCARDS: [&str; 12] = [
     "unknown_client",
     "malformed",
     "unexpected_code",
@@ -99,6 +104,7 @@ pub const RADIUS_DISCARDS: [&str; 11] = [
     "overloaded",
     "duplicate_answered_from_cache",
     "slow_check_busy",
+    "eap_pool_busy",
     "coa_answer_ignored",
 ];
 
@@ -149,6 +155,8 @@ impl Metrics {
             .unwrap_or_else(|e| panic!("{e}")),
         );
         let reloads = counters("warden_policy_reloads_total", "Policy reloads, by result", &["result"]);
+        let users_reloads =
+            counters("warden_users_reloads_total", "Users-file reloads (SIGHUP), by result", &["result"]);
         let mqtt_connects = counters("warden_mqtt_connections_total", "MQTT connection events, by event", &["event"]);
         let radius = counters(
             "warden_radius_requests_total",
@@ -230,6 +238,9 @@ impl Metrics {
                 "warden_telemetry_seq_gaps_total",
                 "Reports whose seq jumped past the next number: reports lost before they reached warden",
             ),
+            radius_users: gauge("warden_radius_users", "Users in the users file in force"),
+            users_reloads_ok: users_reloads.with_label_values(&["ok"]),
+            users_reloads_failed: users_reloads.with_label_values(&["error"]),
             devices_forgotten: counter(
                 "warden_devices_forgotten_total",
                 "Devices removed from the table after policy.forget_after without a report",

@@ -147,6 +147,15 @@ pub struct EapServer {
     /// The method of the conversation the last `handle` was about
     /// (`eap-tls`, `peap`; `eap` before one was chosen), for metric labels.
     pub last_method: &'static str,
+    /// The first byte of every State (see [`partition_of`]).
+    partition: u8,
+}
+
+/// The partition that made `state`: the shell runs one [`EapServer`] per
+/// partition and hands each round to the one that holds its conversation.
+/// A State that is not ours (wrong length) names partition 0, which refuses it.
+pub fn partition_of(state: &[u8]) -> u8 {
+    if state.len() == 16 { state[0] } else { 0 }
 }
 
 impl EapServer {
@@ -163,7 +172,15 @@ impl EapServer {
             counter: 0,
             evicted: 0,
             last_method: "eap",
+            partition: 0,
         }
+    }
+
+    /// Marks every State this server makes with `partition` (120 of its
+    /// 128 bits stay unguessable).
+    pub fn with_partition(mut self, partition: u8) -> Self {
+        self.partition = partition;
+        self
     }
 
     /// Offers PEAP-MSCHAPv2 too (to peers that Nak EAP-TLS, or first if
@@ -186,6 +203,14 @@ impl EapServer {
         let challenge = self.next_state(); // another 16 unguessable bytes
         let (config, credentials) = self.peap.as_ref()?;
         Peap::new(Arc::clone(config), mtu, self.limits.max_message, Arc::clone(credentials), challenge).ok()
+    }
+
+    /// A State for the next round: unguessable, and starting with this
+    /// server's partition so that the shell can route the round back here.
+    fn new_state(&mut self) -> [u8; 16] {
+        let mut s = self.next_state();
+        s[0] = self.partition;
+        s
     }
 
     fn next_state(&mut self) -> [u8; 16] {
@@ -273,7 +298,7 @@ impl EapServer {
                 let eap = encode(Code::Request, next_id, Some(method), &type_data).unwrap_or_default();
                 s.last_id = next_id;
                 s.deadline = now + self.limits.timeout;
-                let state = self.next_state();
+                let state = self.new_state();
                 self.sessions.insert(state, s);
                 Outcome::Challenge { eap, state: state.to_vec() }
             }
@@ -328,7 +353,7 @@ impl EapServer {
         self.make_room();
         let id = p.id.wrapping_add(1);
         let eap = encode(Code::Request, id, Some(kind_proposed), &start).unwrap_or_default();
-        let state = self.next_state();
+        let state = self.new_state();
         let eap_identity = String::from_utf8_lossy(&p.data[..p.data.len().min(253)]).into_owned();
         self.sessions.insert(
             state,

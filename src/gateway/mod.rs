@@ -1,11 +1,16 @@
 //! `warden run`: builds the cores, starts one task per connection or job,
 //! routes events between them, and stops them all on SIGINT/SIGTERM.
 
+mod admissions;
 mod authorize;
 mod compliance_task;
 pub use compliance_task::Confirm;
+mod current;
+mod eap_pool;
+mod radius_auth;
 mod radius_enforce;
 mod radius_task;
+mod users_reload;
 mod reload;
 mod status;
 mod timer;
@@ -98,14 +103,14 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let mut change_sources = crate::http::Changes::default();
     let radius = match &cfg.radius {
         Some(r) => {
-            let mut task =
-                radius_task(r, &loaded, &table, &metrics, changes_tx.subscribe(), reconcile_rx.clone()).await?;
+            let mut plane =
+                radius_plane(r, &loaded, &table, &metrics, changes_tx.subscribe(), reconcile_rx.clone()).await?;
             let (confirm_tx, confirm_rx) = mpsc::channel(16);
             let (held_tx, held_rx) = watch::channel(Vec::new());
-            task.held = held_tx;
-            task.confirms = confirm_rx;
+            plane.task.held = held_tx;
+            plane.task.confirms = confirm_rx;
             change_sources.sources.push(crate::http::ChangeSource { held: held_rx, confirm: confirm_tx });
-            Some(task)
+            Some(plane)
         }
         None => None,
     };
@@ -193,10 +198,18 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         }
         .run(),
     );
-    if let Some(mut task) = radius {
+    if let Some(plane) = radius {
+        let mut task = plane.task;
         task.shutdown = shutdown.clone();
         task.ready = ready.radius.clone();
         tasks.spawn(task.run());
+        for mut shard in plane.shards {
+            shard.shutdown = shutdown.clone();
+            tasks.spawn(shard.run());
+        }
+        if let Some((path, users)) = plane.users {
+            tasks.spawn(users_reload::run(path, users, Arc::clone(&metrics), shutdown.clone()));
+        }
     }
     if let Some(task) = wireguard {
         tasks.spawn(task.run(shutdown.clone(), ready.wireguard.clone()));
@@ -242,15 +255,23 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the RADIUS sockets and builds the server from `[radius]`.
-async fn radius_task(
+/// The RADIUS plane: the accounting task (sessions, CoA, journal), the auth
+/// shards, and the users file they share, with what reloads it.
+struct RadiusPlane {
+    task: radius_task::RadiusTask,
+    shards: Vec<radius_auth::AuthShard>,
+    users: Option<(std::path::PathBuf, watch::Sender<Arc<crate::users::Users>>)>,
+}
+
+/// Binds the RADIUS sockets and builds the servers from `[radius]`.
+async fn radius_plane(
     r: &crate::config::Radius,
     loaded: &Loaded,
     table: &Table,
     metrics: &Arc<Metrics>,
     changes: broadcast::Receiver<Arc<crate::compliance::Change>>,
     reconcile: watch::Receiver<u64>,
-) -> anyhow::Result<radius_task::RadiusTask> {
+) -> anyhow::Result<RadiusPlane> {
     use crate::radius::server::{Client, Secret, Server};
     let mut clients = Vec::new();
     let mut nas = std::collections::HashMap::new();
@@ -274,8 +295,10 @@ async fn radius_task(
         Some(path) => crate::users::Users::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => crate::users::Users::default(),
     });
-    let auth = tokio::net::UdpSocket::bind(r.auth_listen)
-        .await
+    metrics.radius_users.set(users.len() as i64);
+    let (users_tx, users_rx) = watch::channel(Arc::clone(&users));
+    let shards = r.shards();
+    let auth = bind_shards(r.auth_listen, shards)
         .with_context(|| format!("RADIUS auth cannot listen on {}", r.auth_listen))?;
     let acct = tokio::net::UdpSocket::bind(r.acct_listen)
         .await
@@ -286,9 +309,6 @@ async fn radius_task(
         0,
     );
     let coa_socket = tokio::net::UdpSocket::bind(coa_bind).await.context("binding the CoA socket")?;
-    // The EAP State seed: without OS randomness, State could be guessed.
-    let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("no OS randomness for the EAP State seed: {e}"))?;
     let state_dir = &loaded.config.node.state_dir;
     let mut sessions = crate::radius::sessions::Sessions::default();
     let replayed = crate::radius::journal::replay(state_dir, &mut sessions);
@@ -296,30 +316,51 @@ async fn radius_task(
         tracing::warn!(skipped = replayed.skipped, "unreadable accounting journal lines skipped");
     }
     metrics.set_sessions(sessions.len(), sessions.counts());
-    tracing::info!(auth = %auth.local_addr()?, acct = %acct.local_addr()?, clients = clients.len(), sessions = sessions.len(), replayed = replayed.applied, "RADIUS listening");
-    let policy = authorize::AccessPolicy::new(
+    tracing::info!(auth = %auth[0].local_addr()?, acct = %acct.local_addr()?, shards, clients = clients.len(), users = users.len(), sessions = sessions.len(), replayed = replayed.applied, "RADIUS listening");
+    let policy = Arc::new(authorize::AccessPolicy::new(
         r.compliant_vlan.clone(),
         r.quarantine_vlan.clone(),
         r.noncompliant,
         loaded.config.policy.unknown_device,
-    );
+    ));
+    let admissions = Arc::new(admissions::Admissions::new(shards));
     let journal = crate::radius::journal::Journal::open(state_dir).context("opening the accounting journal")?;
     let enforce = radius_enforce::Enforcer::new(
         sessions,
         journal,
         nas,
-        policy,
+        Arc::clone(&policy),
         table.clone(),
-        Arc::clone(&users),
+        current::Current::new(users_rx.clone()),
         Arc::clone(metrics),
         loaded.config.policy.max_restrict_fraction,
+        Arc::clone(&admissions),
     );
-    Ok(radius_task::RadiusTask {
+    let eap = match loaded.eap.as_ref() {
+        Some(e) => Some(eap_pool(e, r, &users_rx, metrics, shards)?),
+        None => None,
+    };
+    let shutdown = watch::channel(false).1;
+    let shards = auth
+        .into_iter()
+        .enumerate()
+        .map(|(index, socket)| radius_auth::AuthShard {
+            index,
+            server: Server::new(clients.clone()),
+            socket,
+            table: table.clone(),
+            users: current::Current::new(users_rx.clone()),
+            policy: Arc::clone(&policy),
+            metrics: Arc::clone(metrics),
+            admissions: Arc::clone(&admissions),
+            slow: radius_auth::SlowChecks::new(),
+            eap: eap.as_ref().map(|(pool, from)| radius_auth::EapLink::new(Arc::clone(pool), *from)),
+            shutdown: shutdown.clone(),
+        })
+        .collect();
+    let task = radius_task::RadiusTask {
         server: Server::new(clients),
-        auth,
         acct,
-        table: table.clone(),
-        users: Arc::clone(&users),
         metrics: Arc::clone(metrics),
         enforce,
         coa_socket,
@@ -328,20 +369,65 @@ async fn radius_task(
         held: watch::channel(Vec::new()).0,
         confirms: mpsc::channel(1).1,
         ready: None,
-        slow: radius_task::SlowChecks::new(),
-        eap: loaded.eap.as_ref().map(|e| {
-            let mut server = crate::eap::server::EapServer::new(Some(Arc::clone(&e.tls)), e.limits.clone(), seed);
-            // PEAP-MSCHAPv2 needs passwords: offered when there is a users file.
-            let peap = r.users_file.is_some();
-            if peap {
-                let credentials: Arc<dyn crate::eap::peap::Credentials> = Arc::clone(&users) as _;
-                server = server.with_peap(Arc::clone(&e.peap), credentials);
-            }
-            tracing::info!(methods = if peap { "EAP-TLS, PEAP-MSCHAPv2" } else { "EAP-TLS" }, "802.1X enabled");
-            radius_task::EapPlane { server, identity_from: e.identity_from, swept: Instant::now(), evicted: 0 }
-        }),
-        shutdown: watch::channel(false).1,
-    })
+        shutdown,
+    };
+    Ok(RadiusPlane { task, shards, users: r.users_file.clone().map(|p| (p, users_tx)) })
+}
+
+/// The EAP pool: as many workers as shards (EAP-TLS handshakes are CPU
+/// work), each with its share of the conversation limit.
+fn eap_pool(
+    e: &crate::eap::config::Checked,
+    r: &crate::config::Radius,
+    users: &watch::Receiver<Arc<crate::users::Users>>,
+    metrics: &Arc<Metrics>,
+    workers: usize,
+) -> anyhow::Result<(Arc<eap_pool::EapPool>, crate::eap::tls::IdentityFrom)> {
+    let mut limits = e.limits.clone();
+    limits.max_sessions = limits.max_sessions.div_ceil(workers.max(1));
+    // PEAP-MSCHAPv2 needs passwords: offered when there is a users file.
+    let peap = r.users_file.is_some();
+    let credentials: Arc<dyn crate::eap::peap::Credentials> = Arc::new(users.clone());
+    // One State seed per worker: without OS randomness, State could be guessed.
+    let mut seeds = vec![[0u8; 32]; workers.max(1)];
+    for seed in &mut seeds {
+        getrandom::getrandom(seed).map_err(|e| anyhow::anyhow!("no OS randomness for the EAP State seed: {e}"))?;
+    }
+    let pool = eap_pool::EapPool::start(
+        workers,
+        |i| {
+            let seed = seeds[usize::from(i) % seeds.len()];
+            let server = crate::eap::server::EapServer::new(Some(Arc::clone(&e.tls)), limits.clone(), seed);
+            if peap { server.with_peap(Arc::clone(&e.peap), Arc::clone(&credentials)) } else { server }
+        },
+        metrics,
+    )
+    .context("starting the EAP workers")?;
+    tracing::info!(methods = if peap { "EAP-TLS, PEAP-MSCHAPv2" } else { "EAP-TLS" }, workers = pool.workers(), "802.1X enabled");
+    Ok((Arc::new(pool), e.identity_from))
+}
+
+/// `n` sockets on `addr` in one SO_REUSEPORT group: the kernel spreads NAS
+/// source addresses over them, each source always to the same one.
+fn bind_shards(addr: std::net::SocketAddr, n: usize) -> std::io::Result<Vec<tokio::net::UdpSocket>> {
+    // SO_REUSEPORT would let a second warden (same user) share the port
+    // silently instead of failing: first make sure it is free.
+    let probe = std::net::UdpSocket::bind(addr)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..n.max(1))
+        .map(|_| {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            tokio::net::UdpSocket::from_std(s.into())
+        })
+        .collect()
 }
 
 async fn wait_for_signal() {

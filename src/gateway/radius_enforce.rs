@@ -6,8 +6,10 @@
 //! slowly in the background; a NAKed or unanswered request stays due and is
 //! retried with backoff. A lost event costs latency, never correctness.
 
+use super::admissions::Admissions;
 use super::authorize::{AccessPolicy, session_device};
-use crate::compliance::{Access, Change, Held, HeldCause, Stage, Table, grant};
+use super::current::Current;
+use crate::compliance::{Change, Held, HeldCause, Stage, Table, grant};
 use crate::config::CoaMode;
 use crate::mac::Mac;
 use crate::metrics::Metrics;
@@ -16,7 +18,7 @@ use crate::radius::journal::{Journal, Record};
 use crate::radius::server::{AccountingRequest, Secret};
 use crate::radius::sessions::{Applied, Key, Outcome, Sessions, Settled};
 use crate::users::Users;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,11 +37,6 @@ pub const URGENT_SLICE: usize = 4096;
 /// (20,000 a second: a million sessions every 50 s).
 pub const BACKGROUND_SLICE: usize = 2000;
 pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
-
-/// Admissions remembered so that the Accounting-Start that follows an
-/// Access-Accept records the access that Accept gave.
-const ADMITTED_CAP: usize = 262_144;
-const ADMITTED_TTL: Duration = Duration::from_secs(600);
 
 /// Why a session is being reconciled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,11 +73,11 @@ pub struct Enforcer {
     pub coa: CoaClient,
     pub journal: Journal,
     pub nas: HashMap<Arc<str>, NasConfig>,
-    pub policy: AccessPolicy,
+    pub policy: Arc<AccessPolicy>,
     table: Table,
-    users: Arc<Users>,
+    pub users: Current<Users>,
     metrics: Arc<Metrics>,
-    admitted: Admitted,
+    admitted: Arc<Admissions>,
     sweep: Sweep,
     /// The circuit breaker: its share, and the batch it holds.
     max_restrict_fraction: f64,
@@ -94,11 +91,12 @@ impl Enforcer {
         sessions: Sessions,
         journal: Journal,
         nas: HashMap<Arc<str>, NasConfig>,
-        policy: AccessPolicy,
+        policy: Arc<AccessPolicy>,
         table: Table,
-        users: Arc<Users>,
+        users: Current<Users>,
         metrics: Arc<Metrics>,
         max_restrict_fraction: f64,
+        admitted: Arc<Admissions>,
     ) -> Self {
         Self {
             sessions,
@@ -109,7 +107,7 @@ impl Enforcer {
             table,
             users,
             metrics,
-            admitted: Admitted::default(),
+            admitted,
             // Sessions from the journal keep the access they had, and are
             // reconciled as soon as the task runs; restrictions are counted
             // first, so a lost or damaged table cannot restrict every
@@ -136,12 +134,6 @@ impl Enforcer {
         held
     }
 
-    /// An Access-Accept (or Reject) went out with `access` for a device the
-    /// NAS names by `mac` and `user`: its Accounting-Start records it.
-    pub fn admitted(&mut self, mac: Option<&str>, user: Option<&str>, access: Access, now: Instant) {
-        self.admitted.remember(mac.and_then(Mac::parse), user, access, now);
-    }
-
     /// Journals an accounting request, then applies it. Err: not stored,
     /// so not to be acknowledged.
     pub fn accounting(&mut self, acct: &AccountingRequest, now: Instant) -> std::io::Result<Applied> {
@@ -149,7 +141,7 @@ impl Enforcer {
         // A new session has what its Accept gave; failing that (an Accept
         // from before a restart), what an Accept would give now.
         let access = self.admitted.recall(mac, acct.user_name.as_deref(), now).unwrap_or_else(|| {
-            let device = session_device(mac, acct.user_name.as_deref(), &self.table, &self.users);
+            let device = session_device(mac, acct.user_name.as_deref(), &self.table, self.users.get());
             grant(device.as_deref(), Stage::Admission, &self.policy.rules).access
         });
         let record = Record::accounting(acct, access, now_rfc3339());
@@ -174,7 +166,8 @@ impl Enforcer {
             .flat_map(|d| d.report.mac_addresses.iter().flat_map(|v| v.iter()))
             .filter_map(|m| Mac::parse(m))
             .collect();
-        let mut users = self.users.names_for_device(&change.device);
+        let all = Arc::clone(self.users.get());
+        let mut users = all.names_for_device(&change.device);
         users.extend(device.as_ref().and_then(|d| d.report.cert_identity.as_deref()));
         users.push(&change.device);
         let unix_time = u32::try_from(change.wall / 1000).unwrap_or(0);
@@ -205,7 +198,7 @@ impl Enforcer {
         for (key, s) in self.sessions.after(self.sweep.cursor.as_ref()).take(n) {
             seen += 1;
             last = Some(key);
-            let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, &self.users);
+            let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, self.users.get());
             let desired = self.policy.running(device.as_deref(), s.applied);
             if desired != s.applied || s.retry.is_some() {
                 todo.push((key.clone(), desired.narrower_than(s.applied)));
@@ -282,7 +275,7 @@ impl Enforcer {
     /// NAS. True when a request was made.
     fn reconcile(&mut self, key: &Key, cause: Cause, now: Instant, origin: Instant, unix_time: u32) -> bool {
         let Some(s) = self.sessions.get(key) else { return false };
-        let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, &self.users);
+        let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, self.users.get());
         let desired = self.policy.running(device.as_deref(), s.applied);
         if cause == Cause::Sweep && self.held.is_some() && desired.narrower_than(s.applied) {
             // Held by the circuit breaker: passes restrict nothing until confirmed.
@@ -375,53 +368,6 @@ impl Enforcer {
                 tracing::error!(error = %e, "accounting journal write failed; a restart may repeat this change");
             }
         }
-    }
-}
-
-/// Access given at admission, by the identities the NAS names the device
-/// by, for a bounded time and count (oldest forgotten first).
-#[derive(Default)]
-struct Admitted {
-    by_mac: HashMap<Mac, (Access, Instant)>,
-    by_user: HashMap<Box<str>, (Access, Instant)>,
-    order: VecDeque<(Option<Mac>, Option<Box<str>>, Instant)>,
-}
-
-impl Admitted {
-    fn remember(&mut self, mac: Option<Mac>, user: Option<&str>, access: Access, now: Instant) {
-        if mac.is_none() && user.is_none() {
-            return;
-        }
-        while self.order.len() >= ADMITTED_CAP
-            || self.order.front().is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > ADMITTED_TTL)
-        {
-            let Some((m, u, at)) = self.order.pop_front() else { break };
-            // Only if not refreshed since.
-            if let Some(m) = m
-                && self.by_mac.get(&m).is_some_and(|(_, t)| *t == at)
-            {
-                self.by_mac.remove(&m);
-            }
-            if let Some(u) = u
-                && self.by_user.get(&u).is_some_and(|(_, t)| *t == at)
-            {
-                self.by_user.remove(&u);
-            }
-        }
-        if let Some(m) = mac {
-            self.by_mac.insert(m, (access, now));
-        }
-        let user: Option<Box<str>> = user.map(Into::into);
-        if let Some(u) = &user {
-            self.by_user.insert(u.clone(), (access, now));
-        }
-        self.order.push_back((mac, user, now));
-    }
-
-    fn recall(&self, mac: Option<Mac>, user: Option<&str>, now: Instant) -> Option<Access> {
-        let fresh = |(a, at): &(Access, Instant)| (now.saturating_duration_since(*at) <= ADMITTED_TTL).then_some(*a);
-        mac.and_then(|m| self.by_mac.get(&m).and_then(fresh))
-            .or_else(|| user.and_then(|u| self.by_user.get(u).and_then(fresh)))
     }
 }
 

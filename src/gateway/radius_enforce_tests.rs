@@ -47,11 +47,12 @@ impl Sim {
             Sessions::default(),
             Journal::open(dir.path()).unwrap(),
             nas,
-            policy,
+            Arc::new(policy),
             table,
-            Arc::new(Users::default()),
+            crate::gateway::current::Current::fixed(Arc::new(Users::default())),
             Arc::new(Metrics::new()),
             1.0,
+            Arc::new(crate::gateway::admissions::Admissions::new(1)),
         );
         let mut sim = Sim { engine, enforce, now: Instant::now(), wall: 1_795_000_000_000, seq: 0, _dir: dir };
         sim.report_all(devices, true);
@@ -144,7 +145,7 @@ impl Sim {
             let Some(last) = keys.last().cloned() else { return n };
             for k in &keys {
                 let s = self.enforce.sessions.get(k).unwrap();
-                let device = session_device(s.mac, None, &self.enforce.table, &self.enforce.users);
+                let device = session_device(s.mac, None, &self.enforce.table, &self.enforce.users.get());
                 n += usize::from(self.enforce.policy.running(device.as_deref(), s.applied) != s.applied);
             }
             cursor = Some(last);
@@ -288,24 +289,4 @@ fn change(device: &str, sim: &Sim) -> Change {
         at: sim.now,
         wall: sim.wall,
     }
-}
-
-#[test]
-fn admissions_are_recalled_by_mac_then_user_and_forgotten() {
-    let mut a = Admitted::default();
-    let t0 = Instant::now();
-    let mac = Mac::parse("aa:bb:cc:00:00:01");
-    a.remember(mac, Some("alice"), Access::Quarantine, t0);
-    assert_eq!(a.recall(mac, None, t0), Some(Access::Quarantine));
-    assert_eq!(a.recall(None, Some("alice"), t0), Some(Access::Quarantine));
-    assert_eq!(a.recall(Mac::parse("aa:bb:cc:00:00:02"), Some("bob"), t0), None);
-    assert_eq!(a.recall(mac, None, t0 + ADMITTED_TTL + Duration::from_secs(1)), None, "too old");
-    // Refreshed: the newer admission wins, and eviction of the older
-    // entry does not take the newer one with it.
-    let t1 = t0 + Duration::from_secs(1);
-    a.remember(mac, None, Access::Full, t1);
-    assert_eq!(a.recall(mac, None, t1), Some(Access::Full));
-    a.remember(None, Some("carol"), Access::Full, t0 + ADMITTED_TTL + Duration::from_millis(500));
-    assert_eq!(a.recall(mac, None, t1), Some(Access::Full));
-    assert_eq!(a.recall(None, Some("alice"), t1), None, "evicted once past its time");
 }

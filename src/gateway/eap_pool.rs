@@ -1,0 +1,115 @@
+//! EAP conversations off the request path. A TLS handshake round costs a
+//! signature (about a millisecond); run on the auth shards, a storm of
+//! EAP-TLS authentications would queue every MAB and PAP request behind
+//! it. The pool runs them on threads of their own instead:
+//!
+//! - one [`EapServer`] per worker, each holding its own conversations; every
+//!   State it hands out starts with its partition, so each later round goes
+//!   back to the worker that holds the conversation, whichever shard
+//!   received it;
+//! - each worker's queue is bounded: a full queue answers nothing (the NAS
+//!   retransmits) and is counted (`eap_pool_busy`);
+//! - results go back to the shard that asked, which maps them to the
+//!   verdict's decision exactly as before.
+
+use crate::eap::server::{EapServer, Outcome, Refusal, partition_of};
+use crate::metrics::Metrics;
+use crate::radius::server::AccessRequest;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Rounds waiting per worker. A round takes up to about a millisecond, so
+/// a full queue is well under a NAS's retransmission time.
+const QUEUE: usize = 128;
+/// Idle conversations are dropped about this often.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// One round of a conversation, and where its answer goes.
+pub struct Job {
+    pub req: AccessRequest,
+    pub reply: UnboundedSender<Done>,
+}
+
+/// A round answered: the request it answers, the core's outcome, and the
+/// conversation's method (a metric label).
+pub struct Done {
+    pub req: AccessRequest,
+    pub outcome: Outcome,
+    pub method: &'static str,
+}
+
+pub struct EapPool {
+    workers: Vec<SyncSender<Job>>,
+    /// Where the next new conversation goes.
+    next: AtomicUsize,
+}
+
+impl EapPool {
+    /// Starts `workers` threads, the i-th running `make(i)` (at most 256:
+    /// a partition is one byte of the State).
+    pub fn start(workers: usize, make: impl Fn(u8) -> EapServer, metrics: &Arc<Metrics>) -> std::io::Result<Self> {
+        let workers = workers.clamp(1, 256);
+        let mut senders = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+            let server = make(i as u8).with_partition(i as u8);
+            let metrics = Arc::clone(metrics);
+            std::thread::Builder::new().name(format!("warden-eap-{i}")).spawn(move || work(server, &rx, &metrics))?;
+            senders.push(tx);
+        }
+        Ok(Self { workers: senders, next: AtomicUsize::new(0) })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Queues one round with the worker that holds its conversation (a new
+    /// one: the next worker in turn). `Err`: that worker is full.
+    pub fn submit(&self, job: Job) -> Result<(), Box<Job>> {
+        let i = match job.req.state.as_deref() {
+            Some(state) => usize::from(partition_of(state)) % self.workers.len(),
+            None => self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len(),
+        };
+        self.workers[i].try_send(job).map_err(|e| match e {
+            TrySendError::Full(j) | TrySendError::Disconnected(j) => Box::new(j),
+        })
+    }
+}
+
+/// A worker: rounds in, outcomes out, idle conversations swept. Ends when
+/// the pool is dropped.
+fn work(mut server: EapServer, jobs: &Receiver<Job>, metrics: &Metrics) {
+    let mut swept = Instant::now();
+    let (mut evicted, mut held) = (server.evicted, 0usize);
+    loop {
+        let job = match jobs.recv_timeout(SWEEP) {
+            Ok(job) => Some(job),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let now = Instant::now();
+        if now.duration_since(swept) >= SWEEP {
+            for _ in 0..server.handle_timeout(now) {
+                metrics.eap_refusal(Refusal::TimedOut);
+            }
+            swept = now;
+        }
+        if let Some(Job { req, reply }) = job {
+            let outcome =
+                server.handle(req.eap_message.as_deref().unwrap_or_default(), req.state.as_deref(), req.framed_mtu, now);
+            // The shard may be gone (shutting down): nothing to answer then.
+            let _ = reply.send(Done { req, outcome, method: server.last_method });
+        }
+        for _ in evicted..server.evicted {
+            metrics.eap_refusal(Refusal::Evicted);
+        }
+        evicted = server.evicted;
+        // The gauge is the sum over workers: each adds its own change.
+        metrics.eap_sessions.add(server.len() as i64 - held as i64);
+        held = server.len();
+    }
+}
