@@ -21,7 +21,8 @@ struct Lab {
 }
 
 /// warden with `[eap]` on certificates made by `warden certs init`
-/// (device certificate for pos-0001), CoA to `nas_port`.
+/// (device certificate for pos-0001), CoA to `nas_port`, and 4 auth shards
+/// (so 4 EAP workers) whatever the machine's cores.
 fn start(nas_port: u16) -> Lab {
     require("eapol_test", "eapoltest");
     let dir = Warden::workdir();
@@ -37,7 +38,7 @@ fn start(nas_port: u16) -> Lab {
         "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
          [policy]\ndir = \"policies\"\n\
          [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
-         users_file = \"users.toml\"\n\
+         users_file = \"users.toml\"\nworkers = 4\n\
          [[radius.clients]]\nname = \"lab-switch\"\naddress = \"127.0.0.0/8\"\nsecret = \"{SECRET}\"\n\
          coa_port = {nas_port}\ncoa_mode = \"disconnect\"\n\
          [eap]\nserver_cert = \"certs/server.pem\"\nserver_key = \"certs/server.key\"\nclient_ca = \"certs/ca.pem\"\n"
@@ -50,12 +51,17 @@ fn start(nas_port: u16) -> Lab {
 
 /// The outcome of one eapol_test run: success, and its output.
 fn eapol(lab: &Lab, name: &str, network: &str) -> (bool, String) {
+    eapol_via(lab, lab.auth, name, network)
+}
+
+/// eapol_test against `port` (warden's, or a relay's in front of it).
+fn eapol_via(lab: &Lab, port: u16, name: &str, network: &str) -> (bool, String) {
     let conf = lab.dir.join(format!("{name}.conf"));
     std::fs::write(&conf, format!("network={{\n  key_mgmt=IEEE8021X\n  eapol_flags=0\n{network}\n}}\n")).unwrap();
     let out = Command::new("eapol_test")
         .arg("-c")
         .arg(&conf)
-        .args(["-a", "127.0.0.1", "-p", &lab.auth.to_string(), "-s", SECRET, "-r", "0", "-t", "10"])
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-s", SECRET, "-r", "0", "-t", "10"])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -221,4 +227,87 @@ fn a_device_claiming_another_s_certificate_identity_is_refused_and_the_certifica
     lab.w.wait_verdict("tablet-7", "compliant");
     let (ok, out) = eapol(&lab, "tls", &tls(&lab.dir, true, cert, key));
     assert!(ok && vlan(&out).as_deref() == Some("100"), "{out}");
+}
+
+/// A NAS that sends each request from the next of `ports` source ports, as
+/// NASes with extended source ports do: the rounds of one conversation
+/// reach warden from different addresses, so on different shards. Relays
+/// answers back to the one client that uses it. Stops by itself after 60 s.
+fn port_hopping_relay(warden: u16, ports: usize) -> u16 {
+    use std::net::UdpSocket;
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    front.set_nonblocking(true).unwrap();
+    let port = front.local_addr().unwrap().port();
+    let backs: Vec<UdpSocket> = (0..ports)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    std::thread::spawn(move || {
+        let (mut buf, mut next, mut client) = ([0u8; 4096], 0usize, None);
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < end {
+            let mut idle = true;
+            while let Ok((n, from)) = front.recv_from(&mut buf) {
+                client = Some(from);
+                let _ = backs[next % backs.len()].send_to(&buf[..n], ("127.0.0.1", warden));
+                next += 1;
+                idle = false;
+            }
+            for b in &backs {
+                while let Ok(n) = b.recv(&mut buf) {
+                    if let Some(c) = client {
+                        let _ = front.send_to(&buf[..n], c);
+                    }
+                    idle = false;
+                }
+            }
+            if idle {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn every_round_is_answered_when_a_conversation_hops_between_shards() {
+    let lab = start(free_udp_port());
+    publish(lab.w.mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
+    lab.w.wait_verdict("pos-0001", "compliant");
+    let (cert, key) = (lab.dir.join("certs/device.pem"), lab.dir.join("certs/device.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    // Six conversations at once, each from a NAS hopping over 8 source
+    // ports: every round may reach any of the 4 shards, and each round
+    // must reach the EAP worker that holds its conversation.
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..6)
+            .map(|i| {
+                let network = if i % 2 == 0 {
+                    tls(&lab.dir, i % 4 == 0, cert, key)
+                } else {
+                    format!(
+                        "  eap=PEAP\n  identity=\"alice\"\n  password=\"correct horse\"\n  phase2=\"auth=MSCHAPV2\"\n  ca_cert=\"{}\"",
+                        lab.dir.join("certs/ca.pem").display()
+                    )
+                };
+                let relay = port_hopping_relay(lab.auth, 8);
+                let lab = &lab;
+                s.spawn(move || (i, eapol_via(lab, relay, &format!("hop{i}"), &network)))
+            })
+            .collect();
+        for run in runs {
+            let (i, (ok, out)) = run.join().unwrap();
+            assert!(ok, "conversation {i}:\n{out}\nwarden:\n{}", lab.w.log_text());
+            if i % 2 == 0 {
+                assert!(out.contains("MPPE keys OK: 1  mismatch: 0"), "{out}");
+                assert_eq!(vlan(&out).as_deref(), Some("100"), "{out}");
+            }
+        }
+    });
+    assert_eq!(lab.w.metric("warden_radius_requests_total{kind=\"eap-tls\",result=\"accept\"}"), 3.0);
+    assert_eq!(lab.w.metric("warden_eap_refusals_total{reason=\"unknown_state\"}"), 0.0);
+    assert!(lab.w.metric("warden_radius_requests_total{kind=\"eap-tls\",result=\"challenge\"}") >= 3.0 * 4.0);
 }

@@ -18,7 +18,8 @@ struct Nas {
     acct: u16,
 }
 
-/// warden with MQTT (embedded) and RADIUS for clients in `clients_cidr`.
+/// warden with MQTT (embedded) and RADIUS for clients in `clients_cidr`, on
+/// 4 auth shards whatever the machine's cores.
 fn start(dir: &std::path::Path, clients_cidr: &str, noncompliant: &str) -> (Warden, Nas) {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let salt = SaltString::encode_b64(b"warden-test-salt").unwrap();
@@ -37,7 +38,7 @@ fn start(dir: &std::path::Path, clients_cidr: &str, noncompliant: &str) -> (Ward
         "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
          [policy]\ndir = \"policies\"\n\
          [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\nusers_file = \"users.toml\"\n\
-         noncompliant = \"{noncompliant}\"\n\
+         noncompliant = \"{noncompliant}\"\nworkers = 4\n\
          [[radius.clients]]\nname = \"lab-switch\"\naddress = \"{clients_cidr}\"\nsecret = \"{SECRET}\"\n"
     );
     let mut w = Warden::launch(dir, &config, mqtt, "");
@@ -202,21 +203,84 @@ fn hardening_duplicates_and_garbage() {
     ] {
         assert_eq!(exchange(&sock, nas.auth, junk), None);
     }
-    // A retransmission gets the very same reply, decided once.
+    // A retransmission gets the very same reply, decided once, whichever
+    // shard the NAS's source address and port lead to (8 sources, 4 shards).
     let req = access_request(42, SECRET.as_bytes(), true);
-    let first = exchange(&sock, nas.auth, &req).expect("a good request is answered");
-    let second = exchange(&sock, nas.auth, &req).expect("the retransmission is answered");
-    assert_eq!(first, second);
-    let p = Packet::decode(&first).unwrap();
-    assert_eq!(p.code(), Code::AccessAccept);
-    assert!(p.response_authenticator_valid(SECRET.as_bytes(), &[42u8.wrapping_mul(7); 16]));
-    assert_eq!(w.metric("warden_radius_discarded_total{reason=\"duplicate_answered_from_cache\"}"), 1.0);
+    let sources: Vec<UdpSocket> = (0..8)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+            s
+        })
+        .collect();
+    for s in &sources {
+        let first = exchange(s, nas.auth, &req).expect("a good request is answered");
+        let second = exchange(s, nas.auth, &req).expect("the retransmission is answered");
+        assert_eq!(first, second);
+        let p = Packet::decode(&first).unwrap();
+        assert_eq!(p.code(), Code::AccessAccept);
+        assert!(p.response_authenticator_valid(SECRET.as_bytes(), &[42u8.wrapping_mul(7); 16]));
+    }
+    assert_eq!(w.metric("warden_radius_discarded_total{reason=\"duplicate_answered_from_cache\"}"), 8.0);
     assert_eq!(
         w.metric("warden_radius_requests_total{kind=\"pap\",result=\"quarantine\"}"),
-        1.0,
-        "one decision for two datagrams"
+        8.0,
+        "one decision for each pair of datagrams"
     );
     for reason in ["bad_message_authenticator", "missing_message_authenticator", "unknown_client", "malformed"] {
         assert!(w.metric(&format!("warden_radius_discarded_total{{reason=\"{reason}\"}}")) >= 1.0, "{reason} counted");
     }
+}
+
+#[test]
+fn the_users_file_is_reloaded_on_sighup_without_a_pause_in_answers() {
+    let dir = Warden::workdir();
+    let (w, nas) = start(&dir, "127.0.0.0/8", "quarantine");
+    let out = pap(&nas, "dave", "open sesame");
+    assert!(out.contains("Received Access-Reject"), "not a user yet: {out}");
+
+    // A large file, so that loading it takes a while: requests keep being
+    // answered meanwhile, with the users in force.
+    let mut text = std::fs::read_to_string(dir.join("users.toml")).unwrap();
+    text.push_str("[[users]]\nname = \"dave\"\npassword = \"open sesame\"\n");
+    for i in 0..200_000 {
+        text.push_str(&format!("[[users]]\nname = \"filler-{i}\"\nnt_hash = \"44ebba8d5312b8d611474411f56989ae\"\n"));
+    }
+    std::fs::write(dir.join("users.toml.new"), &text).unwrap();
+    std::fs::rename(dir.join("users.toml.new"), dir.join("users.toml")).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answered, unanswered) = std::thread::scope(|s| {
+        let asker = s.spawn(|| {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+            let (mut answered, mut unanswered, mut id) = (0u32, 0u32, 0u8);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                id = id.wrapping_add(1);
+                match exchange(&sock, nas.auth, &access_request(id, SECRET.as_bytes(), true)) {
+                    Some(a) if Packet::decode(&a).unwrap().code() == Code::AccessAccept => answered += 1,
+                    _ => unanswered += 1,
+                }
+            }
+            (answered, unanswered)
+        });
+        w.hup();
+        w.wait_metric("warden_users_reloads_total{result=\"ok\"}", 1.0);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        asker.join().unwrap()
+    });
+    assert!(answered > 0 && unanswered == 0, "{answered} answered, {unanswered} not, during the reload");
+    assert_eq!(w.metric("warden_radius_users"), 200_004.0);
+    let out = pap(&nas, "dave", "open sesame");
+    assert!(out.contains("Received Access-Accept"), "dave after the reload: {out}");
+
+    // A file that does not load is refused, located, and the users in
+    // force stay.
+    text.push_str("[[users]]\nname = \"dave\"\npassword = \"again\"\n");
+    std::fs::write(dir.join("users.toml"), &text).unwrap();
+    w.hup();
+    w.wait_metric("warden_users_reloads_total{result=\"error\"}", 1.0);
+    let line = text.lines().count() - 1;
+    assert!(w.log_text().contains(&format!("users.toml:{line}:8: duplicate user \"dave\"")), "{}", w.log_text());
+    let out = pap(&nas, "dave", "open sesame");
+    assert!(out.contains("Received Access-Accept"), "the previous users stay: {out}");
 }

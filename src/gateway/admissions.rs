@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 const ADMITTED_CAP: usize = 262_144;
 pub const ADMITTED_TTL: Duration = Duration::from_secs(600);
 
+/// An access, and when it was given.
+type Given = (Access, Instant);
+
 /// One memory per auth shard.
 pub struct Admissions {
     shards: Vec<Mutex<Admitted>>,
@@ -36,7 +39,7 @@ impl Admissions {
     /// The access the newest admission of this device gave, if recent: a
     /// MAC match before a user match (a user may sit on several devices).
     pub fn recall(&self, mac: Option<Mac>, user: Option<&str>, now: Instant) -> Option<Access> {
-        let (mut by_mac, mut by_user): (Option<(Access, Instant)>, Option<(Access, Instant)>) = (None, None);
+        let (mut by_mac, mut by_user): (Option<Given>, Option<Given>) = (None, None);
         for memory in &self.shards {
             let (m, u) = memory.lock().unwrap_or_else(|e| e.into_inner()).recall_at(mac, user, now);
             by_mac = newest(by_mac, m);
@@ -46,7 +49,7 @@ impl Admissions {
     }
 }
 
-fn newest(a: Option<(Access, Instant)>, b: Option<(Access, Instant)>) -> Option<(Access, Instant)> {
+fn newest(a: Option<Given>, b: Option<Given>) -> Option<Given> {
     match (a, b) {
         (Some(x), Some(y)) => Some(if y.1 > x.1 { y } else { x }),
         (x, y) => x.or(y),
@@ -102,8 +105,8 @@ impl Admitted {
 
     /// What [`recall`](Self::recall) finds, with when it was given: by MAC
     /// first, then by user.
-    fn recall_at(&self, mac: Option<Mac>, user: Option<&str>, now: Instant) -> (Option<(Access, Instant)>, Option<(Access, Instant)>) {
-        let fresh = |e: &(Access, Instant)| (now.saturating_duration_since(e.1) <= ADMITTED_TTL).then_some(*e);
+    fn recall_at(&self, mac: Option<Mac>, user: Option<&str>, now: Instant) -> (Option<Given>, Option<Given>) {
+        let fresh = |e: &Given| (now.saturating_duration_since(e.1) <= ADMITTED_TTL).then_some(*e);
         (mac.and_then(|m| self.by_mac.get(&m).and_then(fresh)), user.and_then(|u| self.by_user.get(u).and_then(fresh)))
     }
 }

@@ -23,8 +23,9 @@ impl<T> Current<T> {
         Self::new(watch::channel(value).1)
     }
 
-    /// Takes a newer value if one was published; the shell calls this once
-    /// per loop, before handling what arrived.
+    /// Takes a newer value if one was published. Called after a wake-up,
+    /// before the value is used for what woke the task (calling it before
+    /// sleeping would answer the next request with what was current then).
     pub fn refresh(&mut self) -> &Arc<T> {
         if self.rx.has_changed().unwrap_or(false) {
             self.now = Arc::clone(&self.rx.borrow_and_update());

@@ -99,8 +99,12 @@ fn work(mut server: EapServer, jobs: &Receiver<Job>, metrics: &Metrics) {
             swept = now;
         }
         if let Some(Job { req, reply }) = job {
-            let outcome =
-                server.handle(req.eap_message.as_deref().unwrap_or_default(), req.state.as_deref(), req.framed_mtu, now);
+            let outcome = server.handle(
+                req.eap_message.as_deref().unwrap_or_default(),
+                req.state.as_deref(),
+                req.framed_mtu,
+                now,
+            );
             // The shard may be gone (shutting down): nothing to answer then.
             let _ = reply.send(Done { req, outcome, method: server.last_method });
         }

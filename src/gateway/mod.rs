@@ -10,10 +10,10 @@ mod eap_pool;
 mod radius_auth;
 mod radius_enforce;
 mod radius_task;
-mod users_reload;
 mod reload;
 mod status;
 mod timer;
+mod users_reload;
 mod wireguard_task;
 
 use crate::compliance::{Engine, Table, snapshot};
@@ -403,7 +403,11 @@ fn eap_pool(
         metrics,
     )
     .context("starting the EAP workers")?;
-    tracing::info!(methods = if peap { "EAP-TLS, PEAP-MSCHAPv2" } else { "EAP-TLS" }, workers = pool.workers(), "802.1X enabled");
+    tracing::info!(
+        methods = if peap { "EAP-TLS, PEAP-MSCHAPv2" } else { "EAP-TLS" },
+        workers = pool.workers(),
+        "802.1X enabled"
+    );
     Ok((Arc::new(pool), e.identity_from))
 }
 

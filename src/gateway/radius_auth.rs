@@ -88,7 +88,6 @@ impl AuthShard {
         let mut buf = vec![0u8; 4097];
         let mut timer = super::timer::Timer::new();
         loop {
-            self.users.refresh();
             timer.arm(self.server.poll_timeout());
             let eap_done = async {
                 match self.eap.as_mut() {
@@ -126,6 +125,8 @@ impl AuthShard {
     }
 
     async fn drain(&mut self, received: Instant) {
+        // A reload published while this task slept applies to what woke it.
+        self.users.refresh();
         while let Some(event) = self.server.poll_event() {
             match event {
                 Event::Discarded { from, reason } => {
@@ -170,6 +171,7 @@ impl AuthShard {
 
     /// Authorizes one Access-Request and hands the decision to the server.
     fn decide(&mut self, req: &AccessRequest, verified: Option<bool>) {
+        self.users.refresh();
         let (decision, outcome) = authorize(req, &self.table, self.users.get(), &self.policy, verified);
         self.metrics.radius_request(outcome.kind, outcome.result);
         let now = Instant::now();
@@ -201,6 +203,7 @@ impl AuthShard {
     /// A round answered by the pool; the last one authorizes the
     /// certificate's (or the user's) device by its verdict, as MAB does.
     fn finish_eap(&mut self, done: Done) {
+        self.users.refresh();
         use crate::eap::server::{Authenticated, Outcome};
         use crate::radius::server::EapReply;
         let Some(link) = self.eap.as_ref() else { return };

@@ -137,6 +137,7 @@ impl Enforcer {
     /// Journals an accounting request, then applies it. Err: not stored,
     /// so not to be acknowledged.
     pub fn accounting(&mut self, acct: &AccountingRequest, now: Instant) -> std::io::Result<Applied> {
+        self.users.refresh();
         let mac = acct.calling_station_id.as_deref().and_then(Mac::parse);
         // A new session has what its Accept gave; failing that (an Accept
         // from before a restart), what an Accept would give now.
@@ -160,6 +161,7 @@ impl Enforcer {
     /// A device's verdict changed: its sessions, found by its MACs, its
     /// users and its certificate identity, are reconciled at once.
     pub fn handle_change(&mut self, change: &Change, now: Instant) {
+        self.users.refresh();
         let device = self.table.get(&change.device);
         let macs: Vec<Mac> = device
             .iter()
@@ -190,6 +192,7 @@ impl Enforcer {
 
     /// Reconciles the next `n` sessions of the pass under way.
     pub fn sweep_slice(&mut self, n: usize, now: Instant) {
+        self.users.refresh();
         // One ordered walk reads the slice in place; only the sessions with
         // something to do (not in step, or a retry pending) are taken out.
         let mut last = None;
@@ -263,6 +266,7 @@ impl Enforcer {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.users.refresh();
         self.coa.handle_timeout(now);
         let unix_time = unix_now();
         for key in self.sessions.due(now) {

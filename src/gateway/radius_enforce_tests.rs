@@ -145,7 +145,7 @@ impl Sim {
             let Some(last) = keys.last().cloned() else { return n };
             for k in &keys {
                 let s = self.enforce.sessions.get(k).unwrap();
-                let device = session_device(s.mac, None, &self.enforce.table, &self.enforce.users.get());
+                let device = session_device(s.mac, None, &self.enforce.table, self.enforce.users.get());
                 n += usize::from(self.enforce.policy.running(device.as_deref(), s.applied) != s.applied);
             }
             cursor = Some(last);

@@ -47,7 +47,6 @@ impl RadiusTask {
             ready.store(true, std::sync::atomic::Ordering::Release);
         }
         loop {
-            self.enforce.users.refresh();
             timer.arm(self.server.poll_timeout().into_iter().chain(self.enforce.poll_timeout()).min());
             let urgent = self.enforce.sweep_urgent();
             tokio::select! {

@@ -9,7 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-pub async fn run(path: PathBuf, users: watch::Sender<Arc<Users>>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    path: PathBuf,
+    users: watch::Sender<Arc<Users>>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut hup = Hangups::new();
     loop {
         tokio::select! {
@@ -22,7 +27,11 @@ pub async fn run(path: PathBuf, users: watch::Sender<Arc<Users>>, metrics: Arc<M
             Ok(Ok(loaded)) => {
                 metrics.users_reloads_ok.inc();
                 metrics.radius_users.set(loaded.len() as i64);
-                tracing::info!(users = loaded.len(), took_ms = started.elapsed().as_millis() as u64, "SIGHUP: users file reloaded");
+                tracing::info!(
+                    users = loaded.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "SIGHUP: users file reloaded"
+                );
                 users.send_replace(Arc::new(loaded));
             }
             Ok(Err(e)) => {
