@@ -1,18 +1,31 @@
 #!/usr/bin/env python3
-"""PAP and MAB Access-Requests per second and latency, warden and
-FreeRADIUS 3.2 side by side in one run, driven by the same load generator
-(bench/radius_load.rs: a window of requests in flight, Message-Authenticator
-on every request, every answer checked). Loopback only; bounded runs.
+"""RADIUS at the scale users run: PAP and MAB Access-Requests per second and
+latency, warden and FreeRADIUS 3.2 side by side in one run, driven by the
+same load generator (bench/radius_load.rs: WINDOW requests in flight spread
+over --sources source ports, Message-Authenticator on every request, every
+answer checked), with --users users and as many known devices (MACs).
+Loopback only; bounded runs.
 
-    python3 bench/radius.py [--runs 3] [--seconds 5] [--window 64]
+    python3 bench/radius.py [--users 100000] [--runs 3] [--seconds 5] [--window 64]
+                            [--sources 8] [--threads 4] [--storm 6] [--only pap,mab,half,storm]
 
-FreeRADIUS (installed from Debian if missing) is configured equivalently:
-the same users in its `files` module with the same VLAN reply, the bench
-client with require_message_authenticator, logging off. warden runs with
-logging off too (RUST_LOG=warn) and, for the record, with its default INFO
-log line per access decision.
+FreeRADIUS is configured the way its experts would for this comparison: a
+radiusd.conf written from scratch with only the `files` and `pap` modules, one
+virtual server (authorize { files; pap }), --threads worker threads, no
+logging of requests. Its `files` module holds the same users (Cleartext-
+Password) and MACs (MAB: Cleartext-Password = the MAC), each with a VLAN reply.
+
+warden gets the same users (plain `password`, each with a `device_id`) and
+the same devices, compliant, in its compliance snapshot; logging off
+(RUST_LOG=warn), `radius.workers` = one per core.
+
+Besides the two peak-rate columns:
+  half:  warden's p50/p99 at half of its own peak MAB and PAP rate;
+  storm: MAB at a fixed rate (--storm-rate) alone, then while --storm
+         eapol_test loops run EAP-TLS authentications against the same
+         warden (as many as the machine sustains), p99 side by side.
 """
-import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "a-long-shared-secret"
@@ -20,6 +33,12 @@ SECRET = "a-long-shared-secret"
 
 def free_udp_port():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_tcp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -32,58 +51,157 @@ def build():
     return os.path.join(ROOT, "target/release/warden"), [e for e in exe if "radius_load" in os.path.basename(e)][0]
 
 
-def freeradius(tmp, port):
+def mac(i):
+    return "aabbcc%06x" % i
+
+
+def freeradius(tmp, port, users, threads):
     if not shutil.which("freeradius"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "freeradius"], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     raddb = os.path.join(tmp, "raddb")
-    shutil.copytree("/etc/freeradius/3.0", raddb, symlinks=True)
+    os.makedirs(raddb, exist_ok=True)
+    with open(os.path.join(raddb, "dictionary"), "w") as f:
+        f.write("$INCLUDE /usr/share/freeradius/dictionary\n")
     with open(os.path.join(raddb, "clients.conf"), "w") as f:
         f.write(f"client bench {{\n\tipaddr = 127.0.0.1\n\tsecret = {SECRET}\n\trequire_message_authenticator = yes\n}}\n")
-    users = 'alice\tCleartext-Password := "correct horse"\n\tTunnel-Type = VLAN, Tunnel-Medium-Type = IEEE-802, Tunnel-Private-Group-Id = "100"\n\n'
-    for i in range(1000):
-        mac = "aabbcc%06x" % i
-        users += f'{mac}\tCleartext-Password := "{mac}"\n\tTunnel-Type = VLAN, Tunnel-Medium-Type = IEEE-802, Tunnel-Private-Group-Id = "100"\n\n'
-    authorize = os.path.join(raddb, "mods-config/files/authorize")
-    with open(authorize) as f:
-        rest = f.read()
-    with open(authorize, "w") as f:
-        f.write(users + rest)
-    # Listen on our ports (command-line -p listeners get no virtual server).
-    with open("/etc/freeradius/3.0/sites-available/default") as f:
-        site = f.read()
-    ports = iter([port, port + 1, port, port + 1])
-    site = re.sub(r"(?m)^(\s*)port = 0", lambda m: f"{m.group(1)}port = {next(ports, 0)}", site)
-    site = re.sub(r"(?m)^(\s*)ipaddr = \*", r"\1ipaddr = 127.0.0.1", site)
-    os.remove(os.path.join(raddb, "sites-enabled/default"))
-    with open(os.path.join(raddb, "sites-enabled/default"), "w") as f:
-        f.write(site)
+    reply = '\tTunnel-Type = VLAN, Tunnel-Medium-Type = IEEE-802, Tunnel-Private-Group-Id = "100"\n\n'
+    with open(os.path.join(raddb, "users"), "w") as f:
+        for i in range(users):
+            f.write(f'user{i:07d}\tCleartext-Password := "pw-{i}"\n{reply}')
+            f.write(f'{mac(i)}\tCleartext-Password := "{mac(i)}"\n{reply}')
+    with open(os.path.join(raddb, "radiusd.conf"), "w") as f:
+        f.write(f"""
+prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = /usr/sbin
+logdir = {tmp}
+raddbdir = {raddb}
+radacctdir = {tmp}
+name = freeradius
+confdir = {raddb}
+modconfdir = {raddb}
+run_dir = {tmp}
+db_dir = {tmp}
+libdir = /usr/lib/freeradius
+pidfile = {tmp}/freeradius.pid
+max_request_time = 30
+cleanup_delay = 5
+max_requests = 65536
+hostname_lookups = no
+log {{
+    destination = files
+    file = {tmp}/freeradius.log
+    auth = no
+}}
+security {{
+    allow_core_dumps = no
+    max_attributes = 200
+    reject_delay = 0
+    status_server = yes
+}}
+thread pool {{
+    start_servers = {threads}
+    max_servers = {threads}
+    min_spare_servers = {threads}
+    max_spare_servers = {threads}
+    max_requests_per_server = 0
+    auto_limit_acct = no
+}}
+$INCLUDE clients.conf
+modules {{
+    files {{
+        filename = {raddb}/users
+    }}
+    pap {{
+        normalise = no
+    }}
+}}
+server bench {{
+    listen {{
+        type = auth
+        ipaddr = 127.0.0.1
+        port = {port}
+    }}
+    authorize {{
+        files
+        pap
+    }}
+    authenticate {{
+        Auth-Type PAP {{
+            pap
+        }}
+    }}
+}}
+""")
     subprocess.run(["chmod", "-R", "a+rX", tmp], check=True)
-    proc = subprocess.Popen(["freeradius", "-f", "-d", raddb, "-l", os.path.join(tmp, "freeradius.log")])
-    time.sleep(2)
+    log = open(os.path.join(tmp, "freeradius.out"), "w")
+    proc = subprocess.Popen(["freeradius", "-f", "-d", raddb], stdout=log, stderr=log)
+    wait_answer(port, proc, os.path.join(tmp, "freeradius.out"))
     return proc
 
 
-def warden(exe, tmp, port, log_level):
+def wait_answer(port, proc, log):
+    """Until a Status-Server-free probe: the server answers a MAB request."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited:\n{open(log).read()[-3000:]}")
+        out = subprocess.run(["radclient", "-r", "1", "-t", "1", f"127.0.0.1:{port}", "auth", SECRET],
+                             input=f'User-Name = "{mac(0)}", User-Password = "{mac(0)}", Message-Authenticator = 0x00\n',
+                             capture_output=True, text=True)
+        if "Access-Accept" in out.stdout:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"no answer on {port}:\n{open(log).read()[-3000:]}")
+
+
+def warden_dir(tmp, users):
     d = tempfile.mkdtemp(dir=tmp)
     shutil.copytree(os.path.join(ROOT, "policies"), os.path.join(d, "policies"))
     with open(os.path.join(d, "users.toml"), "w") as f:
-        f.write('[[users]]\nname = "alice"\npassword = "correct horse"\n')
+        for i in range(users):
+            f.write(f'[[users]]\nname = "user{i:07d}"\npassword = "pw-{i}"\ndevice_id = "dev-{i:07d}"\n')
+    os.makedirs(os.path.join(d, "state"))
+    now = time.time()
+    ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    patch = time.strftime("%Y-%m-%d", time.gmtime(now - 10 * 86400))
+    with open(os.path.join(d, "state", "compliance.jsonl"), "w") as f:
+        for i in range(users):
+            m = ":".join(mac(i)[k:k + 2] for k in range(0, 12, 2))
+            report = {"seq": 1, "ts": ts, "os": "android", "os_version": "14.0.1", "security_patch": patch,
+                      "encrypted": True, "passcode": True, "rooted": False, "kiosk_mode": True,
+                      "apps_installed": ["com.acme.pos"], "apps_running": ["com.acme.pos"],
+                      "wifi_ssid": "ACME-STORE", "open_ports": [443], "mac_addresses": [m],
+                      "groups": ["pos"], "agent_version": "3.2.0"}
+            f.write(json.dumps({"id": f"dev-{i:07d}", "last_seen": int(now * 1000), "report": report}) + "\n")
+    return d
+
+
+def warden(exe, d, port, extra="", workers=0):
+    http = free_tcp_port()
     with open(os.path.join(d, "w.toml"), "w") as f:
-        f.write(f'[node]\nstate_dir = "state"\n[mqtt]\nlisten = "127.0.0.1:{free_udp_port()}"\n'
-                f'[http]\nlisten = "127.0.0.1:{free_udp_port()}"\n'
-                f'[radius]\nauth_listen = "127.0.0.1:{port}"\nacct_listen = "127.0.0.1:{port + 1}"\n'
-                f'users_file = "users.toml"\n'
-                f'[[radius.clients]]\nname = "bench"\naddress = "127.0.0.1"\nsecret = "{SECRET}"\n')
-    proc = subprocess.Popen([exe, "run", "--config", os.path.join(d, "w.toml")], stdout=subprocess.DEVNULL,
-                            stderr=open(os.path.join(d, "log"), "w"), env={**os.environ, "RUST_LOG": log_level})
-    time.sleep(1.5)
-    return proc
+        f.write(f'[node]\nstate_dir = "state"\nsnapshot_every = "1h"\n[mqtt]\nlisten = "127.0.0.1:{free_tcp_port()}"\n'
+                f'[http]\nlisten = "127.0.0.1:{http}"\n'
+                f'[radius]\nauth_listen = "127.0.0.1:{port}"\nacct_listen = "127.0.0.1:{free_udp_port()}"\n'
+                f'users_file = "users.toml"\nworkers = {workers}\n'
+                f'[[radius.clients]]\nname = "bench"\naddress = "127.0.0.1"\nsecret = "{SECRET}"\n{extra}')
+    log = os.path.join(d, "log")
+    started = time.time()
+    proc = subprocess.Popen([os.path.abspath(exe), "run", "--config", "w.toml"], cwd=d, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "w"), env={**os.environ, "RUST_LOG": "warn"})
+    wait_answer(port, proc, log)
+    return proc, time.time() - started
 
 
-def load(gen, port, mode, window, seconds):
-    out = subprocess.run([gen, f"127.0.0.1:{port}", SECRET, mode, str(window), str(seconds)], check=True,
-                         capture_output=True, text=True).stdout
+def load(gen, port, mode, window, seconds, users=1, sources=1, rate=None):
+    cmd = [gen, f"127.0.0.1:{port}", SECRET, mode, str(window), str(seconds),
+           "--population", str(users), "--sources", str(sources)]
+    if rate:
+        cmd += ["--rate", str(int(rate))]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     m = re.search(r"(\d+) req/s\s+p50 ([\d.]+) ms\s+p99 ([\d.]+) ms\s+accept (\d+)\s+reject (\d+)\s+lost (\d+)\s+bad (\d+)", out)
     rate, p50, p99, acc, rej, lost, bad = m.groups()
     if int(acc) == 0 or int(bad) or int(rej):
@@ -91,36 +209,116 @@ def load(gen, port, mode, window, seconds):
     return int(rate), float(p50), float(p99), int(lost)
 
 
+def row(label, rs, base=None):
+    rate = statistics.median(r[0] for r in rs)
+    ratio = f" ({rate / base:.2f}x)" if base else ""
+    return (f"  {label:<34}{rate:>8} req/s{ratio}  p50 {statistics.median(r[1] for r in rs):.3f} ms"
+            f"  p99 {statistics.median(r[2] for r in rs):.3f} ms  lost {sum(r[3] for r in rs)}"
+            f"  runs: {', '.join(str(r[0]) for r in rs)}")
+
+
+def storm_clients(exe, tmp, port, n, seconds):
+    """n eapol_test loops (EAP-TLS, TLS 1.3) for `seconds`; returns (processes, counter files)."""
+    certs = os.path.join(tmp, "certs")
+    if not os.path.exists(certs):
+        subprocess.run([exe, "certs", "init", "--dir", certs, "--device", "dev-0000001"], check=True,
+                       capture_output=True)
+    conf = os.path.join(tmp, "tls.conf")
+    with open(conf, "w") as f:
+        f.write(f'network={{\n  key_mgmt=IEEE8021X\n  eapol_flags=0\n  eap=TLS\n  identity="dev-0000001"\n'
+                f'  ca_cert="{certs}/ca.pem"\n  client_cert="{certs}/device.pem"\n  private_key="{certs}/device.key"\n}}\n')
+    procs, counts = [], []
+    for i in range(n):
+        count = os.path.join(tmp, f"storm{i}.count")
+        script = (f'end=$((SECONDS+{seconds})); ok=0; while [ $SECONDS -lt $end ]; do '
+                  f'eapol_test -c {conf} -a 127.0.0.1 -p {port} -s {SECRET} -r 0 -t 5 >/dev/null 2>&1 && ok=$((ok+1)); '
+                  f'done; echo $ok > {count}')
+        procs.append(subprocess.Popen(["bash", "-c", script]))
+        counts.append(count)
+    return procs, counts
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--sources", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=4, help="FreeRADIUS worker threads")
+    ap.add_argument("--storm", type=int, default=6, help="parallel eapol_test loops")
+    ap.add_argument("--storm-rate", type=int, default=5000, help="MAB requests/s offered during the storm run")
+    ap.add_argument("--only", default="pap,mab,half,storm")
     a = ap.parse_args()
+    only = set(a.only.split(","))
     exe, gen = build()
+    if "storm" in only:
+        subprocess.run(["bash", "-c", "command -v eapol_test || apt-get install -y -qq eapoltest"], check=True,
+                       capture_output=True)
     tmp = tempfile.mkdtemp(prefix="warden-radius-bench-")
+    print(f"preparing {a.users} users and devices...", flush=True)
+    wdir = warden_dir(tmp, a.users)
     results = {}
-    for name in ("FreeRADIUS 3.2", "warden (log off)", "warden (INFO log)"):
-        port = free_udp_port()
-        if name.startswith("FreeRADIUS"):
-            proc = freeradius(tmp, port)
-        else:
-            proc = warden(exe, tmp, port, "warn" if "off" in name else "info")
-        try:
-            for mode in ("pap", "mab"):
-                results[(name, mode)] = [load(gen, port, mode, a.window, a.seconds) for _ in range(a.runs)]
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    print(f"RADIUS Access-Requests, window {a.window}, {a.seconds} s runs, median of {a.runs}")
-    for mode in ("pap", "mab"):
+    modes = [m for m in ("pap", "mab") if m in only]
+    fr_port, w_port = free_udp_port(), free_udp_port()
+    fr = freeradius(tmp, fr_port, a.users, a.threads) if modes else None
+    w, ready = warden(exe, wdir, w_port)
+    try:
+        # Runs alternate between the two servers, so drift in the machine's
+        # load hits both alike.
+        for _ in range(a.runs):
+            for mode in modes:
+                for name, port in (("FreeRADIUS 3.2", fr_port), ("warden", w_port)):
+                    results.setdefault((name, mode), []).append(
+                        load(gen, port, mode, a.window, a.seconds, a.users, a.sources))
+        if "half" in only:
+            for mode in ("mab", "pap"):
+                peak = statistics.median(r[0] for r in results[("warden", mode)]) if ("warden", mode) in results else 0
+                if peak:
+                    results[("half", mode)] = [load(gen, w_port, mode, a.window, a.seconds, a.users, a.sources,
+                                                    rate=peak / 2) for _ in range(a.runs)]
+                    results[("half", mode + "_rate")] = peak / 2
+    finally:
+        if fr:
+            fr.terminate()
+            fr.wait(30)
+        w.terminate()
+        w.wait(30)
+    print(f"RADIUS Access-Requests, {a.users} users and devices, window {a.window} over {a.sources} source ports, "
+          f"{a.seconds} s runs, median of {a.runs}; FreeRADIUS {a.threads} threads; warden ready in {ready:.1f} s")
+    for mode in modes:
         base = statistics.median(r[0] for r in results[("FreeRADIUS 3.2", mode)])
-        for name in ("FreeRADIUS 3.2", "warden (log off)", "warden (INFO log)"):
-            rs = results[(name, mode)]
-            rate = statistics.median(r[0] for r in rs)
-            print(f"  {mode.upper():<4}{name:<20}{rate:>8} req/s ({rate / base:.2f}x)  p50 {statistics.median(r[1] for r in rs):.3f} ms"
-                  f"  p99 {statistics.median(r[2] for r in rs):.3f} ms  lost {sum(r[3] for r in rs)}"
-                  f"  runs: {', '.join(str(r[0]) for r in rs)}")
+        for name in ("FreeRADIUS 3.2", "warden"):
+            print(row(f"{mode.upper()} {name}", results[(name, mode)], base))
+    for mode in ("mab", "pap"):
+        if ("half", mode) in results:
+            print(row(f"{mode.upper()} warden at {int(results[('half', mode + '_rate')])}/s (half)", results[("half", mode)]))
+
+    if "storm" in only:
+        port = free_udp_port()
+        certs = os.path.join(tmp, "certs")
+        subprocess.run([exe, "certs", "init", "--dir", certs, "--device", "dev-0000001"], check=True, capture_output=True)
+        w, _ = warden(exe, wdir, port, f'[eap]\nserver_cert = "{certs}/server.pem"\nserver_key = "{certs}/server.key"\n'
+                                       f'client_ca = "{certs}/ca.pem"\n')
+        calm, stormy, auths = [], [], []
+        try:
+            for _ in range(a.runs):
+                calm.append(load(gen, port, "mab", a.window, a.seconds, a.users, a.sources, rate=a.storm_rate))
+                procs, counts = storm_clients(exe, tmp, port, a.storm, a.seconds + 2)
+                time.sleep(1)
+                stormy.append(load(gen, port, "mab", a.window, a.seconds, a.users, a.sources, rate=a.storm_rate))
+                for p in procs:
+                    p.wait(60)
+                auths.append(sum(int(open(c).read().strip() or 0) for c in counts) / (a.seconds + 2))
+        finally:
+            w.terminate()
+            w.wait(30)
+        print(f"MAB at {a.storm_rate}/s offered, without and with {a.storm} eapol_test loops (EAP-TLS 1.3):")
+        print(row("MAB alone", calm))
+        print(row("MAB during the EAP-TLS storm", stormy))
+        print(f"  EAP-TLS authentications completed during the storm: {statistics.median(auths):.0f}/s "
+              f"(runs: {', '.join(f'{x:.0f}' for x in auths)})")
+        print(f"  p99 ratio storm/alone: {statistics.median(r[2] for r in stormy) / statistics.median(r[2] for r in calm):.2f}x")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ mod radius_task;
 mod reload;
 mod status;
 mod timer;
+mod udp_batch;
 mod users_reload;
 mod wireguard_task;
 
@@ -356,6 +357,7 @@ async fn radius_plane(
             slow: radius_auth::SlowChecks::new(),
             eap: eap.as_ref().map(|(pool, from)| radius_auth::EapLink::new(Arc::clone(pool), *from)),
             shutdown: shutdown.clone(),
+            outbox: Vec::new(),
         })
         .collect();
     let task = radius_task::RadiusTask {

@@ -36,6 +36,8 @@ pub struct AuthShard {
     /// 802.1X, when `[eap]` is configured.
     pub eap: Option<EapLink>,
     pub shutdown: watch::Receiver<bool>,
+    /// The answers of one wake-up, sent together (kept for its capacity).
+    pub outbox: Vec<(std::net::SocketAddr, bytes::Bytes)>,
 }
 
 /// A shard's way to the EAP pool, and back.
@@ -157,16 +159,16 @@ impl AuthShard {
                 Event::Duplicate => self.metrics.radius_discard("duplicate_answered_from_cache"),
             }
         }
-        let mut answered = false;
-        while let Some(t) = self.server.poll_transmit() {
-            answered = true;
-            if let Err(e) = self.socket.send_to(&t.payload, t.to).await {
-                tracing::debug!(error = %e, to = %t.to, "RADIUS send failed");
+        let mut out = std::mem::take(&mut self.outbox);
+        out.extend(std::iter::from_fn(|| self.server.poll_transmit()).map(|t| (t.to, t.payload)));
+        if !out.is_empty() {
+            if let Err(e) = super::udp_batch::send_all(&self.socket, &out).await {
+                tracing::debug!(error = %e, "RADIUS send failed");
             }
-        }
-        if answered {
             self.metrics.radius_duration.observe(received.elapsed().as_secs_f64());
         }
+        out.clear();
+        self.outbox = out;
     }
 
     /// Authorizes one Access-Request and hands the decision to the server.
