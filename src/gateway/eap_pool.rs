@@ -80,9 +80,18 @@ impl EapPool {
     }
 }
 
+/// How much lower than the shards a worker runs (nice). MAB and PAP answers
+/// are small and their latency is what a NAS waits on; a handshake round
+/// can wait for a free core a few milliseconds longer.
+const NICENESS: i32 = 10;
+
 /// A worker: rounds in, outcomes out, idle conversations swept. Ends when
 /// the pool is dropped.
 fn work(mut server: EapServer, jobs: &Receiver<Job>, metrics: &Metrics) {
+    // Linux's nice value is per thread: this lowers the worker only.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICENESS) {
+        tracing::debug!(error = %e, "EAP worker keeps the shards' priority");
+    }
     let mut swept = Instant::now();
     let (mut evicted, mut held) = (server.evicted, 0usize);
     loop {
