@@ -2,7 +2,8 @@
 //!
 //! [`Engine`] is the one writer (sans-IO: telemetry, policies and `now` in,
 //! verdict [`Change`]s and a deadline out); [`Table`] is the read handle every
-//! plane shares, lock-free for readers on the hot path.
+//! plane shares: a lookup holds a shard's read lock only for an `Arc` clone
+//! (not lock-free; measured cheap enough, see docs/design.md).
 
 pub mod access;
 mod device;
