@@ -752,6 +752,10 @@ mod tests {
             ("[http]\nlisten = \"localhost\"\n", "/etc/warden/warden.toml:2:10: invalid socket address"),
             ("[policy]\nunknown_device = \"maybe\"\n", "/etc/warden/warden.toml:2:18: unknown variant `maybe`"),
             ("[mqtt]\nstatus_topic = \"warden/+\"\n", "/etc/warden/warden.toml:2:1: status_topic must contain"),
+            (
+                "[radius]\nworkers = 1000\n[[radius.clients]]\nname = \"s\"\naddress = \"127.0.0.1\"\nsecret = \"x\"\n",
+                "/etc/warden/warden.toml:2:1: radius.workers must be at most 256",
+            ),
         ];
         for (text, want) in cases {
             let err = load(text).unwrap_err();
