@@ -277,3 +277,78 @@ fn a_restart_that_would_restrict_every_session_waits_for_confirmation() {
     w2.wait_metric("warden_radius_session_access{access=\"quarantine\"}", 3.0);
     assert_eq!(w2.metric("warden_changes_pending"), 0.0);
 }
+
+/// Accounting-Starts from a raw socket as fast as they are answered, until
+/// `stop`; returns the session ids warden acknowledged.
+fn acknowledged_starts(acct: u16, stop: &std::sync::atomic::AtomicBool) -> Vec<String> {
+    use warden::radius::{AttrType, Builder, Code, Packet};
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut acked = Vec::new();
+    let mut buf = [0u8; 4096];
+    for n in 0u32..100_000 {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let sid = format!("burst-{n}");
+        let mut b = Builder::new(Code::AccountingRequest, (n % 256) as u8, true);
+        b.attr_u32(AttrType::AcctStatusType, 1).unwrap();
+        b.attr(AttrType::AcctSessionId, sid.as_bytes()).unwrap();
+        let mac = format!("02:00:00:{:02x}:{:02x}:{:02x}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+        b.attr(AttrType::CallingStationId, mac.as_bytes()).unwrap();
+        b.attr(AttrType::NasIpAddress, &[127, 0, 0, 1]).unwrap();
+        let pkt = b.finish_request(SECRET.as_bytes());
+        if sock.send_to(&pkt, ("127.0.0.1", acct)).is_err() {
+            break;
+        }
+        let answered = sock.recv_from(&mut buf).ok().and_then(|(len, _)| {
+            let p = Packet::decode(&buf[..len]).ok()?;
+            let ra: [u8; 16] = pkt[4..20].try_into().ok()?;
+            (p.code() == Code::AccountingResponse && p.response_authenticator_valid(SECRET.as_bytes(), &ra))
+                .then_some(())
+        });
+        match answered {
+            Some(()) => acked.push(sid),
+            None => break, // killed: nothing after this was acknowledged
+        }
+    }
+    acked
+}
+
+#[test]
+fn every_acknowledged_accounting_record_survives_kill_9() {
+    let dir = Warden::workdir();
+    let (mut w, acct) = start_warden(&dir, free_udp_port(), "disconnect");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Killed mid-burst, at a moment that differs from run to run.
+    let acked = std::thread::scope(|s| {
+        let sender = s.spawn(|| acknowledged_starts(acct, &stop));
+        std::thread::sleep(Duration::from_millis(300 + u64::from(std::process::id() % 400)));
+        w.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sender.join().unwrap()
+    });
+    assert!(acked.len() > 50, "only {} records before the kill", acked.len());
+    let journal = std::fs::read(dir.join("state/accounting.jsonl")).unwrap();
+    let text = String::from_utf8_lossy(&journal);
+    for sid in &acked {
+        assert!(text.contains(&format!("\"{sid}\"")), "acknowledged {sid} is not in the journal");
+    }
+    // Restarted on the same state: every acknowledged session is back.
+    let config = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "toml")
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("warden-"))
+        })
+        .unwrap();
+    let body = std::fs::read_to_string(&config).unwrap().split("\n[http]").next().unwrap().to_string();
+    let mut w2 = Warden::launch(&dir, &body, w.mqtt, "");
+    w2.wait_ready();
+    let sessions = w2.metric("warden_radius_sessions");
+    assert!(sessions >= acked.len() as f64, "{sessions} sessions replayed, {} acknowledged", acked.len());
+    // A record torn by the kill is skipped, and the next one is whole.
+    accounting_start(acct);
+    w2.wait_metric("warden_radius_sessions", sessions + 1.0);
+}

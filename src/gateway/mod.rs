@@ -326,6 +326,7 @@ async fn radius_plane(
     ));
     let admissions = Arc::new(admissions::Admissions::new(shards));
     let journal = crate::radius::journal::Journal::open(state_dir).context("opening the accounting journal")?;
+    let journal_sync = Some(journal.syncer().context("opening the accounting journal")?);
     let enforce = radius_enforce::Enforcer::new(
         sessions,
         journal,
@@ -372,6 +373,7 @@ async fn radius_plane(
         confirms: mpsc::channel(1).1,
         ready: None,
         shutdown,
+        journal_sync,
     };
     Ok(RadiusPlane { task, shards, users: r.users_file.clone().map(|p| (p, users_tx)) })
 }

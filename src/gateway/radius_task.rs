@@ -31,6 +31,8 @@ pub struct RadiusTask {
     /// Set once the task serves its sockets, for `/readyz`.
     pub ready: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub shutdown: watch::Receiver<bool>,
+    /// The journal's file, for the group commit's sync.
+    pub journal_sync: Option<std::fs::File>,
 }
 
 impl RadiusTask {
@@ -107,6 +109,7 @@ impl RadiusTask {
     }
 
     async fn drain(&mut self, received: Instant) {
+        let mut written = Vec::new();
         while let Some(event) = self.server.poll_event() {
             match event {
                 Event::Discarded { from, reason } => {
@@ -116,15 +119,15 @@ impl RadiusTask {
                 // The server core takes Access-Requests on the auth port only.
                 Event::AccessRequest(req) => self.server.handle_decision(req.id, Decision::Drop, Instant::now()),
                 Event::Accounting(acct) => {
-                    // Acknowledged only once written: a NAS whose record was
-                    // not stored gets no answer and retransmits.
+                    // Written now, acknowledged after the batch's sync below:
+                    // a NAS whose record is not durable gets no answer and
+                    // retransmits.
                     match self.enforce.accounting(&acct, Instant::now()) {
                         Ok(applied) => {
                             if applied == Applied::Full {
                                 tracing::warn!("session table full; this session cannot be reached by CoA");
                             }
-                            self.metrics.radius_request("accounting", "stored");
-                            self.server.handle_decision(acct.id, Decision::Stored, Instant::now());
+                            written.push(acct.id);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "accounting journal write failed; not acknowledging");
@@ -135,6 +138,9 @@ impl RadiusTask {
                 Event::StatusServer => self.metrics.radius_request("status", "accept"),
                 Event::Duplicate => self.metrics.radius_discard("duplicate_answered_from_cache"),
             }
+        }
+        if !written.is_empty() {
+            self.commit(written).await;
         }
         self.enforce.drain_coa_events(Instant::now());
         while let Some((to, payload)) = self.enforce.coa.poll_transmit() {
@@ -151,6 +157,35 @@ impl RadiusTask {
         }
         if answered {
             self.metrics.radius_duration.observe(received.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Group commit: one `fdatasync` for every record of the batch, off the
+    /// async threads, then every one of them is acknowledged (or none, if
+    /// the sync failed: the NASes retransmit). Records that arrive
+    /// meanwhile wait in the socket and make the next batch.
+    async fn commit(&mut self, written: Vec<crate::radius::server::DecisionId>) {
+        let synced = match self.journal_sync.as_ref().map(std::fs::File::try_clone) {
+            Some(Ok(file)) => tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Some(Err(e)) => Err(e),
+            None => Err(std::io::Error::other("no journal handle to sync")),
+        };
+        let now = Instant::now();
+        match synced {
+            Ok(()) => {
+                for id in written {
+                    self.metrics.radius_request("accounting", "stored");
+                    self.server.handle_decision(id, Decision::Stored, now);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = written.len(), "accounting journal sync failed; not acknowledging");
+                for id in written {
+                    self.server.handle_decision(id, Decision::Drop, now);
+                }
+            }
         }
     }
 }

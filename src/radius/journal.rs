@@ -199,7 +199,14 @@ impl Journal {
     /// Opens (appending) the journal in `state_dir`.
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
         let path = state_dir.join(FILE);
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+        // A crash mid-write leaves a torn last line. End it, so the next
+        // record starts a line of its own: only the torn one is skipped at
+        // replay, not the next acknowledged record with it.
+        if ends_torn(&mut file)? {
+            file.write_all(b"\n")?;
+            file.sync_data()?;
+        }
         Ok(Self { file, path })
     }
 
@@ -208,14 +215,33 @@ impl Journal {
     }
 
     /// Appends one record as one line, in one write: a crash leaves at most
-    /// that line torn, never two records run together. (Durability with
-    /// fsync is the job of the group commit, still to come.)
+    /// that line torn, never two records run together. Not yet durable:
+    /// see [`Journal::syncer`].
     pub fn append(&mut self, record: &Record) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.file.write_all(&line)?;
         self.file.flush()
     }
+
+    /// A handle that makes every record appended so far durable
+    /// (`fdatasync`), for the shell's group commit: it acknowledges a batch
+    /// of records once, after one sync, and the sync runs off the task.
+    pub fn syncer(&self) -> std::io::Result<std::fs::File> {
+        self.file.try_clone()
+    }
+}
+
+/// Whether the file's last byte is not a newline (a torn last record).
+fn ends_torn(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// Rebuilds `sessions` from the journal in `state_dir`. Unreadable lines
@@ -292,5 +318,25 @@ mod tests {
         std::fs::write(dir.path().join(FILE), bytes).unwrap();
         let mut s = Sessions::default();
         assert_eq!(replay(dir.path(), &mut s), Replayed { applied: 1, skipped: 2 });
+    }
+
+    #[test]
+    fn a_torn_last_line_does_not_swallow_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = serde_json::to_string(&start("s1", Access::Full)).unwrap();
+        // A crash mid-write: the record was never acknowledged.
+        std::fs::write(dir.path().join(FILE), &good.as_bytes()[..good.len() / 2]).unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.append(&start("s2", Access::Quarantine)).unwrap();
+        j.syncer().unwrap().sync_data().unwrap();
+        drop(j);
+        let mut s = Sessions::default();
+        assert_eq!(replay(dir.path(), &mut s), Replayed { applied: 1, skipped: 1 });
+        let k2: Key = ("127.0.0.2".parse().unwrap(), "s2".into());
+        assert_eq!(s.get(&k2).unwrap().applied, Access::Quarantine, "the record after the torn one is whole");
+        // Opening a whole journal adds nothing.
+        let before = std::fs::read(dir.path().join(FILE)).unwrap();
+        drop(Journal::open(dir.path()).unwrap());
+        assert_eq!(std::fs::read(dir.path().join(FILE)).unwrap(), before);
     }
 }
