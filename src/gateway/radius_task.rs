@@ -15,6 +15,9 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, watch};
 
+/// Accounting datagrams taken per wake-up beyond the first: one group commit.
+const COMMIT_BATCH: usize = 1024;
+
 pub struct RadiusTask {
     pub server: Server,
     pub acct: UdpSocket,
@@ -82,7 +85,18 @@ impl RadiusTask {
                     Err(e) => tracing::debug!(error = %e, "CoA socket receive error"),
                 },
                 r = self.acct.recv_from(&mut acct_buf) => match r {
-                    Ok((n, from)) => self.server.handle_datagram(Port::Acct, from, &acct_buf[..n], Instant::now()),
+                    Ok((n, from)) => {
+                        let now = Instant::now();
+                        self.server.handle_datagram(Port::Acct, from, &acct_buf[..n], now);
+                        // Everything already waiting joins this batch and its
+                        // one sync (records that came during the last sync).
+                        for _ in 0..COMMIT_BATCH {
+                            match self.acct.try_recv_from(&mut acct_buf) {
+                                Ok((n, from)) => self.server.handle_datagram(Port::Acct, from, &acct_buf[..n], now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "RADIUS acct socket receive error"),
                 },
                 _ = timer.fired() => {
