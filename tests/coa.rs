@@ -34,6 +34,20 @@ fn accounting_start(acct: u16) {
     );
 }
 
+/// The config warden was launched with in `dir`, without its `[http]`
+/// section (a relaunch gets a new HTTP port): same state, same RADIUS ports.
+fn config_without_http(dir: &std::path::Path) -> String {
+    let config = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "toml")
+                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("warden-"))
+        })
+        .unwrap();
+    std::fs::read_to_string(&config).unwrap().split("\n[http]").next().unwrap().to_string()
+}
+
 /// The RADIUS ports from warden's config file.
 fn ports_of(w: &Warden) -> (u16, u16) {
     let config = std::fs::read_dir(&w.dir)
@@ -127,17 +141,7 @@ fn sessions_survive_a_restart() {
     accounting_start(acct);
     w.stop();
     // Same directory and ports: the journal brings the session back.
-    let config = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.extension().is_some_and(|x| x == "toml")
-                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("warden-"))
-        })
-        .unwrap();
-    let text = std::fs::read_to_string(&config).unwrap();
-    let body = text.split("\n[http]").next().unwrap().to_string();
-    let mut w2 = Warden::launch(&dir, &body, w.mqtt, "");
+    let mut w2 = Warden::launch(&dir, &config_without_http(&dir), w.mqtt, "");
     w2.wait_ready();
     assert_eq!(w2.metric("warden_radius_sessions"), 1.0);
     let nas = TestNas::start(nas_port, SECRET, false);
@@ -335,16 +339,7 @@ fn every_acknowledged_accounting_record_survives_kill_9() {
         assert!(text.contains(&format!("\"{sid}\"")), "acknowledged {sid} is not in the journal");
     }
     // Restarted on the same state: every acknowledged session is back.
-    let config = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.extension().is_some_and(|x| x == "toml")
-                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("warden-"))
-        })
-        .unwrap();
-    let body = std::fs::read_to_string(&config).unwrap().split("\n[http]").next().unwrap().to_string();
-    let mut w2 = Warden::launch(&dir, &body, w.mqtt, "");
+    let mut w2 = Warden::launch(&dir, &config_without_http(&dir), w.mqtt, "");
     w2.wait_ready();
     let sessions = w2.metric("warden_radius_sessions");
     assert!(sessions >= acked.len() as f64, "{sessions} sessions replayed, {} acknowledged", acked.len());

@@ -5,30 +5,10 @@ mod scan;
 
 use crate::diag::Located;
 use hashbrown::HashTable;
-use serde::Deserialize;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zeroize::Zeroizing;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    #[serde(default)]
-    users: Vec<UserEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserEntry {
-    /// Spanned: an error names the line of this entry (of the second one,
-    /// for a duplicate) without searching the text.
-    name: toml::Spanned<String>,
-    password: Option<String>,
-    nt_hash: Option<String>,
-    argon2: Option<String>,
-    device_id: Option<String>,
-}
 
 /// How a user's password is checked.
 enum Credential {
@@ -130,20 +110,7 @@ impl Users {
         let entries = match scan::scan(&text) {
             Some(entries) => entries,
             // Not the plain shape: toml reads it, and locates any error.
-            None => {
-                let f: File = toml::from_str(&text).map_err(|e| Located::toml(path, &text, &e))?;
-                f.users
-                    .into_iter()
-                    .map(|u| scan::Entry {
-                        name_at: u.name.span().start,
-                        name: u.name.into_inner().into(),
-                        password: u.password.map(Into::into),
-                        nt_hash: u.nt_hash.map(Into::into),
-                        argon2: u.argon2.map(Into::into),
-                        device_id: u.device_id.map(Into::into),
-                    })
-                    .collect()
-            }
+            None => scan::with_toml(&text).map_err(|e| Located::toml(path, &text, &e))?,
         };
         if u32::try_from(entries.len()).is_err() {
             return Err(Located::file(path, "more than 4,294,967,295 users"));

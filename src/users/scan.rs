@@ -95,6 +95,42 @@ pub fn scan(text: &str) -> Option<Vec<Entry<'_>>> {
     Some(out)
 }
 
+/// The file as `toml` reads it: any shape TOML allows, errors with spans.
+/// The reference the fast reader is checked against, and the fallback.
+pub fn with_toml(text: &str) -> Result<Vec<Entry<'static>>, toml::de::Error> {
+    let f: File = toml::from_str(text)?;
+    Ok(f.users
+        .into_iter()
+        .map(|u| Entry {
+            name_at: u.name.span().start,
+            name: u.name.into_inner().into(),
+            password: u.password.map(Into::into),
+            nt_hash: u.nt_hash.map(Into::into),
+            argon2: u.argon2.map(Into::into),
+            device_id: u.device_id.map(Into::into),
+        })
+        .collect())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    users: Vec<UserEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserEntry {
+    /// Spanned: an error names the line of this entry (of the second one,
+    /// for a duplicate) without searching the text.
+    name: toml::Spanned<String>,
+    password: Option<String>,
+    nt_hash: Option<String>,
+    argon2: Option<String>,
+    device_id: Option<String>,
+}
+
 fn finished((entry, named): (Entry<'_>, bool)) -> Option<Entry<'_>> {
     named.then_some(entry)
 }
@@ -139,41 +175,9 @@ fn string(text: &str, i: usize, end: usize) -> Option<(Cow<'_, str>, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Deserialize;
-
-    /// What `toml` makes of the same text (the reference).
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct File {
-        #[serde(default)]
-        users: Vec<User>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct User {
-        name: toml::Spanned<String>,
-        password: Option<String>,
-        nt_hash: Option<String>,
-        argon2: Option<String>,
-        device_id: Option<String>,
-    }
 
     fn reference(text: &str) -> Option<Vec<Entry<'static>>> {
-        let f: File = toml::from_str(text).ok()?;
-        Some(
-            f.users
-                .into_iter()
-                .map(|u| Entry {
-                    name_at: u.name.span().start,
-                    name: u.name.into_inner().into(),
-                    password: u.password.map(Into::into),
-                    nt_hash: u.nt_hash.map(Into::into),
-                    argon2: u.argon2.map(Into::into),
-                    device_id: u.device_id.map(Into::into),
-                })
-                .collect(),
-        )
+        with_toml(text).ok()
     }
 
     #[test]
