@@ -83,16 +83,112 @@ pub const IDENTITY_KINDS: [&str; 3] = ["mac", "wg_key", "cert"];
 /// `direction` label values of `warden_wireguard_packets_total`.
 pub const WIREGUARD_DIRECTIONS: [&str; 2] = ["from_peer", "to_peer"];
 
-/// `kind` and `result` label values of `warden_coa_requests_total`.
-pub const COA_KINDS: [&str; 2] = ["coa", "disconnect"];
-pub const COA_RESULTS: [&str; 4] = ["ack", "nak", "timeout", "dropped"];
+/// `result` label values of `warden_coa_requests_total` (its `kind` is
+/// [`crate::radius::coa::Kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoaResult {
+    Ack,
+    Nak,
+    Timeout,
+    Dropped,
+}
 
-/// `kind` and `result` label values of `warden_radius_requests_total`.
-pub const RADIUS_KINDS: [&str; 8] = ["mab", "pap", "eap", "eap-tls", "peap", "chap", "accounting", "status"];
-pub const RADIUS_RESULTS: [&str; 5] = ["accept", "quarantine", "reject", "challenge", "stored"];
-/// `reason` label values of `warden_radius_discarded_total`: every reason the
-/// RADIUS plane can discard for, so a flood of garbage costs an index, not a
-/// label lookup.
+impl CoaResult {
+    pub const ALL: [Self; 4] = [Self::Ack, Self::Nak, Self::Timeout, Self::Dropped];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::Nak => "nak",
+            Self::Timeout => "timeout",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// `kind` label values of `warden_radius_requests_total`: labels are enums,
+/// so a misspelled one is a compile error, not a count silently dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RadiusKind {
+    Mab,
+    Pap,
+    /// An EAP conversation before its method is chosen.
+    Eap,
+    EapTls,
+    Peap,
+    Chap,
+    Accounting,
+    Status,
+}
+
+impl RadiusKind {
+    pub const ALL: [Self; 8] =
+        [Self::Mab, Self::Pap, Self::Eap, Self::EapTls, Self::Peap, Self::Chap, Self::Accounting, Self::Status];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Mab => "mab",
+            Self::Pap => "pap",
+            Self::Eap => "eap",
+            Self::EapTls => "eap-tls",
+            Self::Peap => "peap",
+            Self::Chap => "chap",
+            Self::Accounting => "accounting",
+            Self::Status => "status",
+        }
+    }
+}
+
+/// `result` label values of `warden_radius_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RadiusResult {
+    Accept,
+    Quarantine,
+    Reject,
+    Challenge,
+    Stored,
+}
+
+impl RadiusResult {
+    pub const ALL: [Self; 5] = [Self::Accept, Self::Quarantine, Self::Reject, Self::Challenge, Self::Stored];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Quarantine => "quarantine",
+            Self::Reject => "reject",
+            Self::Challenge => "challenge",
+            Self::Stored => "stored",
+        }
+    }
+}
+
+/// `reason` label values of `warden_radius_discarded_total`: the server
+/// core's [`Discard`](crate::radius::server::Discard) reasons and the
+/// shell's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RadiusDiscard {
+    Server(crate::radius::server::Discard),
+    DuplicateAnsweredFromCache,
+    SlowCheckBusy,
+    EapPoolBusy,
+    CoaAnswerIgnored,
+}
+
+impl RadiusDiscard {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Server(d) => d.label(),
+            Self::DuplicateAnsweredFromCache => "duplicate_answered_from_cache",
+            Self::SlowCheckBusy => "slow_check_busy",
+            Self::EapPoolBusy => "eap_pool_busy",
+            Self::CoaAnswerIgnored => "coa_answer_ignored",
+        }
+    }
+}
+
+/// Every `reason` label of `warden_radius_discarded_total`, exported from
+/// zero, so a flood of garbage costs an index, not a label lookup.
 pub const RADIUS_DISCARDS: [&str; 12] = [
     "unknown_client",
     "malformed",
@@ -266,15 +362,15 @@ impl Metrics {
                 "Snapshot lines skipped at start because they did not parse",
             ),
             events_lagged: counter("warden_events_lagged_total", "Verdict changes a slow subscriber missed"),
-            radius_requests: RADIUS_KINDS
+            radius_requests: RadiusKind::ALL
                 .iter()
-                .flat_map(|k| RADIUS_RESULTS.iter().map(|r| radius.with_label_values(&[*k, *r])))
+                .flat_map(|k| RadiusResult::ALL.iter().map(|r| radius.with_label_values(&[k.label(), r.label()])))
                 .collect(),
             radius_discarded: RADIUS_DISCARDS.map(|r| radius_discarded.with_label_values(&[r])).to_vec(),
             radius_duration,
-            coa_requests: COA_KINDS
+            coa_requests: crate::radius::coa::Kind::ALL
                 .iter()
-                .flat_map(|k| COA_RESULTS.iter().map(|r| coa.with_label_values(&[*k, *r])))
+                .flat_map(|k| CoaResult::ALL.iter().map(|r| coa.with_label_values(&[k.label(), r.label()])))
                 .collect(),
             radius_sessions: gauge("warden_radius_sessions", "Active RADIUS sessions known from accounting"),
             radius_session_access: crate::compliance::Access::ALL
@@ -334,21 +430,14 @@ impl Metrics {
     }
 
     /// Counts one answered RADIUS request.
-    pub fn radius_request(&self, kind: &str, result: &str) {
-        let k = RADIUS_KINDS.iter().position(|x| *x == kind);
-        let r = RADIUS_RESULTS.iter().position(|x| *x == result);
-        if let (Some(k), Some(r)) = (k, r) {
-            self.radius_requests[k * RADIUS_RESULTS.len() + r].inc();
-        }
+    pub fn radius_request(&self, kind: RadiusKind, result: RadiusResult) {
+        // Declaration order is `ALL`'s order (checked in the tests).
+        self.radius_requests[kind as usize * RadiusResult::ALL.len() + result as usize].inc();
     }
 
     /// Counts one CoA/Disconnect outcome.
-    pub fn coa_request(&self, kind: &str, result: &str) {
-        let k = COA_KINDS.iter().position(|x| *x == kind);
-        let r = COA_RESULTS.iter().position(|x| *x == result);
-        if let (Some(k), Some(r)) = (k, r) {
-            self.coa_requests[k * COA_RESULTS.len() + r].inc();
-        }
+    pub fn coa_request(&self, kind: crate::radius::coa::Kind, result: CoaResult) {
+        self.coa_requests[kind as usize * CoaResult::ALL.len() + result as usize].inc();
     }
 
     /// Sessions in total and by applied access.
@@ -367,10 +456,10 @@ impl Metrics {
     }
 
     /// Counts one discarded RADIUS datagram (a small fixed set of reasons).
-    pub fn radius_discard(&self, reason: &str) {
-        match RADIUS_DISCARDS.iter().position(|r| *r == reason) {
-            Some(i) => self.radius_discarded[i].inc(),
-            None => debug_assert!(false, "unlisted discard reason {reason}"),
+    pub fn radius_discard(&self, reason: RadiusDiscard) {
+        // Every reason is listed (checked in the tests).
+        if let Some(i) = RADIUS_DISCARDS.iter().position(|r| *r == reason.label()) {
+            self.radius_discarded[i].inc();
         }
     }
 
@@ -407,12 +496,40 @@ mod tests {
             Discard::InProgress,
             Discard::Overloaded,
         ];
-        for r in reasons {
+        let shell = [
+            RadiusDiscard::DuplicateAnsweredFromCache,
+            RadiusDiscard::SlowCheckBusy,
+            RadiusDiscard::EapPoolBusy,
+            RadiusDiscard::CoaAnswerIgnored,
+        ];
+        for r in reasons.map(RadiusDiscard::Server).into_iter().chain(shell) {
             assert!(RADIUS_DISCARDS.contains(&r.label()), "{} is not in RADIUS_DISCARDS", r.label());
-            m.radius_discard(r.label());
+            m.radius_discard(r);
         }
         let text = m.render();
         assert!(text.contains("warden_radius_discarded_total{reason=\"overloaded\"} 1"), "{text}");
-        assert!(text.contains("warden_radius_discarded_total{reason=\"slow_check_busy\"} 0"), "exported at zero");
+        assert!(text.contains("warden_radius_discarded_total{reason=\"eap_pool_busy\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn label_enums_index_their_counters_in_declaration_order() {
+        for (i, k) in RadiusKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        for (i, r) in RadiusResult::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in CoaResult::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, k) in crate::radius::coa::Kind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        let m = Metrics::new();
+        m.radius_request(RadiusKind::EapTls, RadiusResult::Challenge);
+        m.coa_request(crate::radius::coa::Kind::Disconnect, CoaResult::Timeout);
+        let text = m.render();
+        assert!(text.contains("warden_radius_requests_total{kind=\"eap-tls\",result=\"challenge\"} 1"), "{text}");
+        assert!(text.contains("warden_coa_requests_total{kind=\"disconnect\",result=\"timeout\"} 1"), "{text}");
     }
 }

@@ -109,11 +109,18 @@ enum Method {
     Peap(Box<Peap>),
 }
 
+/// Which method a conversation runs, for the shell's labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodId {
+    Tls,
+    Peap,
+}
+
 impl Method {
-    fn label(&self) -> &'static str {
+    fn id(&self) -> MethodId {
         match self {
-            Method::Tls(_) => "eap-tls",
-            Method::Peap(_) => "peap",
+            Method::Tls(_) => MethodId::Tls,
+            Method::Peap(_) => MethodId::Peap,
         }
     }
 }
@@ -144,9 +151,9 @@ pub struct EapServer {
     counter: u64,
     /// Conversations dropped to make room, since start (for the metric).
     pub evicted: u64,
-    /// The method of the conversation the last `handle` was about
-    /// (`eap-tls`, `peap`; `eap` before one was chosen), for metric labels.
-    pub last_method: &'static str,
+    /// The method of the conversation the last `handle` was about (`None`
+    /// before one was chosen), for metric labels.
+    pub last_method: Option<MethodId>,
     /// The first byte of every State (see [`partition_of`]).
     partition: u8,
 }
@@ -171,7 +178,7 @@ impl EapServer {
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed),
             counter: 0,
             evicted: 0,
-            last_method: "eap",
+            last_method: None,
             partition: 0,
         }
     }
@@ -224,7 +231,7 @@ impl EapServer {
     /// One Access-Request's EAP-Message (reassembled from its attributes),
     /// its State, and its Framed-MTU.
     pub fn handle(&mut self, eap: &[u8], state: Option<&[u8]>, framed_mtu: Option<u32>, now: Instant) -> Outcome {
-        self.last_method = "eap";
+        self.last_method = None;
         let failure = |id: u8, refusal: Refusal, reason: String| Outcome::Reject {
             eap: encode(Code::Failure, id, None, &[]).unwrap_or_default(),
             refusal,
@@ -247,7 +254,7 @@ impl EapServer {
         };
         s.rounds += 1;
         s.returned = true;
-        self.last_method = s.method.label();
+        self.last_method = Some(s.method.id());
         if s.rounds > self.limits.max_rounds {
             return failure(p.id, Refusal::TooManyRounds, format!("more than {} round trips", self.limits.max_rounds));
         }
@@ -277,7 +284,7 @@ impl EapServer {
                 };
                 let start = peap.start();
                 s.method = Method::Peap(Box::new(peap));
-                self.last_method = "peap";
+                self.last_method = Some(MethodId::Peap);
                 Step::Request(start)
             }
             (_, Some(kind::NAK)) => {
@@ -349,7 +356,7 @@ impl EapServer {
             Method::Tls(t) => (kind::TLS, t.start()),
             Method::Peap(p) => (kind::PEAP, p.start()),
         };
-        self.last_method = method.label();
+        self.last_method = Some(method.id());
         self.make_room();
         let id = p.id.wrapping_add(1);
         let eap = encode(Code::Request, id, Some(kind_proposed), &start).unwrap_or_default();

@@ -4,6 +4,7 @@
 use crate::compliance::{Access, Device, Rules, Stage, Table, Why, grant};
 use crate::config::{Noncompliant, UnknownDevice};
 use crate::mac::Mac;
+use crate::metrics::{RadiusKind, RadiusResult};
 use crate::radius::server::{AccessRequest, Decision};
 use crate::users::Users;
 use std::sync::Arc;
@@ -49,10 +50,9 @@ impl AccessPolicy {
 /// What was decided and why, for the metric labels and the INFO log line.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
-    /// `mab`, `pap`, `eap`, `chap`.
-    pub kind: &'static str,
-    /// `accept`, `quarantine`, `reject`.
-    pub result: &'static str,
+    pub kind: RadiusKind,
+    /// `Accept`, `Quarantine`, `Reject`.
+    pub result: RadiusResult,
     pub reason: String,
     pub device: Option<Arc<str>>,
     /// The access the answer gives (a reject for bad credentials: `Deny`).
@@ -91,20 +91,20 @@ pub fn authorize(
     let reject = |kind, reason: String| {
         (
             Decision::Reject { reply_message: reason.clone(), eap: None },
-            Outcome { kind, result: "reject", reason, device: None, access: Access::Deny },
+            Outcome { kind, result: RadiusResult::Reject, reason, device: None, access: Access::Deny },
         )
     };
     if req.eap {
-        return reject("eap", "EAP is not enabled on this server".into());
+        return reject(RadiusKind::Eap, "EAP is not enabled on this server".into());
     }
     if req.chap {
-        return reject("chap", "CHAP is not supported; use PAP, MAB or EAP".into());
+        return reject(RadiusKind::Chap, "CHAP is not supported; use PAP, MAB or EAP".into());
     }
     if let Some(mac) = mab_mac(req) {
-        return by_verdict("mab", table.by_mac(mac).as_deref(), policy);
+        return by_verdict(RadiusKind::Mab, table.by_mac(mac).as_deref(), policy);
     }
     let (Some(name), Some(password)) = (req.user_name.as_deref(), req.password.as_deref()) else {
-        return reject("pap", "no User-Name and User-Password".into());
+        return reject(RadiusKind::Pap, "no User-Name and User-Password".into());
     };
     let user = users.get(name);
     // Verify even for an unknown name, so timing does not tell names apart.
@@ -118,10 +118,10 @@ pub fn authorize(
         }
     };
     if !ok {
-        return reject("pap", "invalid credentials".into());
+        return reject(RadiusKind::Pap, "invalid credentials".into());
     }
     let device = user_device(name, req.calling_station_id.as_deref(), table, users);
-    by_verdict("pap", device.as_deref(), policy)
+    by_verdict(RadiusKind::Pap, device.as_deref(), policy)
 }
 
 /// The device of an authenticated user: its `device_id`, else the
@@ -136,7 +136,7 @@ pub fn user_device(name: &str, calling_station: Option<&str>, table: &Table, use
 
 /// The answer to a device's admission: the one access model at
 /// [`Stage::Admission`], mapped to an Accept into a VLAN or a Reject.
-pub fn by_verdict(kind: &'static str, device: Option<&Device>, p: &AccessPolicy) -> (Decision, Outcome) {
+pub fn by_verdict(kind: RadiusKind, device: Option<&Device>, p: &AccessPolicy) -> (Decision, Outcome) {
     let g = grant(device, Stage::Admission, &p.rules);
     let reason = match g.why {
         Why::Compliant => "compliant".to_string(),
@@ -157,10 +157,10 @@ pub fn by_verdict(kind: &'static str, device: Option<&Device>, p: &AccessPolicy)
     };
     match p.vlan(g.access) {
         Some(vlan) => {
-            let result = if g.access == Access::Full { "accept" } else { "quarantine" };
+            let result = if g.access == Access::Full { RadiusResult::Accept } else { RadiusResult::Quarantine };
             (Decision::Accept { vlan: Some(vlan.to_string()), reply_message: None, eap: None }, outcome(result))
         }
-        None => (Decision::Reject { reply_message: reason.clone(), eap: None }, outcome("reject")),
+        None => (Decision::Reject { reply_message: reason.clone(), eap: None }, outcome(RadiusResult::Reject)),
     }
 }
 

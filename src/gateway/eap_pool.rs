@@ -12,8 +12,8 @@
 //! - results go back to the shard that asked, which maps them to the
 //!   verdict's decision exactly as before.
 
-use crate::eap::server::{EapServer, Outcome, Refusal, partition_of};
-use crate::metrics::Metrics;
+use crate::eap::server::{EapServer, MethodId, Outcome, Refusal, partition_of};
+use crate::metrics::{Metrics, RadiusKind};
 use crate::radius::server::AccessRequest;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,7 +38,7 @@ pub struct Job {
 pub struct Done {
     pub req: AccessRequest,
     pub outcome: Outcome,
-    pub method: &'static str,
+    pub method: RadiusKind,
 }
 
 pub struct EapPool {
@@ -115,7 +115,12 @@ fn work(mut server: EapServer, jobs: &Receiver<Job>, metrics: &Metrics) {
                 now,
             );
             // The shard may be gone (shutting down): nothing to answer then.
-            let _ = reply.send(Done { req, outcome, method: server.last_method });
+            let method = match server.last_method {
+                None => RadiusKind::Eap,
+                Some(MethodId::Tls) => RadiusKind::EapTls,
+                Some(MethodId::Peap) => RadiusKind::Peap,
+            };
+            let _ = reply.send(Done { req, outcome, method });
         }
         for _ in evicted..server.evicted {
             metrics.eap_refusal(Refusal::Evicted);

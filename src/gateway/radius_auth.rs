@@ -13,7 +13,7 @@ use super::authorize::{AccessPolicy, authorize, by_verdict, slow_check};
 use super::current::Current;
 use super::eap_pool::{Done, EapPool, Job};
 use crate::compliance::{Access, Table};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RadiusDiscard, RadiusKind, RadiusResult};
 use crate::radius::server::{AccessRequest, Decision, DecisionId, Event, Port, Server};
 use crate::users::Users;
 use std::collections::HashMap;
@@ -132,7 +132,7 @@ impl AuthShard {
         while let Some(event) = self.server.poll_event() {
             match event {
                 Event::Discarded { from, reason } => {
-                    self.metrics.radius_discard(reason.label());
+                    self.metrics.radius_discard(RadiusDiscard::Server(reason));
                     tracing::debug!(%from, reason = reason.label(), "RADIUS datagram discarded");
                 }
                 Event::AccessRequest(req) if req.eap_message.is_some() && self.eap.is_some() => self.submit_eap(req),
@@ -140,7 +140,7 @@ impl AuthShard {
                     None => self.decide(&req, None),
                     Some(_) if self.slow.waiting.len() >= MAX_SLOW => {
                         // No answer: the NAS retransmits when a check is free.
-                        self.metrics.radius_discard("slow_check_busy");
+                        self.metrics.radius_discard(RadiusDiscard::SlowCheckBusy);
                         self.server.handle_decision(req.id, Decision::Drop, Instant::now());
                     }
                     Some(phc) => {
@@ -155,8 +155,8 @@ impl AuthShard {
                 },
                 // The server core takes accounting on the accounting port only.
                 Event::Accounting(acct) => self.server.handle_decision(acct.id, Decision::Drop, Instant::now()),
-                Event::StatusServer => self.metrics.radius_request("status", "accept"),
-                Event::Duplicate => self.metrics.radius_discard("duplicate_answered_from_cache"),
+                Event::StatusServer => self.metrics.radius_request(RadiusKind::Status, RadiusResult::Accept),
+                Event::Duplicate => self.metrics.radius_discard(RadiusDiscard::DuplicateAnsweredFromCache),
             }
         }
         let mut out = std::mem::take(&mut self.outbox);
@@ -181,8 +181,8 @@ impl AuthShard {
         self.admissions.remember(self.index, mac, user, outcome.access, now);
         tracing::info!(
             client = %req.client,
-            kind = outcome.kind,
-            result = outcome.result,
+            kind = outcome.kind.label(),
+            result = outcome.result.label(),
             reason = %outcome.reason,
             device = outcome.device.as_deref().unwrap_or("-"),
             "access decision"
@@ -197,7 +197,7 @@ impl AuthShard {
         let id = req.id;
         if link.pool.submit(Job { req, reply: link.tx.clone() }).is_err() {
             // No answer: the NAS retransmits, by then the worker may have room.
-            self.metrics.radius_discard("eap_pool_busy");
+            self.metrics.radius_discard(RadiusDiscard::EapPoolBusy);
             self.server.handle_decision(id, Decision::Drop, Instant::now());
         }
     }
@@ -215,7 +215,7 @@ impl AuthShard {
         // (decision, kind, result, reason, device, access, the name the Accept gives)
         let (decision, kind, result, reason, device, access, named) = match outcome {
             Outcome::Challenge { eap, state } => {
-                self.metrics.radius_request(method, "challenge");
+                self.metrics.radius_request(method, RadiusResult::Challenge);
                 self.server.handle_decision(req.id, Decision::Challenge { eap, state }, now);
                 return;
             }
@@ -223,7 +223,7 @@ impl AuthShard {
                 self.metrics.eap_refusal(refusal);
                 let eap = Some(EapReply { message: eap, msk: None, user_name: None });
                 let decision = Decision::Reject { reply_message: reason.clone(), eap };
-                (decision, method, "reject", reason, None, Access::Deny, None)
+                (decision, method, RadiusResult::Reject, reason, None, Access::Deny, None)
             }
             Outcome::Authenticated { who: Authenticated::Password { user }, keys, success, failure } => {
                 // PEAP-MSCHAPv2: the user's device_id, else the Calling-Station-Id MAC.
@@ -233,11 +233,11 @@ impl AuthShard {
                     &self.table,
                     self.users.get(),
                 );
-                let (decision, outcome) = by_verdict("peap", device.as_deref(), &self.policy);
+                let (decision, outcome) = by_verdict(RadiusKind::Peap, device.as_deref(), &self.policy);
                 let decision = with_eap(decision, success, failure, keys, &user);
                 // User and certificate names are PII: DEBUG only (below).
                 let reason = outcome.reason;
-                (decision, "peap", outcome.result, reason, outcome.device, outcome.access, Some(user))
+                (decision, RadiusKind::Peap, outcome.result, reason, outcome.device, outcome.access, Some(user))
             }
             Outcome::Authenticated {
                 who: Authenticated::Certificate { certificate, tls13, .. },
@@ -249,24 +249,24 @@ impl AuthShard {
                     let reason = format!("the certificate has no {identity_from:?} to name the device");
                     let eap = Some(EapReply { message: failure, msk: None, user_name: None });
                     let decision = Decision::Reject { reply_message: reason.clone(), eap };
-                    (decision, "eap-tls", "reject", reason, None, Access::Deny, None)
+                    (decision, RadiusKind::EapTls, RadiusResult::Reject, reason, None, Access::Deny, None)
                 }
                 Some(name) => {
                     // The certificate first: the device whose id it names wins
                     // over any device that merely claims it in telemetry.
                     let device = self.table.get(&name).or_else(|| self.table.by_cert_identity(&name));
-                    let (decision, outcome) = by_verdict("eap-tls", device.as_deref(), &self.policy);
+                    let (decision, outcome) = by_verdict(RadiusKind::EapTls, device.as_deref(), &self.policy);
                     let decision = with_eap(decision, success, failure, keys, &name);
                     let reason = format!("{} (TLS 1.{})", outcome.reason, if tls13 { 3 } else { 2 });
-                    (decision, "eap-tls", outcome.result, reason, outcome.device, outcome.access, Some(name))
+                    (decision, RadiusKind::EapTls, outcome.result, reason, outcome.device, outcome.access, Some(name))
                 }
             },
         };
         self.metrics.radius_request(kind, result);
         tracing::info!(
             client = %req.client,
-            kind,
-            result,
+            kind = kind.label(),
+            result = result.label(),
             %reason,
             device = device.as_deref().unwrap_or("-"),
             "access decision"

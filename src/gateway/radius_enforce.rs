@@ -12,7 +12,7 @@ use super::current::Current;
 use crate::compliance::{Change, Held, HeldCause, Stage, Table, grant};
 use crate::config::CoaMode;
 use crate::mac::Mac;
-use crate::metrics::Metrics;
+use crate::metrics::{CoaResult, Metrics, RadiusDiscard};
 use crate::radius::coa::{self, CoaClient, Kind};
 use crate::radius::journal::{Journal, Record};
 use crate::radius::server::{AccountingRequest, Secret};
@@ -327,12 +327,12 @@ impl Enforcer {
                     continue;
                 }
                 coa::Event::Ack { kind, device, tag } => {
-                    self.metrics.coa_request(kind.label(), "ack");
+                    self.metrics.coa_request(kind, CoaResult::Ack);
                     tracing::info!(%device, kind = kind.label(), "NAS acknowledged");
                     (tag, if kind == Kind::Disconnect { Outcome::Ended } else { Outcome::Applied })
                 }
                 coa::Event::Nak { kind, device, cause, tag, fell_back } => {
-                    self.metrics.coa_request(kind.label(), "nak");
+                    self.metrics.coa_request(kind, CoaResult::Nak);
                     tracing::warn!(%device, kind = kind.label(), ?cause, fell_back, "NAS refused");
                     if fell_back {
                         continue; // the Disconnect's outcome settles it
@@ -340,17 +340,17 @@ impl Enforcer {
                     (tag, Outcome::Failed)
                 }
                 coa::Event::Timeout { kind, device, tag } => {
-                    self.metrics.coa_request(kind.label(), "timeout");
+                    self.metrics.coa_request(kind, CoaResult::Timeout);
                     tracing::warn!(%device, kind = kind.label(), "NAS did not answer; retried later");
                     (tag, Outcome::Failed)
                 }
                 coa::Event::Dropped { kind, device, tag } => {
-                    self.metrics.coa_request(kind.label(), "dropped");
+                    self.metrics.coa_request(kind, CoaResult::Dropped);
                     tracing::warn!(%device, kind = kind.label(), "CoA queue full; retried later");
                     (tag, Outcome::Failed)
                 }
                 coa::Event::Ignored { from } => {
-                    self.metrics.radius_discard("coa_answer_ignored");
+                    self.metrics.radius_discard(RadiusDiscard::CoaAnswerIgnored);
                     tracing::debug!(%from, "CoA answer matched nothing or failed its authenticators");
                     continue;
                 }

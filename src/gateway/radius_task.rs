@@ -7,7 +7,7 @@
 
 use super::radius_enforce::{BACKGROUND_SLICE, Enforcer, SWEEP_EVERY, URGENT_SLICE};
 use crate::compliance::Change;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RadiusDiscard, RadiusKind, RadiusResult};
 use crate::radius::server::{Decision, Event, Port, Server};
 use crate::radius::sessions::Applied;
 use std::sync::Arc;
@@ -127,7 +127,7 @@ impl RadiusTask {
         while let Some(event) = self.server.poll_event() {
             match event {
                 Event::Discarded { from, reason } => {
-                    self.metrics.radius_discard(reason.label());
+                    self.metrics.radius_discard(RadiusDiscard::Server(reason));
                     tracing::debug!(%from, reason = reason.label(), "RADIUS datagram discarded");
                 }
                 // The server core takes Access-Requests on the auth port only.
@@ -149,8 +149,8 @@ impl RadiusTask {
                         }
                     }
                 }
-                Event::StatusServer => self.metrics.radius_request("status", "accept"),
-                Event::Duplicate => self.metrics.radius_discard("duplicate_answered_from_cache"),
+                Event::StatusServer => self.metrics.radius_request(RadiusKind::Status, RadiusResult::Accept),
+                Event::Duplicate => self.metrics.radius_discard(RadiusDiscard::DuplicateAnsweredFromCache),
             }
         }
         if !written.is_empty() {
@@ -190,7 +190,7 @@ impl RadiusTask {
         match synced {
             Ok(()) => {
                 for id in written {
-                    self.metrics.radius_request("accounting", "stored");
+                    self.metrics.radius_request(RadiusKind::Accounting, RadiusResult::Stored);
                     self.server.handle_decision(id, Decision::Stored, now);
                 }
             }

@@ -46,6 +46,8 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Self; 2] = [Self::Coa, Self::Disconnect];
+
     pub fn label(self) -> &'static str {
         match self {
             Kind::Coa => "coa",
