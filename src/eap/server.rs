@@ -13,6 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Idle conversations are swept at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// The limits (`[eap]`), each enforced and counted.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -149,8 +152,14 @@ pub struct EapServer {
     half_open: std::collections::VecDeque<[u8; 16]>,
     key: ring::hmac::Key,
     counter: u64,
-    /// Conversations dropped to make room, since start (for the metric).
-    pub evicted: u64,
+    /// Conversations that ended without an answer (dropped to make room,
+    /// timed out), for the shell to count: see [`EapServer::poll_event`].
+    events: std::collections::VecDeque<Refusal>,
+    /// The earliest a conversation can expire (never later than the real
+    /// earliest deadline; possibly earlier, after a conversation ended).
+    next_deadline: Option<Instant>,
+    /// The last sweep of idle conversations.
+    swept: Option<Instant>,
     /// The method of the conversation the last `handle` was about (`None`
     /// before one was chosen), for metric labels.
     pub last_method: Option<MethodId>,
@@ -177,7 +186,9 @@ impl EapServer {
             half_open: std::collections::VecDeque::new(),
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed),
             counter: 0,
-            evicted: 0,
+            events: std::collections::VecDeque::new(),
+            next_deadline: None,
+            swept: None,
             last_method: None,
             partition: 0,
         }
@@ -305,6 +316,7 @@ impl EapServer {
                 let eap = encode(Code::Request, next_id, Some(method), &type_data).unwrap_or_default();
                 s.last_id = next_id;
                 s.deadline = now + self.limits.timeout;
+                self.expect_deadline(s.deadline);
                 let state = self.new_state();
                 self.sessions.insert(state, s);
                 Outcome::Challenge { eap, state: state.to_vec() }
@@ -361,6 +373,7 @@ impl EapServer {
         let id = p.id.wrapping_add(1);
         let eap = encode(Code::Request, id, Some(kind_proposed), &start).unwrap_or_default();
         let state = self.new_state();
+        self.expect_deadline(now + self.limits.timeout);
         let eap_identity = String::from_utf8_lossy(&p.data[..p.data.len().min(253)]).into_owned();
         self.sessions.insert(
             state,
@@ -406,19 +419,44 @@ impl EapServer {
         let victim =
             victim.or_else(|| self.sessions.iter().min_by_key(|(_, s)| (s.returned, s.created)).map(|(k, _)| *k));
         let dropped = victim.is_some_and(|k| self.sessions.remove(&k).is_some());
-        self.evicted += u64::from(dropped);
+        if dropped {
+            self.events.push_back(Refusal::Evicted);
+        }
         dropped
     }
 
-    /// Drops conversations past their deadline; returns how many. The
-    /// shell calls it about once a second (a scan, bounded by
-    /// `max_sessions`).
+    fn expect_deadline(&mut self, deadline: Instant) {
+        self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) has work: the earliest
+    /// deadline, but at most one sweep a second (a sweep scans every
+    /// conversation, bounded by `max_sessions`).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let next = self.next_deadline?;
+        Some(self.swept.map_or(next, |at| next.max(at + SWEEP_EVERY)))
+    }
+
+    /// Drops conversations past their deadline (each a `TimedOut` event);
+    /// returns how many.
     pub fn handle_timeout(&mut self, now: Instant) -> usize {
+        if self.poll_timeout().is_none_or(|t| now < t) {
+            return 0;
+        }
+        self.swept = Some(now);
         let before = self.sessions.len();
         self.sessions.retain(|_, s| s.deadline > now);
+        self.next_deadline = self.sessions.values().map(|s| s.deadline).min();
         // Entries of conversations that came back, ended or expired.
         let sessions = &self.sessions;
         self.half_open.retain(|k| sessions.get(k).is_some_and(|s| !s.returned));
-        before - self.sessions.len()
+        let expired = before - self.sessions.len();
+        self.events.extend(std::iter::repeat_n(Refusal::TimedOut, expired));
+        expired
+    }
+
+    /// The next conversation that ended without an answer to count.
+    pub fn poll_event(&mut self) -> Option<Refusal> {
+        self.events.pop_front()
     }
 }

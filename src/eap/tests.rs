@@ -317,18 +317,23 @@ mod conversation {
         }
         assert_eq!(s.len(), 3);
         let _ = s.handle(&identity(1), None, None, now); // full: a half-open one goes
-        assert_eq!((s.len(), s.evicted), (3, 1));
+        assert_eq!((s.len(), s.poll_event(), s.poll_event()), (3, Some(Refusal::Evicted), None));
         let ack = encode(Code::Response, 3, Some(kind::TLS), &[0]).unwrap();
         let out = s.handle(&ack, Some(&live2), None, now);
         let Outcome::Challenge { state: live3, .. } = out else { panic!("the live one survived: {out:?}") };
         let ack = encode(Code::Response, 4, Some(kind::TLS), &[0]).unwrap();
         let out = s.handle(&ack, Some(&live3), None, now);
         assert!(matches!(out, Outcome::Reject { refusal: Refusal::TooManyRounds, .. }), "{out:?}");
-        // Timeout.
+        // Timeout: nothing to do before the first deadline, then every
+        // idle conversation goes, each an event.
+        let first = s.poll_timeout().expect("a deadline while conversations are open");
+        assert_eq!(first, now + Duration::from_secs(30));
         assert_eq!(s.handle_timeout(now + Duration::from_secs(29)), 0);
         let n = s.len();
         assert_eq!(s.handle_timeout(now + Duration::from_secs(31)), n);
         assert!(s.is_empty());
+        assert_eq!(std::iter::from_fn(|| s.poll_event()).collect::<Vec<_>>(), vec![Refusal::TimedOut; n]);
+        assert_eq!(s.poll_timeout(), None, "nothing left to expire");
     }
 }
 

@@ -12,7 +12,7 @@
 //! - results go back to the shard that asked, which maps them to the
 //!   verdict's decision exactly as before.
 
-use crate::eap::server::{EapServer, MethodId, Outcome, Refusal, partition_of};
+use crate::eap::server::{EapServer, MethodId, Outcome, partition_of};
 use crate::metrics::{Metrics, RadiusKind};
 use crate::radius::server::AccessRequest;
 use std::sync::Arc;
@@ -24,8 +24,9 @@ use tokio::sync::mpsc::UnboundedSender;
 /// Rounds waiting per worker. A round takes up to about a millisecond, so
 /// a full queue is well under a NAS's retransmission time.
 const QUEUE: usize = 128;
-/// Idle conversations are dropped about this often.
-const SWEEP: Duration = Duration::from_secs(1);
+/// How long an idle worker with no conversation waits before looking again
+/// (only to notice that the pool is gone; jobs wake it at once).
+const IDLE: Duration = Duration::from_secs(60);
 
 /// One round of a conversation, and where its answer goes.
 pub struct Job {
@@ -92,21 +93,17 @@ fn work(mut server: EapServer, jobs: &Receiver<Job>, metrics: &Metrics) {
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICENESS) {
         tracing::debug!(error = %e, "EAP worker keeps the shards' priority");
     }
-    let mut swept = Instant::now();
-    let (mut evicted, mut held) = (server.evicted, 0usize);
+    let mut held = 0usize;
     loop {
-        let job = match jobs.recv_timeout(SWEEP) {
+        // Until the next job, or the core's next deadline.
+        let wait = server.poll_timeout().map_or(IDLE, |t| t.saturating_duration_since(Instant::now()));
+        let job = match jobs.recv_timeout(wait) {
             Ok(job) => Some(job),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let now = Instant::now();
-        if now.duration_since(swept) >= SWEEP {
-            for _ in 0..server.handle_timeout(now) {
-                metrics.eap_refusal(Refusal::TimedOut);
-            }
-            swept = now;
-        }
+        server.handle_timeout(now);
         if let Some(Job { req, reply }) = job {
             let outcome = server.handle(
                 req.eap_message.as_deref().unwrap_or_default(),
@@ -114,18 +111,17 @@ fn work(mut server: EapServer, jobs: &Receiver<Job>, metrics: &Metrics) {
                 req.framed_mtu,
                 now,
             );
-            // The shard may be gone (shutting down): nothing to answer then.
             let method = match server.last_method {
                 None => RadiusKind::Eap,
                 Some(MethodId::Tls) => RadiusKind::EapTls,
                 Some(MethodId::Peap) => RadiusKind::Peap,
             };
+            // The shard may be gone (shutting down): nothing to answer then.
             let _ = reply.send(Done { req, outcome, method });
         }
-        for _ in evicted..server.evicted {
-            metrics.eap_refusal(Refusal::Evicted);
+        while let Some(refusal) = server.poll_event() {
+            metrics.eap_refusal(refusal);
         }
-        evicted = server.evicted;
         // The gauge is the sum over workers: each adds its own change.
         metrics.eap_sessions.add(server.len() as i64 - held as i64);
         held = server.len();
