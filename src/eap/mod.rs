@@ -5,7 +5,6 @@
 
 pub mod config;
 pub mod fragment;
-pub mod mppe;
 pub mod mschapv2;
 pub mod packet;
 pub mod peap;

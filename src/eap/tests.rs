@@ -405,9 +405,9 @@ fn through_the_radius_core_the_accept_carries_the_supplicant_s_msk() {
                     let mut keys = std::collections::HashMap::new();
                     for a in reply.attrs().filter(|a| a.typ == AttrType::VendorSpecific) {
                         let (vendor, subs) = vendor_attrs(a.value).unwrap();
-                        assert_eq!(vendor, crate::eap::mppe::VENDOR_MICROSOFT);
+                        assert_eq!(vendor, crate::radius::mppe::VENDOR_MICROSOFT);
                         for (t, v) in subs {
-                            keys.insert(t, crate::eap::mppe::decrypt(v, SECRET, &ra).unwrap());
+                            keys.insert(t, crate::radius::mppe::decrypt(v, SECRET, &ra).unwrap());
                         }
                     }
                     accepted = Some(keys);
@@ -418,8 +418,8 @@ fn through_the_radius_core_the_accept_carries_the_supplicant_s_msk() {
         }
         let keys = accepted.expect("an Access-Accept");
         let msk = sup.msk();
-        assert_eq!(keys[&crate::eap::mppe::MS_MPPE_RECV_KEY], msk[..32].to_vec(), "tls13={tls13}");
-        assert_eq!(keys[&crate::eap::mppe::MS_MPPE_SEND_KEY], msk[32..].to_vec(), "tls13={tls13}");
+        assert_eq!(keys[&crate::radius::mppe::MS_MPPE_RECV_KEY], msk[..32].to_vec(), "tls13={tls13}");
+        assert_eq!(keys[&crate::radius::mppe::MS_MPPE_SEND_KEY], msk[32..].to_vec(), "tls13={tls13}");
     }
 }
 

@@ -10,6 +10,7 @@ pub mod coa;
 pub mod crypto;
 pub mod dictionary;
 pub mod journal;
+pub mod mppe;
 pub mod packet;
 pub mod server;
 pub mod sessions;

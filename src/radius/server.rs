@@ -490,7 +490,7 @@ impl Server {
 
 /// EAP-Message, the MPPE keys and User-Name of an EAP answer.
 fn add_eap(b: &mut Builder, e: &EapReply, secret: &[u8], request_authenticator: &[u8; 16]) {
-    use crate::eap::mppe;
+    use super::mppe;
     let _ = b.eap_message(&e.message);
     if let Some(msk) = &e.msk {
         // Salts: random, high bit set, different for the two attributes.

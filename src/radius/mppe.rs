@@ -2,7 +2,7 @@
 //! MSK reaches the NAS, encrypted with the RADIUS secret and the request's
 //! authenticator under a per-attribute salt.
 
-use crate::radius::crypto::md5;
+use super::crypto::md5;
 
 /// Microsoft's vendor id and the two attribute types.
 pub const VENDOR_MICROSOFT: u32 = 311;
