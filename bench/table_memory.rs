@@ -2,6 +2,9 @@
 //! table (with its MAC, WireGuard-key and certificate indexes and deadlines).
 //! `cargo bench --bench table_memory [-- DEVICES]` (target: <= 1 KiB/device).
 
+// A test or bench harness: real time is its input.
+#![allow(clippy::disallowed_methods)]
+
 use std::time::{Duration, Instant};
 use warden::compliance::{Engine, Table};
 use warden::policy::PolicySet;

@@ -7,6 +7,9 @@
 //! the gateway spends per packet: `CORE_SECONDS_PER_GBIT` (first argument,
 //! default 0.53, bench/wireguard.py's median) × 1420 × 8 bits.
 
+// A test or bench harness: real time is its input.
+#![allow(clippy::disallowed_methods)]
+
 use std::hint::black_box;
 use std::time::Instant;
 use warden::wireguard::acl::{Access, Direction, Rule, permits};

@@ -3,6 +3,9 @@
 //! trying warden and for the tests; production certificates come from the
 //! MDM's or the organisation's CA.
 
+// A shell: it reads the clock and randomness for the cores it drives.
+#![allow(clippy::disallowed_methods)]
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     SanType,

@@ -3,6 +3,9 @@
 //! by a test NAS (tests/nas.py, an independent implementation that checks
 //! warden's authenticators with the shared secret).
 
+// A test or bench harness: real time is its input.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::nas::{Ports, TestNas};

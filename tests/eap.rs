@@ -2,6 +2,9 @@
 //! package eapoltest, wpa_supplicant's RADIUS test client), certificates
 //! from `warden certs init` and from the same PKI code for the bad cases.
 
+// A test or bench harness: real time is its input.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::nas::TestNas;

@@ -4,6 +4,9 @@
 //! promptly when the broker returns, and the backlog produced during the
 //! outage is applied even though it is older than `stale_after`.
 
+// A test or bench harness: real time is its input.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::nas::TestNas;

@@ -4,6 +4,9 @@
 //! the access its verdict implies, as the test NAS (tests/nas.py) sees it,
 //! both ways.
 
+// A test or bench harness: real time is its input.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::nas::TestNas;

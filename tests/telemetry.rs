@@ -2,6 +2,9 @@
 //! real `mosquitto_pub` (through the embedded broker and through a mosquitto
 //! broker), verdicts read over HTTP and counters from /metrics.
 
+// A test or bench harness: real time is its input.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::*;

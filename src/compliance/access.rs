@@ -127,6 +127,7 @@ pub fn grant(device: Option<&Device>, stage: Stage, rules: &Rules) -> Grant {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
 mod tests {
     use super::*;
     use crate::compliance::Enforce;

@@ -155,6 +155,7 @@ pub fn failure(policy: &Arc<Policy>, conflicts: &[Conflict], since: UnixMillis) 
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -20,4 +20,5 @@ pub use engine::{BreakerEvent, Cause, Change, Engine, Held, HeldCause, OutageEve
 pub use table::Table;
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
 mod tests;

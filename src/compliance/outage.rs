@@ -204,6 +204,7 @@ impl Tracker {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
 mod tests {
     use super::*;
 

@@ -12,4 +12,5 @@ pub mod server;
 pub mod tls;
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
 mod tests;

@@ -45,6 +45,7 @@ fn far_future() -> tokio::time::Instant {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
 mod tests {
     use super::*;
     use std::time::Duration;

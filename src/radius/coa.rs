@@ -334,6 +334,7 @@ fn build(r: &Request, id: u8) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
 mod tests {
     use super::*;
 

@@ -512,6 +512,7 @@ fn truncate(b: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
 mod tests {
     use super::*;
     use crate::radius::packet::Packet;

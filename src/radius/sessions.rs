@@ -333,6 +333,7 @@ impl Sessions {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
 mod tests {
     use super::*;
 
