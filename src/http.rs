@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Readiness {
     /// The telemetry subscription is acknowledged by the broker.
     pub telemetry: Arc<AtomicBool>,
-    /// The RADIUS task serves its bound sockets (`None`: not configured).
+    /// The RADIUS accounting task serves its sockets (the auth shards start with it; `None`: not configured).
     pub radius: Option<Arc<AtomicBool>>,
     /// The WireGuard packet tasks run (`None`: not configured).
     pub wireguard: Option<Arc<AtomicBool>>,

@@ -17,7 +17,7 @@ enum Credential {
     /// MD4 of the UTF-16LE password (what MS-CHAPv2 also needs).
     NtHash([u8; 16]),
     /// An Argon2 PHC string (`$argon2id$v=19$...`): PAP only, and slow on
-    /// purpose, so it is checked off the RADIUS task.
+    /// purpose, so it is checked off the auth shards.
     Argon2(Arc<str>),
 }
 
