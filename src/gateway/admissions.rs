@@ -97,7 +97,6 @@ impl Admitted {
     }
 
     #[cfg(test)]
-    #[cfg(test)]
     pub fn recall(&self, mac: Option<Mac>, user: Option<&str>, now: Instant) -> Option<Access> {
         let (by_mac, by_user) = self.recall_at(mac, user, now);
         by_mac.or(by_user).map(|(a, _)| a)

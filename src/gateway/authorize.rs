@@ -173,3 +173,140 @@ pub fn session_device(mac: Option<Mac>, user: Option<&str>, table: &Table, users
         .or_else(|| user.and_then(|u| users.get(u)).and_then(|u| u.device_id.as_deref()).and_then(|id| table.get(id)))
         .or_else(|| user.and_then(|u| table.get(u).or_else(|| table.by_cert_identity(u))))
 }
+
+/// The decisions without a socket: a table written by the engine, a users
+/// file, and Access-Requests as the server core hands them over.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests seed simulated time from the real clock
+mod tests {
+    use super::*;
+    use crate::compliance::Engine;
+    use crate::config::{Noncompliant, UnknownDevice};
+    use crate::policy::{Policy, PolicySet};
+    use crate::radius::server::DecisionId;
+    use crate::telemetry::Report;
+    use std::time::{Duration, Instant};
+
+    fn policy(noncompliant: Noncompliant) -> AccessPolicy {
+        AccessPolicy::new("100".into(), "999".into(), noncompliant, UnknownDevice::Quarantine)
+    }
+
+    /// d-ok (encrypted) and d-bad (not), each with one MAC.
+    fn table() -> Table {
+        let rule = "name = \"enc\"\nseverity = \"critical\"\n[[rules]]\nid = \"enc\"\ncheck = { attr = \"encrypted\", eq = true }\n";
+        let set = PolicySet { policies: vec![Arc::new(Policy::parse(std::path::Path::new("t.toml"), rule).unwrap())] };
+        let table = Table::default();
+        let mut engine = Engine::new(table.clone(), set, Duration::from_secs(3600));
+        let (now, wall) = (Instant::now(), 1_795_000_000_000);
+        for (id, mac, encrypted) in [("d-ok", "aa:bb:cc:00:00:01", true), ("d-bad", "aa:bb:cc:00:00:02", false)] {
+            let r = Report {
+                seq: 1,
+                ts: wall,
+                encrypted: Some(encrypted),
+                mac_addresses: Some(Arc::from(vec![Arc::from(mac)])),
+                ..Report::default()
+            };
+            engine.handle_telemetry(id, r, now, wall).unwrap();
+        }
+        table
+    }
+
+    fn users() -> (Users, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        std::fs::write(
+            &path,
+            "[[users]]\nname = \"alice\"\npassword = \"correct horse\"\ndevice_id = \"d-bad\"\n\
+             [[users]]\nname = \"bob\"\npassword = \"battery\"\n",
+        )
+        .unwrap();
+        (Users::load(&path).unwrap(), dir)
+    }
+
+    fn request(user: &str, password: Option<&str>) -> AccessRequest {
+        AccessRequest {
+            id: DecisionId::none(),
+            client: "lab".into(),
+            user_name: Some(user.into()),
+            password: password.map(|p| zeroize::Zeroizing::new(p.as_bytes().to_vec())),
+            calling_station_id: None,
+            service_type: None,
+            nas_ip: None,
+            nas_port_id: None,
+            eap: false,
+            chap: false,
+            eap_message: None,
+            state: None,
+            framed_mtu: None,
+        }
+    }
+
+    fn vlan(d: &Decision) -> Option<&str> {
+        match d {
+            Decision::Accept { vlan, .. } => vlan.as_deref(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn mab_answers_from_the_device_s_verdict() {
+        let (table, (users, _dir)) = (table(), users());
+        let p = policy(Noncompliant::Quarantine);
+        // The MAC as User-Name and password, in any common format.
+        let (d, o) = authorize(&request("AA-BB-CC-00-00-01", Some("aabbcc000001")), &table, &users, &p, None);
+        assert_eq!(
+            (vlan(&d), o.kind, o.result, o.access),
+            (Some("100"), RadiusKind::Mab, RadiusResult::Accept, Access::Full)
+        );
+        assert_eq!(o.device.as_deref(), Some("d-ok"));
+        let (d, o) = authorize(&request("aabb.cc00.0002", None), &table, &users, &p, None);
+        assert_eq!((vlan(&d), o.result), (Some("999"), RadiusResult::Quarantine));
+        assert_eq!(o.reason, "noncompliant: enc/enc");
+        // Unknown: policy.unknown_device (quarantine).
+        let (d, o) = authorize(&request("aa:bb:cc:00:00:09", None), &table, &users, &p, None);
+        assert_eq!((vlan(&d), o.reason.as_str(), o.device), (Some("999"), "unknown device", None));
+        // Reject mode: no VLAN, a Reject naming the rule.
+        let (d, o) =
+            authorize(&request("aa:bb:cc:00:00:02", None), &table, &users, &policy(Noncompliant::Reject), None);
+        assert!(matches!(d, Decision::Reject { ref reply_message, .. } if reply_message.contains("enc/enc")), "{d:?}");
+        assert_eq!(o.access, Access::Deny);
+    }
+
+    #[test]
+    fn pap_checks_the_password_then_the_user_s_device() {
+        let (table, (users, _dir)) = (table(), users());
+        let p = policy(Noncompliant::Quarantine);
+        // alice's device_id is d-bad: right password, quarantined.
+        let (d, o) = authorize(&request("alice", Some("correct horse")), &table, &users, &p, None);
+        assert_eq!((vlan(&d), o.kind, o.device.as_deref()), (Some("999"), RadiusKind::Pap, Some("d-bad")));
+        for (user, password) in [("alice", "correct horsE"), ("mallory", "correct horse")] {
+            let (d, o) = authorize(&request(user, Some(password)), &table, &users, &p, None);
+            assert!(matches!(d, Decision::Reject { .. }), "{user}");
+            assert_eq!((o.reason.as_str(), o.access), ("invalid credentials", Access::Deny));
+        }
+        // bob has no device_id: the Calling-Station-Id MAC names it.
+        let mut req = request("bob", Some("battery"));
+        req.calling_station_id = Some("AA:BB:CC:00:00:01".into());
+        let (d, o) = authorize(&req, &table, &users, &p, None);
+        assert_eq!((vlan(&d), o.device.as_deref()), (Some("100"), Some("d-ok")));
+        // A slow check done elsewhere decides, not the password here.
+        let (_, o) = authorize(&request("alice", Some("wrong")), &table, &users, &p, Some(true));
+        assert_eq!(o.result, RadiusResult::Quarantine);
+    }
+
+    #[test]
+    fn chap_and_eap_without_a_plane_are_refused_with_a_reason() {
+        let (table, (users, _dir)) = (table(), users());
+        let p = policy(Noncompliant::Quarantine);
+        let mut chap = request("alice", None);
+        chap.chap = true;
+        let (_, o) = authorize(&chap, &table, &users, &p, None);
+        assert_eq!((o.kind, o.result), (RadiusKind::Chap, RadiusResult::Reject));
+        let mut eap = request("alice", None);
+        eap.eap = true;
+        let (_, o) = authorize(&eap, &table, &users, &p, None);
+        assert_eq!((o.kind, o.reason.as_str()), (RadiusKind::Eap, "EAP is not enabled on this server"));
+        let (_, o) = authorize(&request("alice", None), &table, &users, &p, None);
+        assert_eq!(o.reason, "no User-Name and User-Password");
+    }
+}
