@@ -31,14 +31,20 @@ impl Admissions {
     /// Shard `shard` answered a device the NAS names by `mac` and `user`.
     pub fn remember(&self, shard: usize, mac: Option<&str>, user: Option<&str>, access: Access, now: Instant) {
         let Some(memory) = self.shards.get(shard) else { return };
+        let mac = mac.and_then(Mac::parse);
+        // MAB names the device by its MAC twice (User-Name and
+        // Calling-Station-Id): one entry, by MAC, is enough (see `recall`).
+        let user = user.filter(|u| mac.is_none() || Mac::parse(u) != mac);
         // A poisoned lock only means a panic elsewhere mid-insert: the maps
         // are still whole, so go on with them.
-        memory.lock().unwrap_or_else(|e| e.into_inner()).remember(mac.and_then(Mac::parse), user, access, now);
+        memory.lock().unwrap_or_else(|e| e.into_inner()).remember(mac, user, access, now);
     }
 
     /// The access the newest admission of this device gave, if recent: a
     /// MAC match before a user match (a user may sit on several devices).
     pub fn recall(&self, mac: Option<Mac>, user: Option<&str>, now: Instant) -> Option<Access> {
+        // A User-Name that is a MAC was remembered by MAC.
+        let mac = mac.or_else(|| user.and_then(Mac::parse));
         let (mut by_mac, mut by_user): (Option<Given>, Option<Given>) = (None, None);
         for memory in &self.shards {
             let (m, u) = memory.lock().unwrap_or_else(|e| e.into_inner()).recall_at(mac, user, now);
@@ -60,8 +66,8 @@ fn newest(a: Option<Given>, b: Option<Given>) -> Option<Given> {
 /// by, for a bounded time and count (oldest forgotten first).
 #[derive(Default)]
 pub struct Admitted {
-    by_mac: HashMap<Mac, (Access, Instant)>,
-    by_user: HashMap<Box<str>, (Access, Instant)>,
+    by_mac: HashMap<Mac, (Access, Instant), foldhash::fast::RandomState>,
+    by_user: HashMap<Box<str>, (Access, Instant), foldhash::fast::RandomState>,
     order: VecDeque<(Option<Mac>, Option<Box<str>>, Instant)>,
 }
 
@@ -149,5 +155,13 @@ mod tests {
         assert_eq!(a.recall(Mac::parse(mac), Some("alice"), t1), Some(Access::Quarantine));
         assert_eq!(a.recall(None, Some("alice"), t1), Some(Access::Deny));
         a.remember(7, Some(mac), None, Access::Full, t1); // no such shard: ignored
+        // MAB: the MAC as User-Name too is remembered once, by MAC, and
+        // found by either name.
+        let other = "aa:bb:cc:00:00:07";
+        a.remember(0, Some(other), Some("AABBCC000007"), Access::Quarantine, t1);
+        assert_eq!(a.recall(Mac::parse(other), None, t1), Some(Access::Quarantine));
+        assert_eq!(a.recall(None, Some("aabbcc000007"), t1), Some(Access::Quarantine));
+        let memory = a.shards[0].lock().unwrap();
+        assert!(memory.by_user.is_empty(), "no second entry for the same MAC");
     }
 }
