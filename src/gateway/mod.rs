@@ -329,7 +329,7 @@ async fn radius_plane(
     ));
     let admissions = Arc::new(admissions::Admissions::new(shards));
     let journal = crate::radius::journal::Journal::open(state_dir).context("opening the accounting journal")?;
-    let journal_sync = Some(journal.syncer().context("opening the accounting journal")?);
+    let journal_sync = Arc::new(journal.syncer().context("opening the accounting journal")?);
     let enforce = radius_enforce::Enforcer::new(
         sessions,
         journal,

@@ -34,8 +34,9 @@ pub struct RadiusTask {
     /// Set once the task serves its sockets, for `/readyz`.
     pub ready: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub shutdown: watch::Receiver<bool>,
-    /// The journal's file, for the group commit's sync.
-    pub journal_sync: Option<std::fs::File>,
+    /// The journal's file, for the group commit's sync (shared with the
+    /// blocking thread that runs it: no `dup` per batch).
+    pub journal_sync: Arc<std::fs::File>,
 }
 
 impl RadiusTask {
@@ -179,13 +180,10 @@ impl RadiusTask {
     /// the sync failed: the NASes retransmit). Records that arrive
     /// meanwhile wait in the socket and make the next batch.
     async fn commit(&mut self, written: Vec<crate::radius::server::DecisionId>) {
-        let synced = match self.journal_sync.as_ref().map(std::fs::File::try_clone) {
-            Some(Ok(file)) => tokio::task::spawn_blocking(move || file.sync_data())
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-            Some(Err(e)) => Err(e),
-            None => Err(std::io::Error::other("no journal handle to sync")),
-        };
+        let file = Arc::clone(&self.journal_sync);
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let now = Instant::now();
         match synced {
             Ok(()) => {
