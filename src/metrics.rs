@@ -176,6 +176,26 @@ pub enum RadiusDiscard {
 }
 
 impl RadiusDiscard {
+    /// Its position in [`RADIUS_DISCARDS`]: a flood of garbage costs an
+    /// index, not a search of the labels (checked in the tests).
+    fn index(self) -> usize {
+        use crate::radius::server::Discard;
+        match self {
+            Self::Server(Discard::UnknownClient) => 0,
+            Self::Server(Discard::Malformed(_)) => 1,
+            Self::Server(Discard::UnexpectedCode) => 2,
+            Self::Server(Discard::MissingMessageAuthenticator) => 3,
+            Self::Server(Discard::BadMessageAuthenticator) => 4,
+            Self::Server(Discard::BadRequestAuthenticator) => 5,
+            Self::Server(Discard::InProgress) => 6,
+            Self::Server(Discard::Overloaded) => 7,
+            Self::DuplicateAnsweredFromCache => 8,
+            Self::SlowCheckBusy => 9,
+            Self::EapPoolBusy => 10,
+            Self::CoaAnswerIgnored => 11,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Server(d) => d.label(),
@@ -457,10 +477,7 @@ impl Metrics {
 
     /// Counts one discarded RADIUS datagram (a small fixed set of reasons).
     pub fn radius_discard(&self, reason: RadiusDiscard) {
-        // Every reason is listed (checked in the tests).
-        if let Some(i) = RADIUS_DISCARDS.iter().position(|r| *r == reason.label()) {
-            self.radius_discarded[i].inc();
-        }
+        self.radius_discarded[reason.index()].inc();
     }
 
     /// The Prometheus text exposition.
@@ -503,7 +520,7 @@ mod tests {
             RadiusDiscard::CoaAnswerIgnored,
         ];
         for r in reasons.map(RadiusDiscard::Server).into_iter().chain(shell) {
-            assert!(RADIUS_DISCARDS.contains(&r.label()), "{} is not in RADIUS_DISCARDS", r.label());
+            assert_eq!(RADIUS_DISCARDS[r.index()], r.label(), "{r:?} counts under another label");
             m.radius_discard(r);
         }
         let text = m.render();

@@ -12,6 +12,7 @@ use super::admissions::Admissions;
 use super::authorize::{AccessPolicy, authorize, by_verdict, slow_check};
 use super::current::Current;
 use super::eap_pool::{Done, EapPool, Job};
+use super::udp_batch::take_waiting;
 use crate::compliance::{Access, Table};
 use crate::metrics::{Metrics, RadiusDiscard, RadiusKind, RadiusResult};
 use crate::radius::server::{AccessRequest, Decision, DecisionId, Event, Port, Server};
@@ -106,17 +107,9 @@ impl AuthShard {
                 }
                 Some(done) = eap_done => self.finish_eap(done),
                 r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => {
+                    Ok(first) => {
                         let now = Instant::now();
-                        self.server.handle_datagram(Port::Auth, from, &buf[..n], now);
-                        // Whatever else has already arrived is taken in the same
-                        // wake-up (bounded), and answered in one drain.
-                        for _ in 0..BATCH {
-                            match self.socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => self.server.handle_datagram(Port::Auth, from, &buf[..n], now),
-                                Err(_) => break,
-                            }
-                        }
+                        take_waiting(&self.socket, &mut buf, first, BATCH, &mut self.server, Port::Auth, now);
                     }
                     Err(e) => tracing::debug!(error = %e, "RADIUS auth socket receive error"),
                 },

@@ -86,18 +86,17 @@ impl RadiusTask {
                     Err(e) => tracing::debug!(error = %e, "CoA socket receive error"),
                 },
                 r = self.acct.recv_from(&mut acct_buf) => match r {
-                    Ok((n, from)) => {
-                        let now = Instant::now();
-                        self.server.handle_datagram(Port::Acct, from, &acct_buf[..n], now);
-                        // Everything already waiting joins this batch and its
-                        // one sync (records that came during the last sync).
-                        for _ in 0..COMMIT_BATCH {
-                            match self.acct.try_recv_from(&mut acct_buf) {
-                                Ok((n, from)) => self.server.handle_datagram(Port::Acct, from, &acct_buf[..n], now),
-                                Err(_) => break,
-                            }
-                        }
-                    }
+                    // Everything already waiting joins this batch and its one
+                    // sync (records that came during the last sync).
+                    Ok(first) => super::udp_batch::take_waiting(
+                        &self.acct,
+                        &mut acct_buf,
+                        first,
+                        COMMIT_BATCH,
+                        &mut self.server,
+                        Port::Acct,
+                        Instant::now(),
+                    ),
                     Err(e) => tracing::debug!(error = %e, "RADIUS acct socket receive error"),
                 },
                 _ = timer.fired() => {
