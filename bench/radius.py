@@ -400,18 +400,19 @@ def scale(exe, gen, tmp, a):
           f" peak RSS {statistics.median(peaks):.0f} MiB")
     # 2. Memory per user: warden with and without the users file, same devices.
     port = free_udp_port()
-    w, ready = warden(exe, d, port)
-    time.sleep(2)
-    with_users = rss_kib(w.pid)
-    w.terminate()
-    w.wait(60)
+
+    def settled_rss():
+        w, ready = warden(exe, d, port)
+        time.sleep(2)
+        rss = rss_kib(w.pid)
+        w.terminate()
+        w.wait(60)
+        return rss, ready
+
+    with_users, ready = settled_rss()
     os.rename(os.path.join(d, "users.toml"), os.path.join(d, "users.full"))
     open(os.path.join(d, "users.toml"), "w").close()
-    w, _ = warden(exe, d, port)
-    time.sleep(2)
-    without = rss_kib(w.pid)
-    w.terminate()
-    w.wait(60)
+    without, _ = settled_rss()
     os.rename(os.path.join(d, "users.full"), os.path.join(d, "users.toml"))
     print(f"RSS with {n} users and {n} devices {with_users / 1024:.0f} MiB, without users {without / 1024:.0f} MiB:"
           f" {(with_users - without) * 1024 / n:.0f} bytes per user; warden ready in {ready:.1f} s")
