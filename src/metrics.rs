@@ -34,6 +34,10 @@ pub struct Metrics {
     pub snapshot_devices: IntGauge,
     pub snapshot_failures: IntCounter,
     pub snapshot_bad_lines: IntCounter,
+    pub journal_sync_seconds: Histogram,
+    pub journal_failures: IntCounter,
+    pub journal_bad_lines: IntCounter,
+    pub telemetry_acks_withheld: IntCounter,
     pub events_lagged: IntCounter,
     radius_requests: Vec<IntCounter>,
     radius_discarded: Vec<IntCounter>,
@@ -380,6 +384,22 @@ impl Metrics {
             snapshot_bad_lines: counter(
                 "warden_snapshot_bad_lines_total",
                 "Snapshot lines skipped at start because they did not parse",
+            ),
+            journal_sync_seconds: histogram(
+                "warden_journal_sync_seconds",
+                "One group commit of the compliance journal (fdatasync of every batch queued meanwhile)",
+            ),
+            journal_failures: counter(
+                "warden_journal_failures_total",
+                "Compliance journal writes or syncs that failed (acknowledgements withheld until a snapshot)",
+            ),
+            journal_bad_lines: counter(
+                "warden_journal_bad_lines_total",
+                "Compliance journal lines skipped at start because they did not parse",
+            ),
+            telemetry_acks_withheld: counter(
+                "warden_telemetry_acks_withheld_total",
+                "QoS 1 reports not acknowledged because the journal could not make them durable",
             ),
             events_lagged: counter("warden_events_lagged_total", "Verdict changes a slow subscriber missed"),
             radius_requests: RadiusKind::ALL

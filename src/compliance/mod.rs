@@ -10,6 +10,7 @@ mod device;
 mod engine;
 pub mod identity;
 mod intern;
+pub mod journal;
 pub mod outage;
 pub mod snapshot;
 mod table;

@@ -2,6 +2,7 @@
 //! known reports: JSON lines, written to a temporary file, synced and renamed
 //! over the previous one, so a crash mid-write leaves the old snapshot whole.
 
+use super::device::Device;
 use super::table::Table;
 use crate::telemetry::{Report, UnixMillis};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,18 @@ pub struct Entry {
     pub report: Report,
 }
 
+impl Entry {
+    /// The line for `device` as it is now.
+    pub fn of(device: &Device) -> Self {
+        Self {
+            id: device.id.to_string(),
+            last_seen: device.last_seen,
+            failing_since: device.failures.iter().map(|f| (f.key(), f.since)).collect(),
+            report: device.report.clone(),
+        }
+    }
+}
+
 /// When the snapshot in `dir` was last written (Unix ms), if there is one.
 pub fn written_at(dir: &Path) -> Option<UnixMillis> {
     let modified = std::fs::metadata(dir.join(FILE)).ok()?.modified().ok()?;
@@ -43,14 +56,9 @@ pub fn write(table: &Table, dir: &Path) -> std::io::Result<usize> {
         if result.is_err() {
             return;
         }
-        let entry = Entry {
-            id: d.id.to_string(),
-            last_seen: d.last_seen,
-            failing_since: d.failures.iter().map(|f| (f.key(), f.since)).collect(),
-            report: d.report.clone(),
-        };
-        result =
-            serde_json::to_writer(&mut out, &entry).map_err(std::io::Error::other).and_then(|()| out.write_all(b"\n"));
+        result = serde_json::to_writer(&mut out, &Entry::of(d))
+            .map_err(std::io::Error::other)
+            .and_then(|()| out.write_all(b"\n"));
         count += 1;
     });
     result?;

@@ -1,8 +1,10 @@
 //! The task that owns the compliance [`Engine`]: it feeds it telemetry,
 //! policy sets and timeouts, publishes every verdict change to the planes,
-//! and writes the snapshot.
+//! journals every accepted report (acknowledged once the commit task has
+//! made it durable) and compacts the journal into the snapshot.
 
-use crate::compliance::{Change, Engine, Held, snapshot};
+use super::commit::{Commit, Durability};
+use crate::compliance::{Change, Engine, Held, journal, snapshot};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 use crate::telemetry::ingest::{Inbound, wall_now};
@@ -24,6 +26,9 @@ pub struct Confirm {
 /// Messages taken from the channel in one go before events are drained.
 const BATCH: usize = 1024;
 
+/// A journal segment this large is compacted into the snapshot at once.
+const COMPACT_BYTES: u64 = 256 << 20;
+
 pub struct ComplianceTask {
     pub engine: Engine,
     pub telemetry: mpsc::Receiver<Inbound>,
@@ -42,6 +47,11 @@ pub struct ComplianceTask {
     pub metrics: Arc<Metrics>,
     pub state_dir: PathBuf,
     pub snapshot_every: Duration,
+    /// Where accepted reports are appended.
+    pub journal: journal::Writer,
+    /// Batches to make durable and acknowledge, in order.
+    pub commits: mpsc::Sender<Commit>,
+    pub durability: Arc<Durability>,
     /// For the log line when an outage begins.
     pub outage_grace: Duration,
     pub shutdown: watch::Receiver<bool>,
@@ -56,6 +66,8 @@ impl ComplianceTask {
         let mut snapshot_generation = self.engine.generation();
         let mut refusal_log = LogLimiter::new();
         let mut timer = super::timer::Timer::new();
+        let mut acks = Vec::new();
+        let mut last_recovery: Option<Instant> = None;
         loop {
             timer.arm(self.engine.poll_timeout());
             tokio::select! {
@@ -69,10 +81,10 @@ impl ComplianceTask {
                 }
                 msg = self.telemetry.recv() => {
                     let Some(msg) = msg else { break };
-                    self.ingest(msg, &mut refusal_log);
+                    self.ingest(msg, &mut refusal_log, &mut acks);
                     for _ in 0..BATCH {
                         match self.telemetry.try_recv() {
-                            Ok(msg) => self.ingest(msg, &mut refusal_log),
+                            Ok(msg) => self.ingest(msg, &mut refusal_log, &mut acks),
                             Err(_) => break,
                         }
                     }
@@ -100,23 +112,52 @@ impl ComplianceTask {
                 }
             }
             self.drain();
+            self.commit(&mut acks).await;
+            // A journal that grew large is compacted without waiting for the
+            // tick (restart replays it); one that failed, as soon as it can
+            // be (at most every second), to make its reports durable again.
+            let recover = self.durability.degraded()
+                && last_recovery.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1));
+            if (self.journal.written() >= COMPACT_BYTES || recover) && self.snapshot(&snapshot_busy) {
+                snapshot_generation = self.engine.generation();
+                if recover {
+                    last_recovery = Some(Instant::now());
+                }
+            }
         }
-        // A last snapshot on the way out, waited for.
+        // A last snapshot on the way out, waited for: it holds everything,
+        // so the journal is no longer needed.
         let table = self.engine.table().clone();
         let dir = self.state_dir.clone();
-        match tokio::task::spawn_blocking(move || snapshot::write(&table, &dir)).await {
+        let last = self.journal.segment();
+        let written = tokio::task::spawn_blocking(move || {
+            let n = snapshot::write(&table, &dir)?;
+            journal::remove_through(&dir, last)?;
+            Ok::<_, std::io::Error>(n)
+        })
+        .await;
+        match written {
             Ok(Ok(n)) => tracing::info!(devices = n, "compliance snapshot written"),
             Ok(Err(e)) => tracing::error!(error = %e, "final compliance snapshot failed"),
             Err(e) => tracing::error!(error = %e, "final compliance snapshot task failed"),
         }
     }
 
-    fn ingest(&mut self, msg: Inbound, log: &mut LogLimiter) {
+    fn ingest(&mut self, msg: Inbound, log: &mut LogLimiter, acks: &mut Vec<crate::telemetry::ingest::Ack>) {
+        acks.extend(msg.ack);
         let result = self
             .pattern
             .device_id(&msg.topic)
             .and_then(|id| Ok((id, parse_payload(&msg.payload, msg.wall, self.freshness)?)))
-            .and_then(|(id, report)| self.engine.handle_telemetry(id, report, msg.arrived, msg.wall));
+            .and_then(|(id, report)| {
+                self.engine.handle_telemetry(id, report, msg.arrived, msg.wall)?;
+                Ok(id)
+            });
+        if let Ok(id) = result
+            && let Some(device) = self.engine.table().get(id)
+        {
+            self.journal.report(&device);
+        }
         self.metrics.telemetry(result.as_ref().map(|_| ()));
         if let Err(refusal) = result
             && log.allow(msg.arrived)
@@ -138,6 +179,7 @@ impl ComplianceTask {
         let mut forgotten = 0usize;
         while let Some(id) = self.engine.poll_forgotten() {
             forgotten += 1;
+            self.journal.forgotten(&id);
             tracing::debug!(device = %id, "device forgotten");
         }
         if forgotten > 0 {
@@ -227,17 +269,68 @@ impl ComplianceTask {
         self.metrics.verdicts_held.set(i64::try_from(self.engine.held()).unwrap_or(i64::MAX));
     }
 
-    /// Writes the snapshot off the async threads, one at a time; false when
-    /// one is still being written.
-    fn snapshot(&self, busy: &Arc<AtomicBool>) -> bool {
+    /// Writes this batch's journal records and hands them, with the
+    /// acknowledgements the batch owes, to the commit task.
+    async fn commit(&mut self, acks: &mut Vec<crate::telemetry::ingest::Ack>) {
+        if acks.is_empty() && !self.journal.is_dirty() {
+            return;
+        }
+        let file = match self.journal.flush() {
+            Ok(file) => file,
+            Err(e) => {
+                self.durability.failed();
+                self.metrics.journal_failures.inc();
+                tracing::error!(error = %e, "compliance journal write failed; reports are not acknowledged until a snapshot holds them");
+                None
+            }
+        };
+        // The commit task only stops when warden does.
+        let _ = self.commits.send(Commit { file, acks: std::mem::take(acks) }).await;
+    }
+
+    /// Compacts: moves the journal to a new segment and writes the snapshot
+    /// off the async threads, then removes the segments it covers. One at a
+    /// time; false when one is still being written.
+    fn snapshot(&mut self, busy: &Arc<AtomicBool>) -> bool {
         if busy.swap(true, Ordering::AcqRel) {
             return false;
         }
-        let (table, dir, metrics, busy) =
-            (self.engine.table().clone(), self.state_dir.clone(), Arc::clone(&self.metrics), Arc::clone(busy));
+        let mark = self.durability.mark();
+        let covers = match self.journal.rotate() {
+            Ok((file, previous)) => {
+                if let Some(file) = file {
+                    // Its records are in the snapshot about to be written;
+                    // their acknowledgements (if any) follow its sync.
+                    let _ = self.commits.try_send(Commit { file: Some(file), acks: Vec::new() });
+                }
+                Some(previous)
+            }
+            Err(e) => {
+                // Keep appending to the current segment; the snapshot still helps.
+                self.durability.failed();
+                self.metrics.journal_failures.inc();
+                tracing::error!(error = %e, "compliance journal could not start a new segment");
+                None
+            }
+        };
+        let (table, dir, metrics, busy, durability) = (
+            self.engine.table().clone(),
+            self.state_dir.clone(),
+            Arc::clone(&self.metrics),
+            Arc::clone(busy),
+            Arc::clone(&self.durability),
+        );
         tokio::task::spawn_blocking(move || {
             match snapshot::write(&table, &dir) {
-                Ok(n) => metrics.snapshot_devices.set(i64::try_from(n).unwrap_or(i64::MAX)),
+                Ok(n) => {
+                    metrics.snapshot_devices.set(i64::try_from(n).unwrap_or(i64::MAX));
+                    durability.covered(mark);
+                    if let Some(last) = covers
+                        && let Err(e) = journal::remove_through(&dir, last)
+                    {
+                        tracing::warn!(error = %e, "old compliance journal segments not removed");
+                    }
+                }
                 Err(e) => {
                     metrics.snapshot_failures.inc();
                     tracing::error!(error = %e, dir = %dir.display(), "compliance snapshot failed");

@@ -6,6 +6,7 @@
 
 mod admissions;
 mod authorize;
+mod commit;
 mod compliance_task;
 pub use compliance_task::Confirm;
 mod current;
@@ -20,7 +21,7 @@ mod udp_batch;
 mod users_reload;
 mod wireguard_task;
 
-use crate::compliance::{Engine, Table, snapshot};
+use crate::compliance::{Engine, Table, journal, snapshot};
 use crate::config::{Broker, Loaded};
 use crate::http::{ApiState, Readiness};
 use crate::metrics::Metrics;
@@ -60,7 +61,13 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         .with_outage(cfg.policy.outage())
         .with_breaker(cfg.policy.max_restrict_fraction)
         .with_forget_after(cfg.policy.forget_after);
-    let (mut entries, bad) = snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
+    let (entries, bad) = snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
+    let replayed = journal::read(&cfg.node.state_dir).context("reading the compliance journal")?;
+    let journaled = replayed.records.len();
+    let mut entries = journal::merge(entries, replayed.records);
+    metrics.journal_bad_lines.inc_by(replayed.bad as u64);
+    let journal = journal::Writer::create(&cfg.node.state_dir, replayed.next_segment)
+        .context("starting the compliance journal")?;
     // Identity owners before the devices whose claims were refused, so the
     // bindings come back as they were.
     entries.sort_by_key(|e| e.failing_since.iter().any(|(k, _)| k == crate::compliance::identity::FAILURE_KEY));
@@ -69,7 +76,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // written) and nothing is until the telemetry subscription is up: that
     // time is an outage, and silence in it holds verdicts instead of
     // expiring them. A restart after a long stop does not quarantine the fleet.
-    let down_since = snapshot::written_at(&cfg.node.state_dir).unwrap_or(wall).min(wall);
+    let down_since = snapshot::written_at(&cfg.node.state_dir).max(replayed.written_at).unwrap_or(wall).min(wall);
     let down_for = Duration::from_millis(u64::try_from(wall - down_since).unwrap_or(0));
     engine.handle_source(false, now.checked_sub(down_for).unwrap_or(now), down_since);
     while engine.poll_outage().is_some() {}
@@ -84,11 +91,13 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     }
     metrics.snapshot_bad_lines.inc_by(bad as u64);
     metrics.set_devices(engine.counts());
-    if restored > 0 || bad > 0 {
+    if restored > 0 || bad > 0 || replayed.bad > 0 {
         let [c, n, u] = engine.counts();
         tracing::info!(
             restored,
+            journaled,
             skipped = bad,
+            journal_skipped = replayed.bad,
             compliant = c,
             noncompliant = n,
             unknown = u,
@@ -162,6 +171,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     tasks.spawn(ingest::run_publisher(status_client.clone(), status_eventloop, shutdown.clone()));
     let (client, eventloop) = ingest::connect(mqtt_options);
     let filter = cfg.mqtt.telemetry_topic.filter();
+    let connection = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tasks.spawn(ingest::run(
         client.clone(),
         eventloop,
@@ -170,8 +180,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         Arc::clone(&ready.telemetry),
         source_tx,
+        Arc::clone(&connection),
         shutdown.clone(),
     ));
+    let (commit_tx, commit_rx) = mpsc::channel(commit::QUEUE);
+    let durability = Arc::new(commit::Durability::default());
+    tasks.spawn(commit::run(client.clone(), connection, Arc::clone(&durability), commit_rx, Arc::clone(&metrics)));
     tasks.spawn(status::run(
         status_client,
         cfg.mqtt.status_topic.clone(),
@@ -197,6 +211,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             metrics: Arc::clone(&metrics),
             state_dir: cfg.node.state_dir.clone(),
             snapshot_every: cfg.node.snapshot_every,
+            journal,
+            commits: commit_tx,
+            durability,
             outage_grace: cfg.policy.outage_grace,
             shutdown: shutdown.clone(),
         }

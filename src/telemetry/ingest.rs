@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use anyhow::Context;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -28,6 +28,29 @@ pub struct Inbound {
     /// Monotonic arrival time: enforcement latency is measured from here.
     pub arrived: Instant,
     pub wall: UnixMillis,
+    /// How to acknowledge it once it is durable (`None`: QoS 0, nothing to ack).
+    pub ack: Option<Ack>,
+}
+
+/// A QoS 1 message's acknowledgement, owed once what it changed is durable.
+/// A packet id means something only on the connection it arrived on: an
+/// ack for an earlier connection is dropped (the broker redelivers that
+/// message on the new one, where it is refused as a replay and acked), so
+/// it can never acknowledge another message that reused the id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub connection: u64,
+    pub pkid: u16,
+}
+
+impl Ack {
+    /// The PUBLISH rumqttc needs to build the PUBACK from (only its packet
+    /// id and QoS are read).
+    pub fn publish(self) -> rumqttc::Publish {
+        let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
+        p.pkid = self.pkid;
+        p
+    }
 }
 
 /// The wall clock, in the shells only.
@@ -38,7 +61,8 @@ pub fn wall_now() -> UnixMillis {
 
 /// Builds the client options: persistent session (clean_session = false)
 /// under a stable client id, so QoS 1 telemetry published while warden was
-/// away is delivered when it returns.
+/// away is delivered when it returns; and manual acknowledgements, so the
+/// broker keeps a report until warden has stored it (see `gateway::commit`).
 pub fn options(cfg: &Mqtt, secrets: &Secrets, node: &str) -> anyhow::Result<MqttOptions> {
     let (host, port, tls) = match cfg.broker.get_ref() {
         Broker::Embedded => (cfg.listen.ip().to_string(), cfg.listen.port(), false),
@@ -52,6 +76,7 @@ pub fn options(cfg: &Mqtt, secrets: &Secrets, node: &str) -> anyhow::Result<Mqtt
         // counted and dropped by warden instead of tearing the connection down.
         .set_max_packet_size(1024 * 1024, 1024 * 1024)
         .set_inflight(1000)
+        .set_manual_acks(true)
         .set_request_channel_capacity(4096);
     if let Some(user) = &cfg.username {
         opts.set_credentials(user.clone(), secrets.mqtt_password.clone().unwrap_or_default());
@@ -162,7 +187,8 @@ impl Backoff {
 
 /// Runs the connection until `shutdown` turns true. `ready` is true, and
 /// `source` says so to the compliance task, while the telemetry
-/// subscription is acknowledged.
+/// subscription is acknowledged. `connection` counts CONNACKs: it tells
+/// which connection an [`Ack`] belongs to.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: AsyncClient,
@@ -172,6 +198,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     source: watch::Sender<bool>,
+    connection: Arc<AtomicU64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
@@ -182,7 +209,10 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let msg = Inbound { topic: p.topic, payload: p.payload, arrived: Instant::now(), wall: wall_now() };
+                let ack = (p.qos != QoS::AtMostOnce)
+                    .then(|| Ack { connection: connection.load(Ordering::Acquire), pkid: p.pkid });
+                let msg =
+                    Inbound { topic: p.topic, payload: p.payload, arrived: Instant::now(), wall: wall_now(), ack };
                 // Awaiting here is the backpressure: a busy compliance task
                 // slows reading from the broker, which holds QoS 1 messages.
                 if tx.send(msg).await.is_err() {
@@ -190,6 +220,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                connection.fetch_add(1, Ordering::AcqRel);
                 backoff.reset();
                 metrics.mqtt_connects.inc();
                 tracing::info!(session_present = ack.session_present, "MQTT connected; subscribing to {filter}");

@@ -1,0 +1,325 @@
+//! The compliance journal: every accepted report appended to
+//! `state_dir/journal-N.jsonl` before the broker is told it arrived, so a
+//! crash loses nothing that was acknowledged (issue 12).
+//!
+//! State on disk is the last [`snapshot`](super::snapshot) plus the journal
+//! segments written since it began. Compaction is level-triggered and safe
+//! at any crash point:
+//! 1. the writer moves to segment N+1 ([`Writer::rotate`]);
+//! 2. the snapshot is written (to a temporary file, synced, renamed): it
+//!    holds at least everything in segments ≤ N;
+//! 3. segments ≤ N are removed.
+//!
+//! A crash between 2 and 3 replays old segments over a newer snapshot; the
+//! segments after them (N+1…) replay last and hold every change made after
+//! step 1, so the result is the same. Each start writes to a new segment,
+//! so nothing is ever appended onto a torn line.
+//!
+//! A record is the device as a snapshot line holds it; replay keeps the last
+//! record per device, which is why a report's record carries its failure
+//! start times and not only the report.
+
+use super::device::Device;
+use super::snapshot::Entry;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const PREFIX: &str = "journal-";
+const SUFFIX: &str = ".jsonl";
+
+/// One line of the journal.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Record {
+    /// A device after an accepted report.
+    Report(Box<Entry>),
+    /// A device removed after `forget_after` of silence.
+    Forgotten { id: String },
+}
+
+/// Appends records to the current segment. Records collect in a buffer and
+/// reach the file in one `write` per [`Writer::flush`]; durability is the
+/// caller's `fdatasync` on the handle `flush` returns (group commit).
+pub struct Writer {
+    dir: PathBuf,
+    segment: u64,
+    file: Arc<std::fs::File>,
+    buf: Vec<u8>,
+    /// Bytes in the current segment.
+    written: u64,
+}
+
+impl Writer {
+    /// Starts segment `segment` in `dir` (a new, empty file).
+    pub fn create(dir: &Path, segment: u64) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().append(true).create_new(true).open(segment_path(dir, segment))?;
+        // The new name must survive a crash too, or its records vanish with it.
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(Self { dir: dir.to_path_buf(), segment, file: Arc::new(file), buf: Vec::with_capacity(1 << 16), written: 0 })
+    }
+
+    /// Adds the device's current state.
+    pub fn report(&mut self, device: &Device) {
+        self.push(&Record::Report(Box::new(Entry::of(device))));
+    }
+
+    /// Adds the removal of a forgotten device.
+    pub fn forgotten(&mut self, id: &str) {
+        self.push(&Record::Forgotten { id: id.to_string() });
+    }
+
+    fn push(&mut self, record: &Record) {
+        // Serializing plain data into a Vec cannot fail.
+        if serde_json::to_writer(&mut self.buf, record).is_ok() {
+            self.buf.push(b'\n');
+        }
+    }
+
+    /// Whether records wait in the buffer.
+    pub fn is_dirty(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Writes the buffered records to the segment; returns its handle for
+    /// the sync when anything was written. On an error the records are
+    /// dropped (the caller must not acknowledge them).
+    pub fn flush(&mut self) -> std::io::Result<Option<Arc<std::fs::File>>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let result = (&*self.file).write_all(&self.buf);
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        result.map(|()| Some(Arc::clone(&self.file)))
+    }
+
+    /// Bytes written to the current segment.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The current segment's number.
+    pub fn segment(&self) -> u64 {
+        self.segment
+    }
+
+    /// Flushes and moves to the next segment; returns the previous one's
+    /// handle (to sync) and number (removable once a snapshot begun after
+    /// this call is written).
+    pub fn rotate(&mut self) -> std::io::Result<(Option<Arc<std::fs::File>>, u64)> {
+        let flushed = self.flush()?;
+        let next = Self::create(&self.dir, self.segment + 1)?;
+        let previous = std::mem::replace(self, next);
+        Ok((flushed, previous.segment))
+    }
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{PREFIX}{segment:020}{SUFFIX}"))
+}
+
+/// The journal segments in `dir`, oldest first.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let Some(n) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|n| n.strip_suffix(SUFFIX)) else {
+            continue;
+        };
+        if let Ok(n) = n.parse::<u64>() {
+            out.push((n, e.path()));
+        }
+    }
+    out.sort_unstable_by_key(|(n, _)| *n);
+    Ok(out)
+}
+
+/// Removes every segment numbered `last` or below.
+pub fn remove_through(dir: &Path, last: u64) -> std::io::Result<()> {
+    for (n, path) in segments(dir)? {
+        if n <= last {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the journal holds.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub records: Vec<Record>,
+    /// Lines that did not parse (torn, damaged): skipped, never fatal.
+    pub bad: usize,
+    /// The segment to write next.
+    pub next_segment: u64,
+    /// When the newest segment was last written to (Unix ms): the last
+    /// moment warden is known to have been listening.
+    pub written_at: Option<crate::telemetry::UnixMillis>,
+}
+
+/// Reads every segment in order. A damaged line is skipped and counted,
+/// whatever the damage (torn, a flipped byte, invalid UTF-8).
+pub fn read(dir: &Path) -> std::io::Result<Replayed> {
+    let mut out = Replayed::default();
+    for (n, path) in segments(dir)? {
+        out.next_segment = n + 1;
+        let file = std::fs::File::open(path)?;
+        out.written_at = file
+            .metadata()?
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .max(out.written_at);
+        let mut reader = std::io::BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            if text.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(text) {
+                Ok(Record::Report(e)) if !crate::telemetry::parse::valid_device_id(&e.id) => out.bad += 1,
+                Ok(r) => out.records.push(r),
+                Err(_) => out.bad += 1,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The snapshot's entries with the journal's records applied in order: the
+/// last record of a device wins, a forgotten device is gone.
+pub fn merge(mut entries: Vec<Entry>, records: Vec<Record>) -> Vec<Entry> {
+    if records.is_empty() {
+        return entries;
+    }
+    let mut at: std::collections::HashMap<String, usize, foldhash::fast::RandomState> =
+        std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
+    for (i, e) in entries.iter().enumerate() {
+        at.insert(e.id.clone(), i);
+    }
+    let mut gone = vec![false; entries.len()];
+    for record in records {
+        match record {
+            Record::Report(e) => match at.get(&e.id) {
+                Some(&i) => {
+                    entries[i] = *e;
+                    gone[i] = false;
+                }
+                None => {
+                    at.insert(e.id.clone(), entries.len());
+                    entries.push(*e);
+                    gone.push(false);
+                }
+            },
+            Record::Forgotten { id } => {
+                if let Some(&i) = at.get(&id) {
+                    gone[i] = true;
+                }
+            }
+        }
+    }
+    let mut keep = gone.into_iter().map(|g| !g);
+    entries.retain(|_| keep.next().unwrap_or(true));
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Report;
+
+    fn entry(id: &str, seq: u64) -> Entry {
+        Entry { id: id.into(), last_seen: 1, failing_since: Vec::new(), report: Report { seq, ..Report::default() } }
+    }
+
+    fn seqs(entries: &[Entry]) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = entries.iter().map(|e| (e.id.clone(), e.report.seq)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn the_last_record_wins_and_forgotten_devices_are_gone() {
+        let snapshot = vec![entry("a", 1), entry("b", 1), entry("c", 1)];
+        let records = vec![
+            Record::Report(Box::new(entry("a", 2))),
+            Record::Forgotten { id: "b".into() },
+            Record::Report(Box::new(entry("d", 5))),
+            Record::Report(Box::new(entry("a", 3))),
+            Record::Forgotten { id: "d".into() },
+            Record::Report(Box::new(entry("d", 6))),
+        ];
+        let merged = merge(snapshot, records);
+        assert_eq!(seqs(&merged), vec![("a".into(), 3), ("c".into(), 1), ("d".into(), 6)]);
+    }
+
+    #[test]
+    fn segments_replay_in_order_and_a_restart_never_appends_to_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), 0).unwrap();
+        w.push(&Record::Report(Box::new(entry("a", 1))));
+        w.flush().unwrap();
+        let (_, old) = w.rotate().unwrap();
+        assert_eq!(old, 0);
+        w.push(&Record::Report(Box::new(entry("a", 2))));
+        w.push(&Record::Report(Box::new(entry("b", 1))));
+        w.flush().unwrap();
+        // A crash mid-write: half a record at the end of segment 1.
+        let mut torn = serde_json::to_vec(&Record::Report(Box::new(entry("c", 9)))).unwrap();
+        torn.truncate(torn.len() / 2);
+        (&*w.file).write_all(&torn).unwrap();
+        drop(w);
+
+        let replayed = read(dir.path()).unwrap();
+        assert_eq!((replayed.bad, replayed.next_segment), (1, 2));
+        // The next start writes to a fresh segment: the torn line stays alone.
+        let mut w = Writer::create(dir.path(), replayed.next_segment).unwrap();
+        w.push(&Record::Report(Box::new(entry("c", 10))));
+        w.flush().unwrap();
+        let replayed = read(dir.path()).unwrap();
+        assert_eq!(replayed.bad, 1);
+        let merged = merge(Vec::new(), replayed.records);
+        assert_eq!(seqs(&merged), vec![("a".into(), 2), ("b".into(), 1), ("c".into(), 10)]);
+
+        remove_through(dir.path(), 1).unwrap();
+        let left: Vec<u64> = segments(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(left, vec![2]);
+    }
+
+    #[test]
+    fn damage_of_any_kind_is_one_skipped_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |id: &str| {
+            let mut v = serde_json::to_vec(&Record::Report(Box::new(entry(id, 1)))).unwrap();
+            v.push(b'\n');
+            v
+        };
+        let mut bytes = line("a");
+        let mut flipped = line("b");
+        flipped[5] ^= 0x20;
+        bytes.extend(flipped);
+        let mut utf8 = line("c");
+        utf8[12] = 0xff;
+        bytes.extend(utf8);
+        bytes.extend(line("d"));
+        std::fs::write(segment_path(dir.path(), 7), bytes).unwrap();
+        let replayed = read(dir.path()).unwrap();
+        assert_eq!(replayed.bad, 2);
+        assert_eq!(seqs(&merge(Vec::new(), replayed.records)), vec![("a".into(), 1), ("d".into(), 1)]);
+        assert_eq!(replayed.next_segment, 8);
+    }
+}

@@ -1,0 +1,235 @@
+//! Nothing acknowledged is lost, and a crash never widens access (issue 12):
+//! the real binary, killed with SIGKILL at random moments while reports
+//! stream in through mosquitto (Debian), comes back with every report the
+//! publisher had a PUBACK for; a device that turned noncompliant just
+//! before a crash is noncompliant after it.
+
+// A test or bench harness: real time is its input.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::*;
+use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
+use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DEVICES: u64 = 1000;
+
+/// The settings docs/telemetry.md gives for mosquitto: no silent drop of
+/// queued QoS 1 messages, and enough in flight that acknowledging after a
+/// disk sync does not throttle delivery.
+const MOSQUITTO_QUEUES: &str = "max_queued_messages 0\nmax_inflight_messages 1000\n";
+
+fn report(device: u64, seq: u64) -> String {
+    pos_report(
+        seq,
+        json!({
+            "mac_addresses": [format!("02:00:00:00:{:02x}:{:02x}", device >> 8, device & 0xff)],
+            "cert_identity": format!("crash-{device:04}"),
+        }),
+    )
+}
+
+fn config(broker: u16, snapshot_every: &str) -> String {
+    format!(
+        "[node]\nname = \"test\"\nstate_dir = \"state\"\nsnapshot_every = \"{snapshot_every}\"\n\
+         [mqtt]\nbroker = \"mqtt://127.0.0.1:{broker}\"\nclient_id = \"warden-durability\"\n\
+         [policy]\ndir = \"policies\"\nstale_after = \"15m\"\n"
+    )
+}
+
+/// Publishes numbered reports round-robin over the fleet at a steady rate
+/// and records, per device, the highest `seq` the broker acknowledged.
+struct Publisher {
+    stop: Arc<AtomicBool>,
+    /// Bursts begun so far.
+    bursts: Arc<std::sync::atomic::AtomicU64>,
+    acked: Arc<Mutex<HashMap<u64, u64>>>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Publisher {
+    fn start(port: u16, per_second: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(HashMap::new()));
+        let mut opts = MqttOptions::new("crash-loop-publisher", "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30)).set_inflight(200);
+        let (client, mut connection) = Client::new(opts, 1000);
+        // rumqttc hands out packet ids in the order publishes go out: the
+        // sent queue maps each id back to its (device, seq) until its PUBACK.
+        let sent: Arc<Mutex<VecDeque<(u64, u64)>>> = Arc::default();
+        let (events_sent, events_acked, events_stop) = (Arc::clone(&sent), Arc::clone(&acked), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut pkids: HashMap<u16, (u64, u64)> = HashMap::new();
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        let next = events_sent.lock().unwrap().pop_front().expect("a publish for every id");
+                        pkids.insert(pkid, next);
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        let (device, seq) = pkids.remove(&ack.pkid).expect("an ack for a sent id");
+                        let mut acked = events_acked.lock().unwrap();
+                        let best = acked.entry(device).or_insert(0);
+                        *best = (*best).max(seq);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        assert!(events_stop.load(Ordering::Acquire), "publisher lost its broker: {e}");
+                        return;
+                    }
+                }
+                if events_stop.load(Ordering::Acquire) && pkids.is_empty() && events_sent.lock().unwrap().is_empty() {
+                    return;
+                }
+            }
+        });
+        let thread_stop = Arc::clone(&stop);
+        let bursts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread_bursts = Arc::clone(&bursts);
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut n = 0u64;
+            while !thread_stop.load(Ordering::Acquire) {
+                // In bursts of one report per device: a kill then often
+                // finds a backlog inside warden, which is what an early
+                // acknowledgement would lose.
+                if n.is_multiple_of(DEVICES) {
+                    let due = started + Duration::from_micros(n * 1_000_000 / per_second);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    thread_bursts.fetch_add(1, Ordering::AcqRel);
+                }
+                let (device, seq) = (n % DEVICES, n / DEVICES + 1);
+                sent.lock().unwrap().push_back((device, seq));
+                let topic = format!("devices/crash-{device:04}/telemetry");
+                if let Err(e) = client.publish(topic, QoS::AtLeastOnce, false, report(device, seq)) {
+                    panic!("publisher's event loop is gone ({e}); see its panic above");
+                }
+                n += 1;
+            }
+            n
+        });
+        Self { stop, bursts, acked, thread: Some(thread) }
+    }
+
+    /// Stops publishing; returns how many were sent. PUBACKs still in flight
+    /// keep arriving for a moment: [`Publisher::settled`] waits for them.
+    fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Release);
+        self.thread.take().unwrap().join().unwrap()
+    }
+
+    /// Returns a few milliseconds into the next burst: warden is then
+    /// most likely holding reports it has read and not yet stored.
+    fn mid_burst(&self, rng: &mut fastrand::Rng) {
+        let seen = self.bursts.load(Ordering::Acquire);
+        while self.bursts.load(Ordering::Acquire) == seen {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(2..20)));
+    }
+
+    fn acked(&self) -> HashMap<u64, u64> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Waits until the acknowledged set stops growing.
+    fn settled(&self) -> HashMap<u64, u64> {
+        let mut last = self.acked();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.acked();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+#[test]
+fn every_acknowledged_report_survives_twenty_kill_9s() {
+    let dir = Warden::workdir();
+    let broker = Mosquitto::start_with(&dir, free_port(), MOSQUITTO_QUEUES, "allow_anonymous true\n");
+    // A short snapshot interval, so kills also land mid-compaction.
+    let config = config(broker.port, "2s");
+    let mut w = Warden::launch(&dir, &config, broker.port, "");
+    w.wait_ready();
+    let mut publisher = Publisher::start(broker.port, 1500);
+    let mut rng = fastrand::Rng::with_seed(0x12);
+    for _ in 0..19 {
+        std::thread::sleep(Duration::from_millis(rng.u64(150..900)));
+        w.kill();
+        w = Warden::launch(&dir, &config, broker.port, "");
+        // Some kills land before warden is even subscribed again.
+        if rng.bool() {
+            w.wait_ready();
+        }
+    }
+    // The last kill lands mid-burst and publishing stops right after it, so
+    // no later report can hide one that was acknowledged and then lost.
+    w.wait_ready();
+    publisher.mid_burst(&mut rng);
+    w.kill();
+    let sent = publisher.stop();
+    let acked = publisher.settled();
+    let mut w = Warden::launch(&dir, &config, broker.port, "");
+    w.wait_ready();
+    assert_eq!(acked.len() as u64, DEVICES, "every device had reports acknowledged");
+    let total: u64 = acked.values().sum();
+    assert!(total >= sent / 2, "most of {sent} reports acknowledged ({total} by seq)");
+
+    // Every acknowledged report is reflected: the device's seq is at
+    // least the highest one acknowledged (redelivered backlog included).
+    let mut behind: Vec<(u64, u64, u64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        behind.clear();
+        for (&device, &seq) in &acked {
+            let have = w.device(&format!("crash-{device:04}")).map_or(0, |d| d["seq"].as_u64().unwrap_or(0));
+            if have < seq {
+                behind.push((device, have, seq));
+            }
+        }
+        if behind.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        behind.is_empty(),
+        "{} devices lost acknowledged reports, e.g. {:?}",
+        behind.len(),
+        &behind[..behind.len().min(5)]
+    );
+    let log = w.log_text();
+    assert!(log.contains("compliance table restored"), "{log}");
+}
+
+#[test]
+fn a_device_that_drifted_just_before_a_crash_is_still_quarantined_after_it() {
+    let dir = Warden::workdir();
+    let broker = Mosquitto::start_with(&dir, free_port(), MOSQUITTO_QUEUES, "allow_anonymous true\n");
+    // No snapshot during the test: the journal alone must carry the change.
+    let config = config(broker.port, "1h");
+    let mut w = Warden::launch(&dir, &config, broker.port, "");
+    w.wait_ready();
+    publish(broker.port, "devices/crash-0001/telemetry", &report(1, 1));
+    w.wait_verdict("crash-0001", "compliant");
+    publish(broker.port, "devices/crash-0001/telemetry", &pos_report(2, json!({"rooted": true})));
+    w.wait_verdict("crash-0001", "noncompliant");
+    w.kill();
+    // Restarted with the broker gone: nothing can be redelivered, so what
+    // warden says comes from its own state alone.
+    drop(broker);
+    let w = Warden::launch(&dir, &config, free_port(), "");
+    let d = wait_for("the restarted warden to answer", Duration::from_secs(20), || w.device("crash-0001"));
+    assert_eq!(d["verdict"], "noncompliant", "a crash never widens access: {d}");
+    assert_eq!(d["seq"], 2, "{d}");
+}
