@@ -165,11 +165,13 @@ def main():
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--flips", type=int, default=1000)
     ap.add_argument("--latency-only", action="store_true")
+    ap.add_argument("--exe", help="a warden binary to measure instead of this tree's (an A/B against an older build)")
     a = ap.parse_args()
     for tool in ("mosquitto", "mosquitto_sub"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found: apt-get install mosquitto mosquitto-clients")
     exe, load = build()
+    exe = a.exe or exe
     tmp = tempfile.mkdtemp(prefix="warden-bench-")
     print(f"ingest: {a.count} x 300-byte reports, 4 publishers, {a.devices} devices, median of {a.runs} runs")
     for qos in () if a.latency_only else (0, 1):

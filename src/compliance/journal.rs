@@ -39,16 +39,32 @@ pub enum Record {
     Forgotten { id: String },
 }
 
-/// Appends records to the current segment. Records collect in a buffer and
-/// reach the file in one `write` per [`Writer::flush`]; durability is the
-/// caller's `fdatasync` on the handle `flush` returns (group commit).
+/// Collects records for the current segment. Serializing happens here, on
+/// the compliance task; writing and syncing happen on the commit task's
+/// blocking thread ([`Writer::take`] hands the bytes over), so a disk busy
+/// with writeback never stalls the task that applies telemetry.
 pub struct Writer {
     dir: PathBuf,
     segment: u64,
     file: Arc<std::fs::File>,
     buf: Vec<u8>,
-    /// Bytes in the current segment.
+    /// Bytes handed over for the current segment.
     written: u64,
+}
+
+/// Records for one segment, to be written in order.
+#[derive(Debug)]
+pub struct Batch {
+    pub file: Arc<std::fs::File>,
+    pub bytes: Vec<u8>,
+}
+
+impl Batch {
+    /// Appends the bytes to the segment (one `write` unless the kernel
+    /// takes less).
+    pub fn write(&self) -> std::io::Result<()> {
+        (&*self.file).write_all(&self.bytes)
+    }
 }
 
 impl Writer {
@@ -57,7 +73,7 @@ impl Writer {
         let file = std::fs::OpenOptions::new().append(true).create_new(true).open(segment_path(dir, segment))?;
         // The new name must survive a crash too, or its records vanish with it.
         std::fs::File::open(dir)?.sync_all()?;
-        Ok(Self { dir: dir.to_path_buf(), segment, file: Arc::new(file), buf: Vec::with_capacity(1 << 16), written: 0 })
+        Ok(Self { dir: dir.to_path_buf(), segment, file: Arc::new(file), buf: Vec::new(), written: 0 })
     }
 
     /// Adds the device's current state.
@@ -77,25 +93,13 @@ impl Writer {
         }
     }
 
-    /// Whether records wait in the buffer.
-    pub fn is_dirty(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
-    /// Writes the buffered records to the segment; returns its handle for
-    /// the sync when anything was written. On an error the records are
-    /// dropped (the caller must not acknowledge them).
-    pub fn flush(&mut self) -> std::io::Result<Option<Arc<std::fs::File>>> {
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
-        let result = (&*self.file).write_all(&self.buf);
+    /// The records collected since the last call, for the current segment.
+    pub fn take(&mut self) -> Batch {
         self.written += self.buf.len() as u64;
-        self.buf.clear();
-        result.map(|()| Some(Arc::clone(&self.file)))
+        Batch { file: Arc::clone(&self.file), bytes: std::mem::take(&mut self.buf) }
     }
 
-    /// Bytes written to the current segment.
+    /// Bytes handed over for the current segment.
     pub fn written(&self) -> u64 {
         self.written
     }
@@ -105,14 +109,13 @@ impl Writer {
         self.segment
     }
 
-    /// Flushes and moves to the next segment; returns the previous one's
-    /// handle (to sync) and number (removable once a snapshot begun after
+    /// Moves to the next segment; returns what was still collected for the
+    /// previous one, and its number (removable once a snapshot begun after
     /// this call is written).
-    pub fn rotate(&mut self) -> std::io::Result<(Option<Arc<std::fs::File>>, u64)> {
-        let flushed = self.flush()?;
+    pub fn rotate(&mut self) -> std::io::Result<(Batch, u64)> {
         let next = Self::create(&self.dir, self.segment + 1)?;
-        let previous = std::mem::replace(self, next);
-        Ok((flushed, previous.segment))
+        let mut previous = std::mem::replace(self, next);
+        Ok((previous.take(), previous.segment))
     }
 }
 
@@ -272,12 +275,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Writer::create(dir.path(), 0).unwrap();
         w.push(&Record::Report(Box::new(entry("a", 1))));
-        w.flush().unwrap();
-        let (_, old) = w.rotate().unwrap();
+        w.take().write().unwrap();
+        let (rest, old) = w.rotate().unwrap();
+        rest.write().unwrap();
         assert_eq!(old, 0);
         w.push(&Record::Report(Box::new(entry("a", 2))));
         w.push(&Record::Report(Box::new(entry("b", 1))));
-        w.flush().unwrap();
+        w.take().write().unwrap();
         // A crash mid-write: half a record at the end of segment 1.
         let mut torn = serde_json::to_vec(&Record::Report(Box::new(entry("c", 9)))).unwrap();
         torn.truncate(torn.len() / 2);
@@ -289,7 +293,7 @@ mod tests {
         // The next start writes to a fresh segment: the torn line stays alone.
         let mut w = Writer::create(dir.path(), replayed.next_segment).unwrap();
         w.push(&Record::Report(Box::new(entry("c", 10))));
-        w.flush().unwrap();
+        w.take().write().unwrap();
         let replayed = read(dir.path()).unwrap();
         assert_eq!(replayed.bad, 1);
         let merged = merge(Vec::new(), replayed.records);

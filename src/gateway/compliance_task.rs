@@ -269,23 +269,15 @@ impl ComplianceTask {
         self.metrics.verdicts_held.set(i64::try_from(self.engine.held()).unwrap_or(i64::MAX));
     }
 
-    /// Writes this batch's journal records and hands them, with the
-    /// acknowledgements the batch owes, to the commit task.
+    /// Hands this batch's journal records, with the acknowledgements the
+    /// batch owes, to the commit task.
     async fn commit(&mut self, acks: &mut Vec<crate::telemetry::ingest::Ack>) {
-        if acks.is_empty() && !self.journal.is_dirty() {
+        let records = self.journal.take();
+        if acks.is_empty() && records.bytes.is_empty() {
             return;
         }
-        let file = match self.journal.flush() {
-            Ok(file) => file,
-            Err(e) => {
-                self.durability.failed();
-                self.metrics.journal_failures.inc();
-                tracing::error!(error = %e, "compliance journal write failed; reports are not acknowledged until a snapshot holds them");
-                None
-            }
-        };
         // The commit task only stops when warden does.
-        let _ = self.commits.send(Commit { file, acks: std::mem::take(acks) }).await;
+        let _ = self.commits.send(Commit { records, acks: std::mem::take(acks) }).await;
     }
 
     /// Compacts: moves the journal to a new segment and writes the snapshot
@@ -297,11 +289,11 @@ impl ComplianceTask {
         }
         let mark = self.durability.mark();
         let covers = match self.journal.rotate() {
-            Ok((file, previous)) => {
-                if let Some(file) = file {
-                    // Its records are in the snapshot about to be written;
-                    // their acknowledgements (if any) follow its sync.
-                    let _ = self.commits.try_send(Commit { file: Some(file), acks: Vec::new() });
+            Ok((rest, previous)) => {
+                if !rest.bytes.is_empty() {
+                    // In order with the commits before it; the snapshot
+                    // about to be written holds these records anyway.
+                    let _ = self.commits.try_send(Commit { records: rest, acks: Vec::new() });
                 }
                 Some(previous)
             }
