@@ -233,3 +233,66 @@ fn a_device_that_drifted_just_before_a_crash_is_still_quarantined_after_it() {
     assert_eq!(d["verdict"], "noncompliant", "a crash never widens access: {d}");
     assert_eq!(d["seq"], 2, "{d}");
 }
+
+/// 30,000 new devices each publish QoS 1 reports in a burst through
+/// mosquitto (with the settings docs/telemetry.md gives): the first makes
+/// every one known, and all 120,000 are applied. Acknowledging after the
+/// disk sync must not stall delivery: an ack path that waited on the MQTT
+/// event loop once deadlocked under this load (warden's queues full).
+#[test]
+fn a_burst_of_30000_new_devices_through_mosquitto_is_all_known() {
+    const BURST: u64 = 30_000;
+    const REPORTS: u64 = 4;
+    let dir = Warden::workdir();
+    let broker = Mosquitto::start_with(&dir, free_port(), MOSQUITTO_QUEUES, "allow_anonymous true\n");
+    let mut w = Warden::launch(&dir, &config(broker.port, "1m"), broker.port, "");
+    w.wait_ready();
+    let publishers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let port = broker.port;
+            std::thread::spawn(move || {
+                let mut opts = MqttOptions::new(format!("burst-{p}"), "127.0.0.1", port);
+                opts.set_keep_alive(Duration::from_secs(30)).set_inflight(500);
+                let (client, mut connection) = Client::new(opts, 1000);
+                let mine: Vec<u64> = (p..BURST).step_by(4).collect();
+                let expected = mine.len() * REPORTS as usize;
+                let sender = std::thread::spawn(move || {
+                    for seq in 1..=REPORTS {
+                        for &device in &mine {
+                            let topic = format!("devices/burst-{device:05}/telemetry");
+                            client.publish(topic, QoS::AtLeastOnce, false, report(device, seq)).unwrap();
+                        }
+                    }
+                    client
+                });
+                let mut acked = 0;
+                for event in connection.iter() {
+                    if let Ok(Event::Incoming(Packet::PubAck(_))) = event {
+                        acked += 1;
+                        if acked == expected {
+                            break;
+                        }
+                    }
+                    event.expect("publisher connection");
+                }
+                drop(sender.join());
+                acked
+            })
+        })
+        .collect();
+    let acked: usize = publishers.into_iter().map(|p| p.join().unwrap()).sum();
+    assert_eq!(acked as u64, BURST * REPORTS);
+    let known = || {
+        ["compliant", "noncompliant", "unknown"]
+            .iter()
+            .map(|v| w.metric(&format!("warden_devices{{verdict=\"{v}\"}}")))
+            .sum::<f64>()
+    };
+    let accepted = || w.metric("warden_telemetry_messages_total{result=\"accepted\"}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accepted() < (BURST * REPORTS) as f64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(known(), BURST as f64, "every device of the burst is known");
+    assert_eq!(accepted(), (BURST * REPORTS) as f64, "every report applied");
+}

@@ -22,10 +22,11 @@ use crate::compliance::journal;
 use crate::metrics::Metrics;
 use crate::telemetry::ingest::Ack;
 use rumqttc::AsyncClient;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// One batch of the compliance task.
 pub struct Commit {
@@ -81,22 +82,27 @@ pub async fn run(
     durability: Arc<Durability>,
     mut commits: mpsc::Receiver<Commit>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut owed_redelivery = false;
     let mut batch = Vec::new();
     // Segments written since the last sync.
     let mut unsynced: Vec<Arc<std::fs::File>> = Vec::new();
     let mut last_sync = Instant::now();
+    let mut pending: VecDeque<Ack> = VecDeque::new();
     loop {
-        let received = if unsynced.is_empty() {
-            commits.recv_many(&mut batch, QUEUE).await
+        let wait = if !pending.is_empty() {
+            Some(ACK_RETRY)
+        } else if !unsynced.is_empty() {
+            Some(SYNC_EVERY.saturating_sub(last_sync.elapsed()))
         } else {
-            let wait = SYNC_EVERY.saturating_sub(last_sync.elapsed());
-            match tokio::time::timeout(wait, commits.recv_many(&mut batch, QUEUE)).await {
+            None
+        };
+        let received = match wait {
+            None => commits.recv_many(&mut batch, QUEUE).await,
+            Some(wait) => match tokio::time::timeout(wait, commits.recv_many(&mut batch, QUEUE)).await {
                 Ok(n) => n,
-                Err(_) => usize::MAX, // time to sync what is written
-            }
+                Err(_) => usize::MAX, // time to sync, or to retry the acks
+            },
         };
         if received == 0 {
             break;
@@ -147,30 +153,57 @@ pub async fn run(
             let _ = client.try_disconnect();
             continue;
         }
-        let current = connection.load(Ordering::Acquire);
-        for a in acks {
-            if a.connection == current && !send_ack(&client, a, &mut shutdown).await {
-                // The event loop is gone: warden is stopping.
-                return;
-            }
-        }
+        pending.extend(acks);
+        send_acks(&client, &connection, &mut pending);
     }
 }
 
-/// Sends one PUBACK; false once warden is stopping. Then the MQTT event
-/// loop is no longer polled and the ack could wait forever for room in its
-/// queue: what is not acknowledged by then is redelivered on the next start.
-async fn send_ack(client: &AsyncClient, ack: Ack, shutdown: &mut watch::Receiver<bool>) -> bool {
-    let publish = ack.publish();
-    tokio::select! {
-        r = client.ack(&publish) => r.is_ok(),
-        _ = shutdown.wait_for(|stop| *stop) => false,
+/// How soon acks that found rumqttc's request queue full are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(1);
+
+/// Hands the acks to rumqttc's request queue, in order, without waiting:
+/// the queue is drained by the task that polls the MQTT event loop, and
+/// that task may itself be waiting for the compliance task, which may be
+/// waiting for this one. Waiting here deadlocked all three under load (a
+/// full telemetry queue). What does not fit stays in `pending` for the next
+/// round; an ack for an earlier connection is dropped (see [`Ack`]).
+fn send_acks(client: &AsyncClient, connection: &AtomicU64, pending: &mut VecDeque<Ack>) {
+    let current = connection.load(Ordering::Acquire);
+    while let Some(a) = pending.front() {
+        if a.connection == current && client.try_ack(&a.publish()).is_err() {
+            return;
+        }
+        pending.pop_front();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The task that polls the MQTT event loop may be waiting for the
+    /// compliance task, which may be waiting for this one: acks must never
+    /// wait on the event loop. Here it is never polled at all, and commits
+    /// carrying thousands of acks still flow through.
+    #[tokio::test]
+    async fn acks_never_wait_on_the_mqtt_event_loop() {
+        let opts = rumqttc::MqttOptions::new("t", "127.0.0.1", 9);
+        let (client, _eventloop) = AsyncClient::new(opts, 1);
+        let connection = Arc::new(AtomicU64::new(1));
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(client, connection, Arc::default(), rx, Arc::new(Metrics::new())));
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = journal::Writer::create(dir.path(), 0).unwrap();
+        let sent = async {
+            for pkid in 1..=(QUEUE as u16 * 4) {
+                let acks = (0..8).map(|i| Ack { connection: 1, pkid: pkid.wrapping_mul(8).wrapping_add(i) }).collect();
+                tx.send(Commit { records: writer.take(), acks }).await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), sent).await.expect("commits keep flowing");
+        drop(tx);
+        task.await.unwrap();
+    }
 
     #[test]
     fn a_failure_degrades_until_a_snapshot_begun_after_it_is_written() {

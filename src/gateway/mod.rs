@@ -185,14 +185,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     ));
     let (commit_tx, commit_rx) = mpsc::channel(commit::QUEUE);
     let durability = Arc::new(commit::Durability::default());
-    tasks.spawn(commit::run(
-        client.clone(),
-        connection,
-        Arc::clone(&durability),
-        commit_rx,
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    ));
+    tasks.spawn(commit::run(client.clone(), connection, Arc::clone(&durability), commit_rx, Arc::clone(&metrics)));
     tasks.spawn(status::run(
         status_client,
         cfg.mqtt.status_topic.clone(),
