@@ -22,6 +22,7 @@
 use super::device::Device;
 use super::snapshot::Entry;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -203,40 +204,29 @@ pub fn read(dir: &Path) -> std::io::Result<Replayed> {
     Ok(out)
 }
 
-/// The snapshot's entries with the journal's records applied in order: the
-/// last record of a device wins, a forgotten device is gone.
-pub fn merge(mut entries: Vec<Entry>, records: Vec<Record>) -> Vec<Entry> {
-    if records.is_empty() {
-        return entries;
-    }
-    let mut at: std::collections::HashMap<String, usize, foldhash::fast::RandomState> =
-        std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
-    for (i, e) in entries.iter().enumerate() {
-        at.insert(e.id.clone(), i);
-    }
-    let mut gone = vec![false; entries.len()];
+/// What the journal says last about each device it mentions: its entry,
+/// or `None` when it was forgotten. Such a device's snapshot line is stale.
+pub fn latest(records: Vec<Record>) -> HashMap<String, Option<Entry>, foldhash::fast::RandomState> {
+    let mut out: HashMap<String, Option<Entry>, foldhash::fast::RandomState> = HashMap::default();
     for record in records {
         match record {
-            Record::Report(e) => match at.get(&e.id) {
-                Some(&i) => {
-                    entries[i] = *e;
-                    gone[i] = false;
-                }
-                None => {
-                    at.insert(e.id.clone(), entries.len());
-                    entries.push(*e);
-                    gone.push(false);
-                }
-            },
+            Record::Report(e) => {
+                out.insert(e.id.clone(), Some(*e));
+            }
             Record::Forgotten { id } => {
-                if let Some(&i) = at.get(&id) {
-                    gone[i] = true;
-                }
+                out.insert(id, None);
             }
         }
     }
-    let mut keep = gone.into_iter().map(|g| !g);
-    entries.retain(|_| keep.next().unwrap_or(true));
+    out
+}
+
+/// The snapshot's entries with the journal's records applied in order: the
+/// last record of a device wins, a forgotten device is gone.
+pub fn merge(mut entries: Vec<Entry>, records: Vec<Record>) -> Vec<Entry> {
+    let mut latest = latest(records);
+    entries.retain(|e| !latest.contains_key(&e.id));
+    entries.extend(latest.drain().filter_map(|(_, e)| e));
     entries
 }
 

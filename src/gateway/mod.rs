@@ -15,22 +15,22 @@ mod radius_auth;
 mod radius_enforce;
 mod radius_task;
 mod reload;
+mod restore;
 mod status;
 mod timer;
 mod udp_batch;
 mod users_reload;
 mod wireguard_task;
 
-use crate::compliance::{Engine, Table, journal, snapshot};
+use crate::compliance::{Engine, Table};
 use crate::config::{Broker, Loaded};
 use crate::http::{ApiState, Readiness};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
-use crate::telemetry::ingest::{self, wall_now};
+use crate::telemetry::ingest;
 use crate::telemetry::parse::Freshness;
 use anyhow::Context;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 
 /// Verdict changes a slow subscriber may fall behind by before it misses some.
@@ -61,49 +61,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         .with_outage(cfg.policy.outage())
         .with_breaker(cfg.policy.max_restrict_fraction)
         .with_forget_after(cfg.policy.forget_after);
-    let (entries, bad) = snapshot::read(&cfg.node.state_dir).context("reading the compliance snapshot")?;
-    let replayed = journal::read(&cfg.node.state_dir).context("reading the compliance journal")?;
-    let journaled = replayed.records.len();
-    let mut entries = journal::merge(entries, replayed.records);
-    metrics.journal_bad_lines.inc_by(replayed.bad as u64);
-    let journal = journal::Writer::create(&cfg.node.state_dir, replayed.next_segment)
-        .context("starting the compliance journal")?;
-    // Identity owners before the devices whose claims were refused, so the
-    // bindings come back as they were.
-    entries.sort_by_key(|e| e.failing_since.iter().any(|(k, _)| k == crate::compliance::identity::FAILURE_KEY));
-    let (now, wall) = (Instant::now(), wall_now());
-    // Nothing was heard while warden was down (since its last snapshot was
-    // written) and nothing is until the telemetry subscription is up: that
-    // time is an outage, and silence in it holds verdicts instead of
-    // expiring them. A restart after a long stop does not quarantine the fleet.
-    let down_since = snapshot::written_at(&cfg.node.state_dir).max(replayed.written_at).unwrap_or(wall).min(wall);
-    let down_for = Duration::from_millis(u64::try_from(wall - down_since).unwrap_or(0));
-    engine.handle_source(false, now.checked_sub(down_for).unwrap_or(now), down_since);
-    while engine.poll_outage().is_some() {}
-    let mut restored = entries.len();
-    for e in entries {
-        engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
-    }
-    let forgotten = std::iter::from_fn(|| engine.poll_forgotten()).count();
-    restored -= forgotten;
-    if forgotten > 0 {
-        tracing::info!(forgotten, after = %humantime::format_duration(cfg.policy.forget_after), "devices silent for forget_after not restored");
-    }
-    metrics.snapshot_bad_lines.inc_by(bad as u64);
-    metrics.set_devices(engine.counts());
-    if restored > 0 || bad > 0 || replayed.bad > 0 {
-        let [c, n, u] = engine.counts();
-        tracing::info!(
-            restored,
-            journaled,
-            skipped = bad,
-            journal_skipped = replayed.bad,
-            compliant = c,
-            noncompliant = n,
-            unknown = u,
-            "compliance table restored from snapshot"
-        );
-    }
+    let journal = restore::table(&mut engine, &cfg.node.state_dir, cfg.policy.forget_after, &metrics)?;
 
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await

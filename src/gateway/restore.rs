@@ -1,0 +1,92 @@
+//! Restoring the compliance table at start: the snapshot, streamed from a
+//! reader thread, and the journal written since, before any port is bound,
+//! so there is no moment where a known device looks unknown, or an unknown
+//! one compliant.
+
+// A shell: it reads the clock for the engine it fills.
+#![allow(clippy::disallowed_methods)]
+
+use crate::compliance::identity::FAILURE_KEY;
+use crate::compliance::snapshot::Entry;
+use crate::compliance::{Engine, journal, snapshot};
+use crate::metrics::Metrics;
+use crate::telemetry::ingest::wall_now;
+use anyhow::Context;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Fills `engine` from `state_dir` and starts the next journal segment.
+pub fn table(
+    engine: &mut Engine,
+    state_dir: &Path,
+    forget_after: Duration,
+    metrics: &Metrics,
+) -> anyhow::Result<journal::Writer> {
+    let started = Instant::now();
+    let replayed = journal::read(state_dir).context("reading the compliance journal")?;
+    let journaled = replayed.records.len();
+    metrics.journal_bad_lines.inc_by(replayed.bad as u64);
+    let (now, wall) = (Instant::now(), wall_now());
+    // Nothing was heard while warden was down (since it last wrote its
+    // state) and nothing is until the telemetry subscription is up: that
+    // time is an outage, and silence in it holds verdicts instead of
+    // expiring them. A restart after a long stop does not quarantine the fleet.
+    let down_since = snapshot::written_at(state_dir).max(replayed.written_at).unwrap_or(wall).min(wall);
+    let down_for = Duration::from_millis(u64::try_from(wall - down_since).unwrap_or(0));
+    engine.handle_source(false, now.checked_sub(down_for).unwrap_or(now), down_since);
+    while engine.poll_outage().is_some() {}
+
+    // The journal's last word on a device replaces its snapshot line.
+    let mut latest = journal::latest(replayed.records);
+    // Identity owners before the devices whose claims were refused, so the
+    // bindings come back as they were: those wait until the end.
+    let mut refused: Vec<Entry> = Vec::new();
+    let mut restored = 0usize;
+    let mut put = |engine: &mut Engine, e: Entry| {
+        if e.failing_since.iter().any(|(k, _)| k == FAILURE_KEY) {
+            refused.push(e);
+        } else {
+            engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
+            restored += 1;
+        }
+    };
+    let bad = snapshot::stream(state_dir, |chunk| {
+        for e in chunk {
+            if !latest.contains_key(&e.id) {
+                put(engine, e);
+            }
+        }
+    })
+    .context("reading the compliance snapshot")?;
+    for (_, e) in latest.drain() {
+        if let Some(e) = e {
+            put(engine, e);
+        }
+    }
+    for e in std::mem::take(&mut refused) {
+        engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
+        restored += 1;
+    }
+    let forgotten = std::iter::from_fn(|| engine.poll_forgotten()).count();
+    restored -= forgotten;
+    if forgotten > 0 {
+        tracing::info!(forgotten, after = %humantime::format_duration(forget_after), "devices silent for forget_after not restored");
+    }
+    metrics.snapshot_bad_lines.inc_by(bad as u64);
+    metrics.set_devices(engine.counts());
+    if restored > 0 || bad > 0 || replayed.bad > 0 {
+        let [c, n, u] = engine.counts();
+        tracing::info!(
+            restored,
+            journaled,
+            skipped = bad,
+            journal_skipped = replayed.bad,
+            compliant = c,
+            noncompliant = n,
+            unknown = u,
+            took_ms = started.elapsed().as_millis() as u64,
+            "compliance table restored from snapshot"
+        );
+    }
+    journal::Writer::create(state_dir, replayed.next_segment).context("starting the compliance journal")
+}
