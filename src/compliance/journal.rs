@@ -23,7 +23,7 @@ use super::device::Device;
 use super::snapshot::Entry;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -176,30 +176,15 @@ pub fn read(dir: &Path) -> std::io::Result<Replayed> {
     for (n, path) in segments(dir)? {
         out.next_segment = n + 1;
         let file = std::fs::File::open(path)?;
-        out.written_at = file
-            .metadata()?
-            .modified()
-            .ok()
-            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
-            .max(out.written_at);
-        let mut reader = std::io::BufReader::new(file);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
-            let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            if text.is_empty() {
-                continue;
-            }
+        out.written_at = super::snapshot::modified(&file.metadata()?).max(out.written_at);
+        super::snapshot::lines(file, |text| {
             match serde_json::from_slice::<Record>(text) {
                 Ok(Record::Report(e)) if !crate::telemetry::parse::valid_device_id(&e.id) => out.bad += 1,
                 Ok(r) => out.records.push(r),
                 Err(_) => out.bad += 1,
             }
-        }
+            true
+        })?;
     }
     Ok(out)
 }

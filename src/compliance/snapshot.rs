@@ -39,9 +39,7 @@ impl Entry {
 
 /// When the snapshot in `dir` was last written (Unix ms), if there is one.
 pub fn written_at(dir: &Path) -> Option<UnixMillis> {
-    let modified = std::fs::metadata(dir.join(FILE)).ok()?.modified().ok()?;
-    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
-    i64::try_from(since.as_millis()).ok()
+    modified(&std::fs::metadata(dir.join(FILE)).ok()?)
 }
 
 /// Writes every device of `table` to `dir/FILE`. Returns the device count.
@@ -110,31 +108,46 @@ pub fn stream(dir: &Path, mut f: impl FnMut(Vec<Entry>)) -> std::io::Result<usiz
 fn parse(file: std::fs::File, mut send: impl FnMut(Vec<Entry>) -> bool) -> std::io::Result<usize> {
     let mut entries = Vec::with_capacity(CHUNK);
     let mut bad = 0;
-    // Lines as bytes: a damaged line (a flipped byte, invalid UTF-8, a torn
-    // end) is skipped and counted like any other, never fatal.
-    let mut reader = std::io::BufReader::new(file);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        if text.is_empty() {
-            continue;
-        }
+    let mut open = true;
+    lines(file, |text| {
         match serde_json::from_slice::<Entry>(text) {
             Ok(e) if crate::telemetry::parse::valid_device_id(&e.id) => entries.push(e),
             _ => bad += 1,
         }
-        if entries.len() == CHUNK && !send(std::mem::replace(&mut entries, Vec::with_capacity(CHUNK))) {
-            return Ok(bad);
+        if entries.len() == CHUNK {
+            open = send(std::mem::replace(&mut entries, Vec::with_capacity(CHUNK)));
         }
-    }
-    if !entries.is_empty() {
+        open
+    })?;
+    if open && !entries.is_empty() {
         send(entries);
     }
     Ok(bad)
+}
+
+/// Calls `f` on each non-empty line of `file` (without its newline) until
+/// it returns false. Lines as bytes: a damaged line (a flipped byte,
+/// invalid UTF-8, a torn end) reaches `f` like any other, for it to skip
+/// and count; damage is never fatal.
+pub(crate) fn lines(file: std::fs::File, mut f: impl FnMut(&[u8]) -> bool) -> std::io::Result<()> {
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !text.is_empty() && !f(text) {
+            return Ok(());
+        }
+    }
+}
+
+/// A file's modification time (Unix ms).
+pub(crate) fn modified(meta: &std::fs::Metadata) -> Option<UnixMillis> {
+    let since = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
 }
 
 #[cfg(test)]
