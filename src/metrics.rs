@@ -31,6 +31,7 @@ pub struct Metrics {
     pub mqtt_disconnects: IntCounter,
     pub status_published: IntCounter,
     pub status_dropped: IntCounter,
+    pub status_coalesced: IntCounter,
     pub snapshot_devices: IntGauge,
     pub snapshot_failures: IntCounter,
     pub snapshot_bad_lines: IntCounter,
@@ -379,6 +380,7 @@ impl Metrics {
             mqtt_disconnects: mqtt_connects.with_label_values(&["lost"]),
             status_published: status.with_label_values(&["published"]),
             status_dropped: status.with_label_values(&["dropped"]),
+            status_coalesced: status.with_label_values(&["coalesced"]),
             snapshot_devices: gauge("warden_snapshot_devices", "Devices in the last snapshot written"),
             snapshot_failures: counter("warden_snapshot_failures_total", "Snapshots that could not be written"),
             snapshot_bad_lines: counter(

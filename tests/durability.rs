@@ -296,3 +296,81 @@ fn a_burst_of_30000_new_devices_through_mosquitto_is_all_known() {
     assert_eq!(known(), BURST as f64, "every device of the burst is known");
     assert_eq!(accepted(), (BURST * REPORTS) as f64, "every report applied");
 }
+
+/// The retained status messages lose no final state: 2,000 devices flip
+/// compliant → noncompliant → compliant → noncompliant (odd ones stop one
+/// step earlier) as fast as the publisher can send, through mosquitto; a
+/// consumer subscribing afterwards finds every device's retained verdict
+/// equal to the one warden's API gives.
+#[test]
+fn the_status_topic_converges_on_every_final_verdict() {
+    const FLEET: u64 = 2_000;
+    require("mosquitto_sub", "mosquitto-clients");
+    let dir = Warden::workdir();
+    let broker = Mosquitto::start_with(&dir, free_port(), MOSQUITTO_QUEUES, "allow_anonymous true\n");
+    let mut w = Warden::launch(&dir, &config(broker.port, "1m"), broker.port, "");
+    w.wait_ready();
+    let mut opts = MqttOptions::new("status-flipper", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(30)).set_inflight(500);
+    let (client, mut connection) = Client::new(opts, 1000);
+    let steps = |device: u64| if device.is_multiple_of(2) { 4 } else { 3 };
+    let total: u64 = (0..FLEET).map(steps).sum();
+    let sender = std::thread::spawn(move || {
+        for seq in 1..=4u64 {
+            for device in (0..FLEET).filter(|d| steps(*d) >= seq) {
+                let payload = pos_report(
+                    seq,
+                    json!({
+                        "rooted": seq % 2 == 0,
+                        "mac_addresses": [format!("02:00:00:01:{:02x}:{:02x}", device >> 8, device & 0xff)],
+                        "cert_identity": format!("flip-{device:04}"),
+                    }),
+                );
+                client
+                    .publish(format!("devices/flip-{device:04}/telemetry"), QoS::AtLeastOnce, false, payload)
+                    .unwrap();
+            }
+        }
+        client
+    });
+    let mut acked = 0;
+    for event in connection.iter() {
+        if let Ok(Event::Incoming(Packet::PubAck(_))) = event {
+            acked += 1;
+            if acked == total {
+                break;
+            }
+        }
+        event.expect("publisher connection");
+    }
+    drop(sender.join());
+    wait_for("every report applied", Duration::from_secs(60), || {
+        (w.metric("warden_telemetry_messages_total{result=\"accepted\"}") >= total as f64).then_some(())
+    });
+    // Give the status publisher a moment to drain what is pending.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "warden/compliance/+", "-v"])
+        .args(["-C", &FLEET.to_string(), "-W", "20"])
+        .output()
+        .expect("run mosquitto_sub");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut retained: HashMap<String, String> = HashMap::new();
+    for line in text.lines() {
+        let (topic, body) = line.split_once(' ').expect("topic and payload");
+        let v: serde_json::Value = serde_json::from_str(body).expect("status JSON");
+        retained.insert(topic.to_string(), v["verdict"].as_str().unwrap().to_string());
+    }
+    assert_eq!(retained.len() as u64, FLEET, "a retained status for every device");
+    let mut wrong = Vec::new();
+    for device in 0..FLEET {
+        let id = format!("flip-{device:04}");
+        let want = if steps(device).is_multiple_of(2) { "noncompliant" } else { "compliant" };
+        let api = w.device(&id).unwrap()["verdict"].as_str().unwrap().to_string();
+        assert_eq!(api, want, "{id} in the API");
+        if retained[&format!("warden/compliance/{id}")] != want {
+            wrong.push(id);
+        }
+    }
+    assert!(wrong.is_empty(), "{} retained verdicts are stale, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+}

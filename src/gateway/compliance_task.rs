@@ -49,6 +49,8 @@ pub struct ComplianceTask {
     pub snapshot_every: Duration,
     /// Where accepted reports are appended.
     pub journal: journal::Writer,
+    /// Verdict changes for the status topic, coalesced per device.
+    pub status: Arc<super::status::Pending>,
     /// Batches to make durable and acknowledge, in order.
     pub commits: mpsc::Sender<Commit>,
     pub durability: Arc<Durability>,
@@ -201,8 +203,12 @@ impl ComplianceTask {
                 tracing::info!(device = %change.device, from = change.old.label(), to = change.new.label(), cause = change.cause.label(), ?failed, quarantine = change.enforce.quarantine, "verdict changed");
             }
             let at = change.at;
+            let change = Arc::new(change);
+            if self.status.offer(Arc::clone(&change)) {
+                self.metrics.status_coalesced.inc();
+            }
             // No subscriber is not an error: the planes may not be configured.
-            let _ = self.changes.send(Arc::new(change));
+            let _ = self.changes.send(change);
             self.metrics.verdict_seconds.observe(at.elapsed().as_secs_f64());
         }
         if any {

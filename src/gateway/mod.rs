@@ -144,11 +144,20 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let (commit_tx, commit_rx) = mpsc::channel(commit::QUEUE);
     let durability = Arc::new(commit::Durability::default());
     tasks.spawn(commit::run(client.clone(), connection, Arc::clone(&durability), commit_rx, Arc::clone(&metrics)));
+    let status_pending = Arc::new(status::Pending::default());
+    // QoS 1 through an external broker; see status::run for the embedded one.
+    let status_qos = if *cfg.mqtt.broker.get_ref() == Broker::Embedded {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    };
     tasks.spawn(status::run(
         status_client,
         cfg.mqtt.status_topic.clone(),
-        changes_tx.subscribe(),
+        Arc::clone(&status_pending),
+        status_qos,
         Arc::clone(&metrics),
+        shutdown.clone(),
     ));
     tasks.spawn(
         compliance_task::ComplianceTask {
@@ -170,6 +179,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             state_dir: cfg.node.state_dir.clone(),
             snapshot_every: cfg.node.snapshot_every,
             journal,
+            status: status_pending,
             commits: commit_tx,
             durability,
             outage_grace: cfg.policy.outage_grace,

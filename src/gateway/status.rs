@@ -1,54 +1,125 @@
 //! Retained verdict messages on `status_topic`, for other consumers (another
-//! warden, a SIEM bridge, the device's own agent).
+//! warden, an IdP bridge, a SIEM, the device's own agent).
+//!
+//! Coalesced per device: the compliance task leaves each change in
+//! [`Pending`] (a newer change for the same device replaces the older), and
+//! this task publishes whatever is pending whenever it can. A slow broker
+//! thus skips intermediate states and never the latest one, and nothing
+//! grows past one entry per device. Through an external broker the messages
+//! go at QoS 1, so a consumer always converges on the current verdict.
 
 use crate::compliance::Change;
 use crate::metrics::Metrics;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
-use std::sync::Arc;
-use tokio::sync::broadcast;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::{Notify, watch};
 
+/// The latest unpublished change of each device.
+#[derive(Default)]
+pub struct Pending {
+    changes: Mutex<HashMap<Arc<str>, Arc<Change>, foldhash::fast::RandomState>>,
+    wake: Notify,
+}
+
+impl Pending {
+    /// Leaves `change` for publication; returns true when it replaced an
+    /// unpublished change of the same device.
+    pub fn offer(&self, change: Arc<Change>) -> bool {
+        let replaced = self
+            .changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Arc::clone(&change.device), change)
+            .is_some();
+        self.wake.notify_one();
+        replaced
+    }
+
+    fn take(&self) -> HashMap<Arc<str>, Arc<Change>, foldhash::fast::RandomState> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The retained message for `change`.
+fn payload(change: &Change) -> String {
+    let failed: Vec<_> = change
+        .failures
+        .iter()
+        .map(|f| json!({"policy": f.policy.name, "rule": f.rule().id, "observed": &*f.observed, "expected": f.rule().check.expected()}))
+        .collect();
+    json!({
+        "device_id": &*change.device,
+        "verdict": change.new,
+        "previous": change.old,
+        "cause": change.cause.label(),
+        "failed_rules": failed,
+        "enforce": change.enforce,
+        "at": crate::telemetry::report::format_rfc3339(change.wall),
+    })
+    .to_string()
+}
+
+/// Publishes what is pending until `shutdown`. `qos` is QoS 1 for an
+/// external broker; QoS 0 for the embedded one, whose retained state lives
+/// and dies in this process anyway, and whose lack of TCP_NODELAY makes a
+/// QoS 1 round trip wait ~44 ms on Nagle + delayed ACK (bench/RESULTS.md).
 pub async fn run(
     client: AsyncClient,
     template: String,
-    mut changes: broadcast::Receiver<Arc<Change>>,
+    pending: Arc<Pending>,
+    qos: QoS,
     metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let change = match changes.recv().await {
-            Ok(c) => c,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                metrics.events_lagged.inc_by(n);
-                metrics.status_dropped.inc_by(n);
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let topic = template.replace("{device_id}", &change.device);
-        let failed: Vec<_> = change
-            .failures
-            .iter()
-            .map(|f| json!({"policy": f.policy.name, "rule": f.rule().id, "observed": &*f.observed, "expected": f.rule().check.expected()}))
-            .collect();
-        let payload = json!({
-            "device_id": &*change.device,
-            "verdict": change.new,
-            "previous": change.old,
-            "cause": change.cause.label(),
-            "failed_rules": failed,
-            "enforce": change.enforce,
-            "at": crate::telemetry::report::format_rfc3339(change.wall),
-        });
-        // try_publish never waits: a full request queue drops the status
-        // message (counted) rather than stalling verdict delivery. QoS 0:
-        // the message is retained and the latest one wins, so a lost one is
-        // superseded by the next change (the API is the authority); and a
-        // QoS 1 publish through the embedded rumqttd stalls ~44 ms on Nagle +
-        // delayed ACK (it sets no TCP_NODELAY), against 0.4 ms at QoS 0
-        // (bench/RESULTS.md).
-        match client.try_publish(topic, QoS::AtMostOnce, true, payload.to_string()) {
-            Ok(()) => metrics.status_published.inc(),
-            Err(_) => metrics.status_dropped.inc(),
+        tokio::select! {
+            _ = pending.wake.notified() => {}
+            _ = shutdown.changed() => return,
         }
+        for (device, change) in pending.take() {
+            let topic = template.replace("{device_id}", &device);
+            // Waits for room in the client's queue: meanwhile newer changes
+            // coalesce in `pending` instead of being dropped.
+            let sent = tokio::select! {
+                r = client.publish(topic, qos, true, payload(&change)) => r,
+                _ = shutdown.changed() => return,
+            };
+            match sent {
+                Ok(()) => metrics.status_published.inc(),
+                Err(_) => metrics.status_dropped.inc(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn a_newer_change_replaces_the_unpublished_one() {
+        use crate::compliance::{Cause, Enforce, Verdict};
+        let pending = Pending::default();
+        let change = |new| {
+            Arc::new(Change {
+                device: "pos-1".into(),
+                old: Verdict::Compliant,
+                new,
+                failures: Vec::new(),
+                enforce: Enforce::default(),
+                cause: Cause::Telemetry,
+                at: std::time::Instant::now(),
+                wall: 1,
+            })
+        };
+        assert!(!pending.offer(change(Verdict::Noncompliant)));
+        assert!(pending.offer(change(Verdict::Compliant)));
+        let taken = pending.take();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken["pos-1"].new, Verdict::Compliant, "the latest wins");
+        assert!(pending.take().is_empty());
     }
 }
