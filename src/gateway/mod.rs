@@ -300,7 +300,11 @@ async fn radius_plane(
     let coa_socket = tokio::net::UdpSocket::bind(coa_bind).await.context("binding the CoA socket")?;
     let state_dir = &loaded.config.node.state_dir;
     let mut sessions = crate::radius::sessions::Sessions::default();
-    let replayed = crate::radius::journal::replay(state_dir, &mut sessions);
+    // Replayed, then rewritten with only the live sessions, so the journal
+    // does not grow without end across restarts.
+    let (replayed, kept) = crate::radius::journal::replay_and_compact(state_dir, &mut sessions)
+        .context("compacting the accounting journal")?;
+    tracing::debug!(kept, "accounting journal compacted");
     if replayed.skipped > 0 {
         tracing::warn!(skipped = replayed.skipped, "unreadable accounting journal lines skipped");
     }

@@ -12,6 +12,7 @@ use super::server::{AccountingRequest, DecisionId};
 use super::sessions::{Applied, Key, Sessions};
 use crate::compliance::Access;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -247,15 +248,58 @@ fn ends_torn(file: &mut std::fs::File) -> std::io::Result<bool> {
 /// Rebuilds `sessions` from the journal in `state_dir`. Unreadable lines
 /// (bad UTF-8 included) are skipped and counted, never fatal.
 pub fn replay(state_dir: &Path, sessions: &mut Sessions) -> Replayed {
+    replay_collecting(state_dir, sessions).0
+}
+
+/// [`replay`], also keeping each session's last accounting record.
+fn replay_collecting(state_dir: &Path, sessions: &mut Sessions) -> (Replayed, HashMap<Key, Record>, usize) {
     let mut out = Replayed::default();
-    let Ok(bytes) = std::fs::read(state_dir.join(FILE)) else { return out };
+    let mut last: HashMap<Key, Record> = HashMap::new();
+    let Ok(bytes) = std::fs::read(state_dir.join(FILE)) else { return (out, last, 0) };
+    let mut lines = 0;
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        lines += 1;
         match serde_json::from_slice::<Record>(line) {
-            Ok(r) => out.applied += usize::from(r.replay(sessions)),
+            Ok(r) => {
+                out.applied += usize::from(r.replay(sessions));
+                if r.record == Kind::Accounting
+                    && let Some(sid) = &r.session_id
+                {
+                    last.insert((r.nas, sid.clone()), r);
+                }
+            }
             Err(_) => out.skipped += 1,
         }
     }
-    out
+    (out, last, lines)
+}
+
+/// [`replay`], then rewrites the journal with one line per live session
+/// (its last accounting record, with the access it has now): sessions that
+/// ended, and every superseded record, are dropped. Written to a temporary
+/// file, synced and renamed over the journal, so a crash at any point
+/// leaves either journal whole. Returns the replay and the lines kept.
+pub fn replay_and_compact(state_dir: &Path, sessions: &mut Sessions) -> std::io::Result<(Replayed, usize)> {
+    let (replayed, mut last, lines) = replay_collecting(state_dir, sessions);
+    let mut out = Vec::new();
+    let mut kept = 0;
+    for (key, session) in sessions.after(None) {
+        let Some(mut record) = last.remove(key) else { continue };
+        record.access = Some(session.applied);
+        serde_json::to_writer(&mut out, &record).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        kept += 1;
+    }
+    if kept == lines {
+        return Ok((replayed, kept)); // nothing to drop
+    }
+    let tmp = state_dir.join(format!("{FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&out)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, state_dir.join(FILE))?;
+    std::fs::File::open(state_dir)?.sync_all()?;
+    Ok((replayed, kept))
 }
 
 #[cfg(test)]
@@ -293,6 +337,36 @@ mod tests {
         assert_eq!(replay(dir.path(), &mut s), Replayed { applied: 4, skipped: 0 });
         assert_eq!(s.len(), 1);
         assert_eq!(s.get(&k1).unwrap().applied, Access::Full, "the CoA's access, not the admission's");
+    }
+
+    #[test]
+    fn compaction_keeps_one_line_per_live_session_with_its_access_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        let k1: Key = ("127.0.0.2".parse().unwrap(), "s1".into());
+        let k2: Key = ("127.0.0.2".parse().unwrap(), "s2".into());
+        j.append(&start("s1", Access::Full)).unwrap();
+        j.append(&start("s2", Access::Full)).unwrap();
+        j.append(&start("s1", Access::Full)).unwrap();
+        j.append(&Record::applied(&k1, Access::Quarantine, "t".into())).unwrap();
+        j.append(&Record::ended(&k2, "t".into())).unwrap();
+        drop(j);
+        let mut before = Sessions::default();
+        let (_, kept) = replay_and_compact(dir.path(), &mut before).unwrap();
+        assert_eq!(kept, 1);
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let mut after = Sessions::default();
+        assert_eq!(replay(dir.path(), &mut after), Replayed { applied: 1, skipped: 0 });
+        assert_eq!(after.len(), 1);
+        assert_eq!(after.get(&k1).unwrap().applied, Access::Quarantine, "the access it has now");
+        assert!(after.get(&k2).is_none(), "an ended session is dropped");
+        // Appending after compaction goes on as before.
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.append(&start("s3", Access::Full)).unwrap();
+        let mut again = Sessions::default();
+        replay(dir.path(), &mut again);
+        assert_eq!(again.len(), 2);
     }
 
     #[test]
