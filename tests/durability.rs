@@ -374,3 +374,86 @@ fn the_status_topic_converges_on_every_final_verdict() {
     }
     assert!(wrong.is_empty(), "{} retained verdicts are stale, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
 }
+
+/// Damaged state files: a byte turned invalid UTF-8 in the snapshot, a
+/// flipped byte and a torn last record in the journal. warden starts,
+/// restores every good record, counts and logs what it dropped, and a device
+/// whose record was lost is unknown (never compliant).
+#[test]
+fn damaged_state_files_cost_only_the_damaged_records() {
+    let dir = Warden::workdir();
+    let setup = Setup::embedded();
+    let config = format!(
+        "[node]\nname = \"test\"\nstate_dir = \"state\"\nsnapshot_every = \"1h\"\n\
+         [mqtt]\nbroker = \"embedded\"\nlisten = \"127.0.0.1:{}\"\n\
+         [policy]\ndir = \"policies\"\nstale_after = \"15m\"\n",
+        setup.mqtt
+    );
+    let send = |w: &Warden, device: u64, rooted: bool| {
+        publish(
+            w.mqtt,
+            &format!("devices/crash-{device:04}/telemetry"),
+            &pos_report(
+                1,
+                json!({
+                    "rooted": rooted,
+                    "mac_addresses": [format!("02:00:00:02:00:{device:02x}")],
+                    "cert_identity": format!("crash-{device:04}"),
+                }),
+            ),
+        );
+    };
+    // Devices 1 and 2 end up in the snapshot (a graceful stop writes it)...
+    let mut w = Warden::launch(&dir, &config, setup.mqtt, "");
+    w.wait_ready();
+    send(&w, 1, false);
+    send(&w, 2, true);
+    w.wait_verdict("crash-0002", "noncompliant");
+    w.wait_verdict("crash-0001", "compliant");
+    w.stop();
+    // ...devices 3 to 5 only in the journal (killed, no snapshot since).
+    let mut w = Warden::launch(&dir, &config, setup.mqtt, "");
+    w.wait_ready();
+    send(&w, 3, true);
+    send(&w, 4, false);
+    send(&w, 5, false);
+    w.wait_verdict("crash-0003", "noncompliant");
+    w.wait_verdict("crash-0004", "compliant");
+    w.wait_verdict("crash-0005", "compliant");
+    w.kill();
+
+    let state = dir.join("state");
+    let damage = |path: &std::path::Path, device: &str, f: &dyn Fn(&mut Vec<u8>)| {
+        let text = std::fs::read(path).unwrap();
+        let mut out = Vec::new();
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            let mut line = line.to_vec();
+            if String::from_utf8_lossy(&line).contains(&format!("\"id\":\"{device}\"")) {
+                f(&mut line);
+            }
+            out.extend(line);
+        }
+        std::fs::write(path, out).unwrap();
+    };
+    damage(&state.join("compliance.jsonl"), "crash-0001", &|l| l[20] = 0xff);
+    let segment = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("journal-"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a journal segment");
+    damage(&segment, "crash-0004", &|l| l[9] ^= 0x20);
+    damage(&segment, "crash-0005", &|l| l.truncate(l.len() / 2));
+
+    let w = Warden::launch(&dir, &config, setup.mqtt, "");
+    let d2 = wait_for("the restarted warden", Duration::from_secs(20), || w.device("crash-0002"));
+    assert_eq!(d2["verdict"], "noncompliant", "{d2}");
+    assert_eq!(w.device("crash-0003").unwrap()["verdict"], "noncompliant");
+    for lost in ["crash-0001", "crash-0004", "crash-0005"] {
+        assert!(w.device(lost).is_none(), "{lost}: a damaged record vouches for nothing");
+    }
+    assert_eq!(w.metric("warden_snapshot_bad_lines_total"), 1.0);
+    assert_eq!(w.metric("warden_journal_bad_lines_total"), 2.0);
+    let log = w.log_text();
+    assert!(log.contains("compliance table restored"), "{log}");
+}
