@@ -158,7 +158,7 @@ impl ComplianceTask {
         if let Ok(id) = result
             && let Some(device) = self.engine.table().get(id)
         {
-            self.journal.report(&device);
+            self.journal.report_as_received(&device, &msg.payload);
         }
         self.metrics.telemetry(result.as_ref().map(|_| ()));
         if let Err(refusal) = result
