@@ -72,7 +72,7 @@ pub fn check(file: Option<&Path>) -> ExitCode {
 
 /// `warden policy test`: every case in DIR/tests against DIR's policies.
 pub fn policy_test(dir: &Path) -> ExitCode {
-    let outcomes = match crate::policy::cases::run_dir(dir, crate::telemetry::ingest::wall_now()) {
+    let outcomes = match crate::policy::cases::run_dir(dir, crate::gateway::mqtt::wall_now()) {
         Ok(o) => o,
         Err(errors) => {
             for e in &errors {

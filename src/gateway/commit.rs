@@ -19,8 +19,8 @@
 #![allow(clippy::disallowed_methods)]
 
 use crate::compliance::journal;
+use crate::gateway::mqtt::Ack;
 use crate::metrics::Metrics;
-use crate::telemetry::ingest::Ack;
 use rumqttc::AsyncClient;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ impl Durability {
 pub const QUEUE: usize = 256;
 
 /// With no acknowledgement waiting on it (QoS 0, or the embedded broker,
-/// whose device acks do not wait for warden: see `ingest::options`), the
+/// whose device acks do not wait for warden: see `mqtt::options`), the
 /// journal is still synced this often (a `kill -9` keeps written records;
 /// power loss needs the sync).
 const SYNC_EVERY: Duration = Duration::from_millis(100);

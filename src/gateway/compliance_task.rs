@@ -5,9 +5,9 @@
 
 use super::commit::{Commit, Durability};
 use crate::compliance::{Change, Engine, Held, journal, snapshot};
+use crate::gateway::mqtt::{Inbound, wall_now};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
-use crate::telemetry::ingest::{Inbound, wall_now};
 use crate::telemetry::parse::Freshness;
 use crate::telemetry::{TopicPattern, parse_payload};
 use std::path::PathBuf;
@@ -145,7 +145,7 @@ impl ComplianceTask {
         }
     }
 
-    fn ingest(&mut self, msg: Inbound, log: &mut LogLimiter, acks: &mut Vec<crate::telemetry::ingest::Ack>) {
+    fn ingest(&mut self, msg: Inbound, log: &mut LogLimiter, acks: &mut Vec<crate::gateway::mqtt::Ack>) {
         acks.extend(msg.ack);
         let result = self
             .pattern
@@ -277,7 +277,7 @@ impl ComplianceTask {
 
     /// Hands this batch's journal records, with the acknowledgements the
     /// batch owes, to the commit task.
-    async fn commit(&mut self, acks: &mut Vec<crate::telemetry::ingest::Ack>) {
+    async fn commit(&mut self, acks: &mut Vec<crate::gateway::mqtt::Ack>) {
         let records = self.journal.take();
         if acks.is_empty() && records.bytes.is_empty() {
             return;

@@ -11,6 +11,7 @@ mod compliance_task;
 pub use compliance_task::Confirm;
 mod current;
 mod eap_pool;
+pub(crate) mod mqtt;
 mod radius_auth;
 mod radius_enforce;
 mod radius_task;
@@ -27,7 +28,6 @@ use crate::config::{Broker, Loaded};
 use crate::http::{ApiState, Readiness};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
-use crate::telemetry::ingest;
 use crate::telemetry::parse::Freshness;
 use anyhow::Context;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     })?;
     metrics.policy_rules.set(policies.rule_count() as i64);
     tracing::info!(dir = %cfg.policy.dir.display(), policies = policies.policies.len(), rules = policies.rule_count(), "policies loaded");
-    let mqtt_options = ingest::options(&cfg.mqtt, &loaded.secrets, &cfg.node.name)?;
+    let mqtt_options = mqtt::options(&cfg.mqtt, &loaded.secrets, &cfg.node.name)?;
     std::fs::create_dir_all(&cfg.node.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.node.state_dir.display()))?;
 
@@ -93,7 +93,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // connection now writes nothing but acks.
     let mut status_options = mqtt_options.clone();
     status_options.set_client_id(format!("{}-status", mqtt_options.client_id())).set_clean_session(true);
-    let (status_client, status_eventloop) = ingest::connect(status_options);
+    let (status_client, status_eventloop) = mqtt::connect(status_options);
     let wireguard = match &loaded.wireguard {
         Some(checked) => Some(
             wireguard_task::WireGuardTask::new(
@@ -126,11 +126,11 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     });
     let mut tasks = tokio::task::JoinSet::new();
 
-    tasks.spawn(ingest::run_publisher(status_client.clone(), status_eventloop, shutdown.clone()));
-    let (client, eventloop) = ingest::connect(mqtt_options);
+    tasks.spawn(mqtt::run_publisher(status_client.clone(), status_eventloop, shutdown.clone()));
+    let (client, eventloop) = mqtt::connect(mqtt_options);
     let filter = cfg.mqtt.telemetry_topic.filter();
     let connection = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    tasks.spawn(ingest::run(
+    tasks.spawn(mqtt::run(
         client.clone(),
         eventloop,
         filter,

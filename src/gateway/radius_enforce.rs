@@ -244,7 +244,7 @@ impl Enforcer {
                 cause: HeldCause::Reconciliation,
                 restricting: narrowing,
                 live: total,
-                since: crate::telemetry::ingest::wall_now(),
+                since: crate::gateway::mqtt::wall_now(),
             };
             tracing::warn!(
                 change = held.id,
@@ -376,11 +376,11 @@ impl Enforcer {
 }
 
 fn now_rfc3339() -> String {
-    crate::telemetry::report::format_rfc3339(crate::telemetry::ingest::wall_now())
+    crate::telemetry::report::format_rfc3339(crate::gateway::mqtt::wall_now())
 }
 
 fn unix_now() -> u32 {
-    u32::try_from(crate::telemetry::ingest::wall_now() / 1000).unwrap_or(0)
+    u32::try_from(crate::gateway::mqtt::wall_now() / 1000).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 use crate::compliance::identity::FAILURE_KEY;
 use crate::compliance::snapshot::Entry;
 use crate::compliance::{Engine, journal, snapshot};
+use crate::gateway::mqtt::wall_now;
 use crate::metrics::Metrics;
-use crate::telemetry::ingest::wall_now;
 use anyhow::Context;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,9 +1,8 @@
 //! Device telemetry: what an MDM agent publishes, and how warden reads it.
 //!
 //! [`parse`] is the sans-IO part (topic + payload bytes in, a [`Report`] or a
-//! counted [`Refusal`] out); [`ingest`] is the MQTT shell that feeds it.
+//! counted [`Refusal`] out); the MQTT shell that feeds it is `gateway::mqtt`.
 
-pub mod ingest;
 pub mod parse;
 pub mod report;
 

@@ -10,9 +10,9 @@
 // A shell: it reads the clock and randomness for the cores it drives.
 #![allow(clippy::disallowed_methods)]
 
-use super::UnixMillis;
 use crate::config::{Broker, Mqtt, Secrets};
 use crate::metrics::Metrics;
+use crate::telemetry::UnixMillis;
 use anyhow::Context;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
 use std::sync::Arc;
