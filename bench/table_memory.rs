@@ -100,7 +100,7 @@ fn journal_cost(engine: &Engine, dir: &std::path::Path, n: u32) {
         writer.report_as_received(d, &payloads[i % payloads.len()]);
         build += t.elapsed();
         i += 1;
-        if i % 1024 == 0 || i == n as usize {
+        if i.is_multiple_of(1024) || i == n as usize {
             let batch = writer.take();
             bytes += batch.bytes.len() as u64;
             let t = Instant::now();
