@@ -43,7 +43,8 @@ pub enum Record {
 /// Collects records for the current segment. Serializing happens here, on
 /// the compliance task; writing and syncing happen on the commit task's
 /// blocking thread ([`Writer::take`] hands the bytes over), so a disk busy
-/// with writeback never stalls the task that applies telemetry.
+/// with writeback stalls the task that applies telemetry only once 256
+/// batches wait for it (`gateway::commit::QUEUE`): backpressure, not loss.
 pub struct Writer {
     dir: PathBuf,
     segment: u64,

@@ -293,13 +293,15 @@ impl ComplianceTask {
         if busy.swap(true, Ordering::AcqRel) {
             return false;
         }
-        let mark = self.durability.mark();
         let covers = match self.journal.rotate() {
             Ok((rest, previous)) => {
-                if !rest.bytes.is_empty() {
-                    // In order with the commits before it; the snapshot
-                    // about to be written holds these records anyway.
-                    let _ = self.commits.try_send(Commit { records: rest, acks: Vec::new() });
+                // Empty in practice (every batch hands its records over as
+                // it ends); if not, in order with the commits before it. A
+                // full queue drops them: the snapshot about to be written
+                // holds them, and until it is, nothing is acknowledged.
+                if !rest.bytes.is_empty() && self.commits.try_send(Commit { records: rest, acks: Vec::new() }).is_err()
+                {
+                    self.durability.failed();
                 }
                 Some(previous)
             }
@@ -311,6 +313,9 @@ impl ComplianceTask {
                 None
             }
         };
+        // Taken after the rotation: the snapshot reads the table after this,
+        // so it covers every failure counted so far, those just above too.
+        let mark = self.durability.mark();
         let (table, dir, metrics, busy, durability) = (
             self.engine.table().clone(),
             self.state_dir.clone(),

@@ -302,9 +302,11 @@ async fn radius_plane(
     let mut sessions = crate::radius::sessions::Sessions::default();
     // Replayed, then rewritten with only the live sessions, so the journal
     // does not grow without end across restarts.
-    let (replayed, kept) = crate::radius::journal::replay_and_compact(state_dir, &mut sessions)
-        .context("compacting the accounting journal")?;
-    tracing::debug!(kept, "accounting journal compacted");
+    let (replayed, compacted) = crate::radius::journal::replay_and_compact(state_dir, &mut sessions);
+    match compacted {
+        Ok(kept) => tracing::debug!(kept, "accounting journal compacted"),
+        Err(e) => tracing::warn!(error = %e, "accounting journal not compacted; it is kept as it was"),
+    }
     if replayed.skipped > 0 {
         tracing::warn!(skipped = replayed.skipped, "unreadable accounting journal lines skipped");
     }

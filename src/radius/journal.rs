@@ -278,9 +278,21 @@ fn replay_collecting(state_dir: &Path, sessions: &mut Sessions) -> (Replayed, Ha
 /// (its last accounting record, with the access it has now): sessions that
 /// ended, and every superseded record, are dropped. Written to a temporary
 /// file, synced and renamed over the journal, so a crash at any point
-/// leaves either journal whole. Returns the replay and the lines kept.
-pub fn replay_and_compact(state_dir: &Path, sessions: &mut Sessions) -> std::io::Result<(Replayed, usize)> {
-    let (replayed, mut last, lines) = replay_collecting(state_dir, sessions);
+/// leaves either journal whole. Returns the replay and the lines kept; a
+/// compaction that fails (a full disk) leaves the journal as it was and
+/// the sessions replayed all the same: it must not keep RADIUS down.
+pub fn replay_and_compact(state_dir: &Path, sessions: &mut Sessions) -> (Replayed, std::io::Result<usize>) {
+    let (replayed, last, lines) = replay_collecting(state_dir, sessions);
+    let compacted = compact(state_dir, sessions, last, lines);
+    (replayed, compacted)
+}
+
+fn compact(
+    state_dir: &Path,
+    sessions: &Sessions,
+    mut last: HashMap<Key, Record>,
+    lines: usize,
+) -> std::io::Result<usize> {
     let mut out = Vec::new();
     let mut kept = 0;
     for (key, session) in sessions.after(None) {
@@ -291,7 +303,7 @@ pub fn replay_and_compact(state_dir: &Path, sessions: &mut Sessions) -> std::io:
         kept += 1;
     }
     if kept == lines {
-        return Ok((replayed, kept)); // nothing to drop
+        return Ok(kept); // nothing to drop
     }
     let tmp = state_dir.join(format!("{FILE}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
@@ -299,7 +311,7 @@ pub fn replay_and_compact(state_dir: &Path, sessions: &mut Sessions) -> std::io:
     file.sync_all()?;
     std::fs::rename(&tmp, state_dir.join(FILE))?;
     std::fs::File::open(state_dir)?.sync_all()?;
-    Ok((replayed, kept))
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -352,7 +364,7 @@ mod tests {
         j.append(&Record::ended(&k2, "t".into())).unwrap();
         drop(j);
         let mut before = Sessions::default();
-        let (_, kept) = replay_and_compact(dir.path(), &mut before).unwrap();
+        let kept = replay_and_compact(dir.path(), &mut before).1.unwrap();
         assert_eq!(kept, 1);
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
