@@ -88,5 +88,14 @@ pub fn table(
             "compliance table restored from snapshot"
         );
     }
-    journal::Writer::create(state_dir, replayed.next_segment).context("starting the compliance journal")
+    let writer =
+        journal::Writer::create(state_dir, replayed.next_segment).context("starting the compliance journal")?;
+    // A start with nothing to report since leaves an empty segment behind;
+    // they would pile up across restarts until the next compaction.
+    for (n, path) in journal::segments(state_dir).context("listing the compliance journal")? {
+        if n < writer.segment() && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(writer)
 }
