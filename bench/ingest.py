@@ -68,6 +68,7 @@ class Warden:
         broker = f"mqtt://127.0.0.1:{broker_port}" if broker_port else "embedded"
         with open(os.path.join(self.dir, "warden.toml"), "w") as f:
             f.write(f'[node]\nstate_dir = "state"\n[mqtt]\nbroker = "{broker}"\nlisten = "127.0.0.1:{self.mqtt}"\n'
+                    + ('' if broker_port else 'allow_anonymous = true\n') +
                     f'client_id = "warden-bench-{self.http}"\n[http]\nlisten = "127.0.0.1:{self.http}"\n')
         self.proc = subprocess.Popen([exe, "run", "--config", os.path.join(self.dir, "warden.toml")],
                                      stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "log"), "w"),

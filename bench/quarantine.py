@@ -55,7 +55,7 @@ def main():
     auth, acct, nas = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
     with open(os.path.join(tmp, "w.toml"), "w") as f:
         f.write(f'[node]\nstate_dir = "state"\nsnapshot_every = "1h"\n[mqtt]\n'
-                + (f'broker = "mqtt://127.0.0.1:{mqtt}"\n' if broker else f'listen = "127.0.0.1:{mqtt}"\n') +
+                + (f'broker = "mqtt://127.0.0.1:{mqtt}"\n' if broker else f'listen = "127.0.0.1:{mqtt}"\nallow_anonymous = true\n') +
                 f'[policy]\ndir = "policies"\nstale_after = "1h"\n[http]\nlisten = "127.0.0.1:{http}"\n'
                 f'[radius]\nauth_listen = "127.0.0.1:{auth}"\nacct_listen = "127.0.0.1:{acct}"\n'
                 f'[[radius.clients]]\nname = "bench"\naddress = "127.0.0.1"\nsecret = "{SECRET}"\n'

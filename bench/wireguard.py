@@ -131,7 +131,7 @@ def warden_up(tmp, keys, quarantined):
     rules = [f'"10.{i}.0.0/16:443"' for i in range(100, 109)] + ['"10.99.0.1/32"']
     conf = os.path.join(tmp, "w.toml")
     broker_up(tmp)
-    mqtt = 'broker = "mqtt://127.0.0.1:1883"\n' if BROKER["kind"] == "mosquitto" else 'listen = "127.0.0.1:1883"\n'
+    mqtt = 'broker = "mqtt://127.0.0.1:1883"\n' if BROKER["kind"] == "mosquitto" else 'listen = "127.0.0.1:1883"\nallow_anonymous = true\n'
     open(conf, "w").write(
         '[node]\nstate_dir = "state"\n[mqtt]\n' + mqtt + '[policy]\ndir = "policies"\n'
         '[http]\nlisten = "127.0.0.1:9090"\n'

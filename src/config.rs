@@ -185,6 +185,24 @@ pub struct Mqtt {
     /// How far in the future a report's `ts` may be.
     #[serde(default = "default_skew", with = "crate::diag::duration")]
     pub max_clock_skew: Duration,
+    /// Where devices acknowledge commands (`+` is the device id).
+    #[serde(default = "default_ack_topic")]
+    pub ack_topic: TopicPattern,
+    /// Embedded broker: clients without credentials may connect (and use
+    /// any topic). Off unless set; the no-config default turns it on, on
+    /// loopback only.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// Embedded broker: device user names and passwords, in the format of
+    /// `radius.users_file` (`password` or `argon2`; `device_id` defaults
+    /// to the name).
+    pub credentials_file: Option<PathBuf>,
+    /// Embedded broker: an mqtts listener where devices log in with a
+    /// client certificate (CN = device id) from `client_ca`.
+    pub tls_listen: Option<SocketAddr>,
+    pub server_cert: Option<PathBuf>,
+    pub server_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for Mqtt {
@@ -201,6 +219,9 @@ fn default_mqtt_listen() -> SocketAddr {
 }
 fn default_telemetry_topic() -> TopicPattern {
     TopicPattern::new("devices/+/telemetry").unwrap_or_else(|_| unreachable!("valid pattern"))
+}
+fn default_ack_topic() -> TopicPattern {
+    TopicPattern::new("devices/+/acks").unwrap_or_else(|_| unreachable!("valid pattern"))
 }
 fn default_command_topic() -> String {
     "devices/{device_id}/commands".into()
@@ -440,6 +461,13 @@ impl Loaded {
                 }],
             });
         }
+        // Anyone on this machine may publish for any device: fine for
+        // trying warden, said out loud.
+        config.mqtt.allow_anonymous = true;
+        warnings.push(format!(
+            "embedded MQTT broker on {} allows anonymous clients (loopback only; set mqtt.credentials_file or tls_listen for devices)",
+            config.mqtt.listen
+        ));
         Self { config, secrets, file: None, warnings, wireguard: None, eap: None }
     }
 
@@ -466,6 +494,10 @@ impl Loaded {
             &mut config.mqtt.cert_file,
             &mut config.mqtt.key_file,
             &mut config.mqtt.password_file,
+            &mut config.mqtt.credentials_file,
+            &mut config.mqtt.server_cert,
+            &mut config.mqtt.server_key,
+            &mut config.mqtt.client_ca,
             &mut config.http.token_file,
         ]
         .into_iter()
@@ -523,6 +555,49 @@ impl Loaded {
         }
         if m.password.is_some() {
             warnings.push(format!("{}: mqtt.password is inline; prefer password_file", file.display()));
+        }
+        let embedded_only = m.allow_anonymous
+            || m.credentials_file.is_some()
+            || m.tls_listen.is_some()
+            || m.server_cert.is_some()
+            || m.server_key.is_some()
+            || m.client_ca.is_some();
+        if *m.broker.get_ref() != Broker::Embedded && embedded_only {
+            errors.push(Located::at(
+                file,
+                text,
+                broker_at,
+                "allow_anonymous, credentials_file, tls_listen, server_cert, server_key and client_ca apply to the embedded broker",
+            ));
+        }
+        if m.tls_listen.is_some() && (m.server_cert.is_none() || m.server_key.is_none() || m.client_ca.is_none()) {
+            errors.push(Located::at(
+                file,
+                text,
+                locate("tls_listen"),
+                "tls_listen needs server_cert, server_key and client_ca (the CA of the device certificates)",
+            ));
+        }
+        if *m.broker.get_ref() == Broker::Embedded {
+            if let Some(c) = &m.credentials_file {
+                match crate::users::Users::load(c) {
+                    Ok(users) => warnings.extend(users.warnings()),
+                    Err(e) => errors.push(e),
+                }
+            }
+            if !m.allow_anonymous && m.credentials_file.is_none() && m.tls_listen.is_none() {
+                warnings.push(format!(
+                    "{}: the embedded broker has no way for devices to log in: set credentials_file, tls_listen, or allow_anonymous = true",
+                    file.display()
+                ));
+            }
+            if m.allow_anonymous && !m.listen.ip().is_loopback() {
+                warnings.push(format!(
+                    "{}: allow_anonymous on {}: any host that reaches it may publish for any device",
+                    file.display(),
+                    m.listen
+                ));
+            }
         }
         secrets.mqtt_password = m.password.clone();
         if let Some(p) = &m.password_file {

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub journal_failures: IntCounter,
     pub journal_bad_lines: IntCounter,
     pub telemetry_acks_withheld: IntCounter,
+    /// Embedded broker refusals, by [`BROKER_REFUSALS`] reason.
+    broker_refusals: [IntCounter; BROKER_REFUSALS.len()],
+    /// Messages the embedded broker dropped (a full queue, an expiry).
+    pub broker_dropped: IntCounter,
     pub events_lagged: IntCounter,
     radius_requests: Vec<IntCounter>,
     radius_discarded: Vec<IntCounter>,
@@ -211,6 +215,11 @@ impl RadiusDiscard {
         }
     }
 }
+
+/// Every `reason` label of `warden_broker_refusals_total`: connections
+/// (anonymous, bad credentials, a bad certificate name, a forbidden will)
+/// and publishes or subscriptions outside the client's own topics.
+pub const BROKER_REFUSALS: [&str; 6] = ["anonymous", "credentials", "certificate", "will", "publish", "subscribe"];
 
 /// Every `reason` label of `warden_radius_discarded_total`, exported from
 /// zero, so a flood of garbage costs an index, not a label lookup.
@@ -403,6 +412,18 @@ impl Metrics {
                 "warden_telemetry_acks_withheld_total",
                 "QoS 1 reports not acknowledged because the journal could not make them durable",
             ),
+            broker_refusals: {
+                let refusals = counters(
+                    "warden_broker_refusals_total",
+                    "Embedded broker: connections, publishes and subscriptions refused, by reason",
+                    &["reason"],
+                );
+                BROKER_REFUSALS.map(|r| refusals.with_label_values(&[r]))
+            },
+            broker_dropped: counter(
+                "warden_broker_dropped_total",
+                "Embedded broker: messages dropped (a full client queue, an expired message)",
+            ),
             events_lagged: counter("warden_events_lagged_total", "Verdict changes a slow subscriber missed"),
             radius_requests: RadiusKind::ALL
                 .iter()
@@ -426,6 +447,13 @@ impl Metrics {
             eap_sessions: gauge("warden_eap_sessions", "EAP conversations in flight"),
             eap_refusals: crate::eap::server::Refusal::ALL.map(|r| eap_refusals.with_label_values(&[r.label()])),
             registry,
+        }
+    }
+
+    /// Counts an embedded broker refusal (a [`BROKER_REFUSALS`] label).
+    pub fn broker_refusal(&self, reason: &str) {
+        if let Some(i) = BROKER_REFUSALS.iter().position(|r| *r == reason) {
+            self.broker_refusals[i].inc();
         }
     }
 

@@ -385,7 +385,7 @@ fn damaged_state_files_cost_only_the_damaged_records() {
     let setup = Setup::embedded();
     let config = format!(
         "[node]\nname = \"test\"\nstate_dir = \"state\"\nsnapshot_every = \"1h\"\n\
-         [mqtt]\nbroker = \"embedded\"\nlisten = \"127.0.0.1:{}\"\n\
+         [mqtt]\nbroker = \"embedded\"\nlisten = \"127.0.0.1:{}\"\nallow_anonymous = true\n\
          [policy]\ndir = \"policies\"\nstale_after = \"15m\"\n",
         setup.mqtt
     );

@@ -38,7 +38,7 @@ fn start(nas_port: u16) -> Lab {
     assert!(out.status.success(), "certs init: {}", String::from_utf8_lossy(&out.stderr));
     let (auth, acct, mqtt) = (free_udp_port(), free_udp_port(), free_port());
     let config = format!(
-        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
+        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\nallow_anonymous = true\n\
          [policy]\ndir = \"policies\"\n\
          [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
          users_file = \"users.toml\"\nworkers = 4\n\

@@ -35,7 +35,7 @@ fn start(dir: &std::path::Path, clients_cidr: &str, noncompliant: &str) -> (Ward
     .unwrap();
     let (auth, acct, mqtt) = (free_udp_port(), free_udp_port(), free_port());
     let config = format!(
-        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
+        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\nallow_anonymous = true\n\
          [policy]\ndir = \"policies\"\n\
          [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\nusers_file = \"users.toml\"\n\
          noncompliant = \"{noncompliant}\"\nworkers = 4\n\

@@ -116,7 +116,7 @@ impl Lab {
     /// The config, with `extra` lines in `[wireguard]`.
     fn config_with(&self, with_peer: bool, extra: &str) -> String {
         let mut c = format!(
-            "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:1883\"\n[policy]\ndir = \"policies\"\n\
+            "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:1883\"\nallow_anonymous = true\n[policy]\ndir = \"policies\"\n\
              [wireguard]\nlisten = \"10.200.0.1:{WG_PORT}\"\nprivate_key_file = \"server.key\"\n\
              interface = \"warden0\"\naddress = \"10.99.0.1/24\"\nremediation = [\"{REMEDIATION}/32\"]\n{extra}"
         );
@@ -507,7 +507,10 @@ fn a_broker_outage_longer_than_stale_after_restricts_no_tunnel() {
     let mut broker = mosquitto_in(&lab, &dir, port);
     let config = lab
         .config(true)
-        .replace("[mqtt]\nlisten = \"127.0.0.1:1883\"\n", &format!("[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"))
+        .replace(
+            "[mqtt]\nlisten = \"127.0.0.1:1883\"\nallow_anonymous = true\n",
+            &format!("[mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\n"),
+        )
         .replace("[policy]\ndir = \"policies\"\n", "[policy]\ndir = \"policies\"\nstale_after = \"3s\"\n");
     let mut w = Warden::launch_in(Some(&lab.gw), &dir, &config, port, "");
     w.wait_ready();

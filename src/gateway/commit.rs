@@ -77,7 +77,7 @@ const SYNC_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs until the compliance task drops its sender.
 pub async fn run(
-    client: AsyncClient,
+    client: Option<AsyncClient>,
     connection: Arc<AtomicU64>,
     durability: Arc<Durability>,
     mut commits: mpsc::Receiver<Commit>,
@@ -150,11 +150,13 @@ pub async fn run(
             // went unacknowledged (a fresh connection, same session).
             owed_redelivery = false;
             tracing::info!("compliance state durable again; reconnecting for the unacknowledged reports");
-            let _ = client.try_disconnect();
+            if let Some(client) = &client {
+                let _ = client.try_disconnect();
+            }
             continue;
         }
         pending.extend(acks);
-        send_acks(&client, &connection, &mut pending);
+        send_acks(client.as_ref(), &connection, &mut pending);
     }
 }
 
@@ -167,13 +169,19 @@ const ACK_RETRY: Duration = Duration::from_millis(1);
 /// waiting for this one. Waiting here deadlocked all three under load (a
 /// full telemetry queue). What does not fit stays in `pending` for the next
 /// round; an ack for an earlier connection is dropped (see [`Ack`]).
-fn send_acks(client: &AsyncClient, connection: &AtomicU64, pending: &mut VecDeque<Ack>) {
+fn send_acks(client: Option<&AsyncClient>, connection: &AtomicU64, pending: &mut VecDeque<Ack>) {
     let current = connection.load(Ordering::Acquire);
     while let Some(a) = pending.front() {
-        if a.connection == current && client.try_ack(&a.publish()).is_err() {
+        if let (Ack::Client { connection, pkid }, Some(client)) = (a, client)
+            && *connection == current
+            && client.try_ack(&Ack::publish(*pkid)).is_err()
+        {
             return;
         }
-        pending.pop_front();
+        if let Some(Ack::Hook(device)) = pending.pop_front() {
+            // The device may have gone meanwhile; its report is stored.
+            let _ = device.send(());
+        }
     }
 }
 
@@ -191,12 +199,13 @@ mod tests {
         let (client, _eventloop) = AsyncClient::new(opts, 1);
         let connection = Arc::new(AtomicU64::new(1));
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(client, connection, Arc::default(), rx, Arc::new(Metrics::new())));
+        let task = tokio::spawn(run(Some(client), connection, Arc::default(), rx, Arc::new(Metrics::new())));
         let dir = tempfile::tempdir().unwrap();
         let mut writer = journal::Writer::create(dir.path(), 0).unwrap();
         let sent = async {
             for pkid in 1..=(QUEUE as u16 * 4) {
-                let acks = (0..8).map(|i| Ack { connection: 1, pkid: pkid.wrapping_mul(8).wrapping_add(i) }).collect();
+                let acks =
+                    (0..8).map(|i| Ack::Client { connection: 1, pkid: pkid.wrapping_mul(8).wrapping_add(i) }).collect();
                 tx.send(Commit { records: writer.take(), acks }).await.unwrap();
             }
         };

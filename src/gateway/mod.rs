@@ -50,7 +50,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     })?;
     metrics.policy_rules.set(policies.rule_count() as i64);
     tracing::info!(dir = %cfg.policy.dir.display(), policies = policies.policies.len(), rules = policies.rule_count(), "policies loaded");
-    let mqtt_options = mqtt::options(&cfg.mqtt, &loaded.secrets, &cfg.node.name)?;
+    let mut mqtt_options = mqtt::options(&cfg.mqtt, &loaded.secrets, &cfg.node.name)?;
+    let embedded = *cfg.mqtt.broker.get_ref() == Broker::Embedded;
     std::fs::create_dir_all(&cfg.node.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.node.state_dir.display()))?;
 
@@ -91,6 +92,14 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // the flush timed out and the session dropped (seen at 1M devices:
     // "Flush timeout", then ~100k QoS 1 redeliveries). The telemetry
     // connection now writes nothing but acks.
+    // The embedded broker takes reports in its publish hook, straight into
+    // the compliance task; warden's own clients log in as its superuser.
+    let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_QUEUE);
+    if embedded {
+        let password =
+            crate::broker::start(broker_settings(&loaded)?, telemetry_tx.clone(), Arc::clone(&metrics)).await?;
+        mqtt_options.set_credentials(crate::broker::INTERNAL_USER, password.as_str());
+    }
     let mut status_options = mqtt_options.clone();
     status_options.set_client_id(format!("{}-status", mqtt_options.client_id())).set_clean_session(true);
     let (status_client, status_eventloop) = mqtt::connect(status_options);
@@ -109,12 +118,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    if *cfg.mqtt.broker.get_ref() == Broker::Embedded {
-        crate::broker::start(cfg.mqtt.listen)?;
-    }
-
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_QUEUE);
     let (source_tx, source_rx) = watch::channel(false);
     let (confirm_tx, confirm_rx) = mpsc::channel(16);
     let (held_tx, held_rx) = watch::channel(Vec::new());
@@ -127,35 +131,40 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     tasks.spawn(mqtt::run_publisher(status_client.clone(), status_eventloop, shutdown.clone()));
-    let (client, eventloop) = mqtt::connect(mqtt_options);
-    let filter = cfg.mqtt.telemetry_topic.filter();
     let connection = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    tasks.spawn(mqtt::run(
-        client.clone(),
-        eventloop,
-        filter,
-        telemetry_tx,
-        Arc::clone(&metrics),
-        Arc::clone(&ready.telemetry),
-        source_tx,
-        Arc::clone(&connection),
-        shutdown.clone(),
-    ));
     let (commit_tx, commit_rx) = mpsc::channel(commit::QUEUE);
     let durability = Arc::new(commit::Durability::default());
-    tasks.spawn(commit::run(client.clone(), connection, Arc::clone(&durability), commit_rx, Arc::clone(&metrics)));
-    let status_pending = Arc::new(status::Pending::default());
-    // QoS 1 through an external broker; see status::run for the embedded one.
-    let status_qos = if *cfg.mqtt.broker.get_ref() == Broker::Embedded {
-        rumqttc::QoS::AtMostOnce
+    // Kept until warden stops: a dropped sender would read as "source gone".
+    let mut source_up = None;
+    let client = if embedded {
+        // Listening, hooks registered: the source is up for good.
+        drop(telemetry_tx);
+        ready.telemetry.store(true, std::sync::atomic::Ordering::Release);
+        source_tx.send_replace(true);
+        metrics.mqtt_connected.set(1);
+        source_up = Some(source_tx);
+        None
     } else {
-        rumqttc::QoS::AtLeastOnce
+        let (client, eventloop) = mqtt::connect(mqtt_options);
+        tasks.spawn(mqtt::run(
+            client.clone(),
+            eventloop,
+            cfg.mqtt.telemetry_topic.filter(),
+            telemetry_tx,
+            Arc::clone(&metrics),
+            Arc::clone(&ready.telemetry),
+            source_tx,
+            Arc::clone(&connection),
+            shutdown.clone(),
+        ));
+        Some(client)
     };
+    tasks.spawn(commit::run(client, connection, Arc::clone(&durability), commit_rx, Arc::clone(&metrics)));
+    let status_pending = Arc::new(status::Pending::default());
     tasks.spawn(status::run(
         status_client,
         cfg.mqtt.status_topic.clone(),
         Arc::clone(&status_pending),
-        status_qos,
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
@@ -227,6 +236,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
 
     wait_for_signal().await;
     tracing::info!("shutting down");
+    drop(source_up);
     let _ = shutdown_tx.send(true);
     drop(changes_tx);
     // Give every task (the final snapshot above all) a bounded time to finish.
@@ -242,6 +252,36 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The embedded broker's settings from `[mqtt]` (checked by `config`).
+fn broker_settings(loaded: &Loaded) -> anyhow::Result<crate::broker::Settings> {
+    let m = &loaded.config.mqtt;
+    let users = match &m.credentials_file {
+        Some(path) => Some(Arc::new(crate::users::Users::load(path).map_err(|e| anyhow::anyhow!("{e}"))?)),
+        None => None,
+    };
+    let tls = match (m.tls_listen, &m.server_cert, &m.server_key, &m.client_ca) {
+        (Some(listen), Some(cert), Some(key), Some(ca)) => Some(crate::broker::Tls {
+            listen,
+            server_cert: cert.clone(),
+            server_key: key.clone(),
+            client_ca: ca.clone(),
+        }),
+        _ => None,
+    };
+    Ok(crate::broker::Settings {
+        listen: m.listen,
+        tls,
+        allow_anonymous: m.allow_anonymous,
+        users,
+        topics: crate::broker::access::Topics {
+            telemetry: m.telemetry_topic.clone(),
+            acks: m.ack_topic.clone(),
+            command: m.command_topic.clone(),
+            status: m.status_topic.clone(),
+        },
+    })
 }
 
 /// The RADIUS plane: the accounting task (sessions, CoA, journal), the auth

@@ -33,22 +33,27 @@ pub struct Inbound {
 }
 
 /// A QoS 1 message's acknowledgement, owed once what it changed is durable.
-/// A packet id means something only on the connection it arrived on: an
-/// ack for an earlier connection is dropped (the broker redelivers that
-/// message on the new one, where it is refused as a replay and acked), so
-/// it can never acknowledge another message that reused the id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ack {
-    pub connection: u64,
-    pub pkid: u16,
+#[derive(Debug)]
+pub enum Ack {
+    /// A PUBACK warden's own client owes an external broker. A packet id
+    /// means something only on the connection it arrived on: an ack for an
+    /// earlier connection is dropped (the broker redelivers that message on
+    /// the new one, where it is refused as a replay and acked), so it can
+    /// never acknowledge another message that reused the id.
+    Client { connection: u64, pkid: u16 },
+    /// A device waiting in the embedded broker's publish hook: sending on
+    /// it releases the device's PUBACK. Dropping it (the report could not
+    /// be made durable) closes the device's connection, and the device
+    /// sends the report again.
+    Hook(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Ack {
     /// The PUBLISH rumqttc needs to build the PUBACK from (only its packet
     /// id and QoS are read).
-    pub fn publish(self) -> rumqttc::Publish {
+    pub fn publish(pkid: u16) -> rumqttc::Publish {
         let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
-        p.pkid = self.pkid;
+        p.pkid = pkid;
         p
     }
 }
@@ -216,7 +221,7 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let ack = (p.qos != QoS::AtMostOnce && eventloop.mqtt_options.manual_acks())
-                    .then(|| Ack { connection: connection.load(Ordering::Acquire), pkid: p.pkid });
+                    .then(|| Ack::Client { connection: connection.load(Ordering::Acquire), pkid: p.pkid });
                 let msg =
                     Inbound { topic: p.topic, payload: p.payload, arrived: Instant::now(), wall: wall_now(), ack };
                 // Awaiting here is the backpressure: a busy compliance task

@@ -5,8 +5,8 @@
 //! [`Pending`] (a newer change for the same device replaces the older), and
 //! this task publishes whatever is pending whenever it can. A slow broker
 //! thus skips intermediate states and never the latest one, and nothing
-//! grows past one entry per device. Through an external broker the messages
-//! go at QoS 1, so a consumer always converges on the current verdict.
+//! grows past one entry per device. The messages go at QoS 1, so a consumer
+//! always converges on the current verdict.
 
 use crate::compliance::Change;
 use crate::metrics::Metrics;
@@ -61,15 +61,12 @@ fn payload(change: &Change) -> String {
     .to_string()
 }
 
-/// Publishes what is pending until `shutdown`. `qos` is QoS 1 for an
-/// external broker; QoS 0 for the embedded one, whose retained state lives
-/// and dies in this process anyway, and whose lack of TCP_NODELAY makes a
-/// QoS 1 round trip wait ~44 ms on Nagle + delayed ACK (bench/RESULTS.md).
+/// Publishes what is pending until `shutdown`, retained, at QoS 1 (the
+/// broker keeps what it acknowledged, through either kind of broker).
 pub async fn run(
     client: AsyncClient,
     template: String,
     pending: Arc<Pending>,
-    qos: QoS,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -83,7 +80,7 @@ pub async fn run(
             // Waits for room in the client's queue: meanwhile newer changes
             // coalesce in `pending` instead of being dropped.
             let sent = tokio::select! {
-                r = client.publish(topic, qos, true, payload(&change)) => r,
+                r = client.publish(topic, QoS::AtLeastOnce, true, payload(&change)) => r,
                 _ = shutdown.changed() => return,
             };
             match sent {

@@ -88,6 +88,15 @@ impl TopicPattern {
         format!("{}+{}", self.prefix, self.suffix)
     }
 
+    /// Does `topic` have this pattern's shape, one level where the device
+    /// id goes, whatever that id is (a bad id is refused later, counted)?
+    pub fn matches(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_suffix(self.suffix.as_str()))
+            .is_some_and(|id| !id.contains('/'))
+    }
+
     /// The device id named by `topic`, if the topic matches and the id is valid.
     pub fn device_id<'t>(&self, topic: &'t str) -> Result<&'t str, Refusal> {
         let id = topic
@@ -166,6 +175,11 @@ mod tests {
         ] {
             assert_eq!(p.device_id(bad), Err(Refusal::BadTopic), "{bad}");
         }
+        // The shape is the embedded broker's test for "a report": a bad
+        // id still reaches warden, to be refused and counted.
+        assert!(p.matches("devices/pos 1/telemetry") && p.matches("devices//telemetry"));
+        assert!(!p.matches("devices/a/b/telemetry") && !p.matches("devices/pos-0001/telemetry/x"));
+        assert!(!p.matches("other/pos-0001/telemetry") && !p.matches("devices/pos-0001"));
         let long = format!("devices/{}/telemetry", "a".repeat(129));
         assert_eq!(p.device_id(&long), Err(Refusal::BadTopic));
         let max = format!("devices/{}/telemetry", "a".repeat(128));

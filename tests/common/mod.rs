@@ -114,11 +114,12 @@ impl Warden {
     pub fn start(dir: &Path, setup: &Setup) -> Self {
         let config = format!(
             "[node]\nname = \"test\"\nstate_dir = \"state\"\nsnapshot_every = \"1s\"\n\
-             [mqtt]\nbroker = \"{}\"\nlisten = \"127.0.0.1:{}\"\nclient_id = \"warden-test-{}\"\n\
+             [mqtt]\nbroker = \"{}\"\nlisten = \"127.0.0.1:{}\"\nclient_id = \"warden-test-{}\"\n{}\
              [policy]\ndir = \"policies\"\nstale_after = \"{}\"\n",
             setup.broker,
             setup.mqtt,
             free_port(),
+            if setup.broker == "embedded" { "allow_anonymous = true\n" } else { "" },
             setup.stale_after
         );
         let mut w = Self::launch(dir, &config, setup.mqtt, &setup.extra);

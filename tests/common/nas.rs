@@ -128,8 +128,9 @@ pub fn radius_config(
     coa_mode: &str,
 ) -> (String, Ports) {
     let (auth, acct) = (super::free_udp_port(), super::free_udp_port());
+    let anonymous = if broker.contains("mqtt://") { "" } else { "allow_anonymous = true\n" };
     let config = format!(
-        "[node]\nstate_dir = \"state\"\n[mqtt]\n{broker}\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n\
+        "[node]\nstate_dir = \"state\"\n[mqtt]\n{broker}\nlisten = \"127.0.0.1:{mqtt}\"\nclient_id = \"warden-{auth}\"\n{anonymous}\
          [policy]\ndir = \"policies\"\n{policy}\
          [radius]\nauth_listen = \"127.0.0.1:{auth}\"\nacct_listen = \"127.0.0.1:{acct}\"\n\
          [[radius.clients]]\nname = \"lab-switch\"\naddress = \"127.0.0.0/8\"\nsecret = \"{secret}\"\n\
