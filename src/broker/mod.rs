@@ -81,6 +81,9 @@ pub async fn start(
             // Reports and verdicts are small: Nagle's algorithm meeting
             // delayed ACKs would add 40 ms to each.
             .nodelay(true)
+            // A restart binds again at once, past the last run's TIME_WAIT
+            // connections (Linux still refuses a second listener).
+            .reuseaddr(Some(true))
             .max_packet_size(MAX_PACKET)
             .max_inflight(NonZeroU16::new(1000).unwrap_or(NonZeroU16::MIN))
             .max_mqueue_len(MAX_QUEUE)
