@@ -92,6 +92,15 @@ impl Hooks {
     }
 
     async fn publish(&self, s: &Session, p: &rmqtt::types::Publish) -> ReturnType {
+        if p.topic.contains(['+', '#']) {
+            // A topic name with a wildcard is a protocol error (MQTT 3.1.1
+            // §3.3.2-2, 5.0 §3.3.2.1) that rmqtt lets through: the
+            // connection closes, unacknowledged.
+            self.metrics.broker_refusal("publish");
+            tracing::warn!(client = %escape(&s.id.client_id), topic = %escape(&p.topic), "embedded broker refused a PUBLISH to a wildcard topic; closing the connection");
+            let refused = PublishAclResult::rejected(true, Some("wildcard in a topic name".into()));
+            return (false, Some(HookResult::PublishAclResult(refused)));
+        }
         let who = self.identity(s).await;
         if !self.topics.may_publish(&who, &p.topic) {
             self.metrics.broker_refusal("publish");
