@@ -4,7 +4,7 @@ mosquitto in the same run. Loopback only; every loop is bounded.
 
     python3 bench/ingest.py [--count 200000] [--runs 3]
 
-Ingest: 300-byte reports from 4 publishers (bench/mqtt_load.rs) through
+Ingest: 300-byte reports from 4 publishers (--publishers; bench/mqtt_load.rs) through
   (a) mosquitto to a plain `mosquitto_sub` (the reference ceiling),
   (b) mosquitto to warden (external broker), verdicts applied,
   (c) warden's embedded broker to warden,
@@ -111,8 +111,11 @@ def follow(count_fn, n, t0, limit=120):
     return last, last_t - t0
 
 
+PUBLISHERS = 4
+
+
 def publish(load, port, n, qos, devices):
-    subprocess.run([load, "publish", str(port), str(n), "4", str(qos), str(devices)], check=True,
+    subprocess.run([load, "publish", str(port), str(n), str(PUBLISHERS), str(qos), str(devices)], check=True,
                    stdout=subprocess.DEVNULL)
 
 
@@ -166,16 +169,22 @@ def main():
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--flips", type=int, default=1000)
     ap.add_argument("--latency-only", action="store_true")
+    ap.add_argument("--publishers", type=int, default=4,
+                    help="publisher connections; the embedded broker takes one report per connection at a time "
+                         "(acknowledged once durable), so a fleet's own connections are its parallelism")
+    ap.add_argument("--qos", type=int, choices=(0, 1), help="only this QoS")
     ap.add_argument("--exe", help="a warden binary to measure instead of this tree's (an A/B against an older build)")
     a = ap.parse_args()
+    global PUBLISHERS
+    PUBLISHERS = a.publishers
     for tool in ("mosquitto", "mosquitto_sub"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found: apt-get install mosquitto mosquitto-clients")
     exe, load = build()
     exe = a.exe or exe
     tmp = tempfile.mkdtemp(prefix="warden-bench-")
-    print(f"ingest: {a.count} x 300-byte reports, 4 publishers, {a.devices} devices, median of {a.runs} runs")
-    for qos in () if a.latency_only else (0, 1):
+    print(f"ingest: {a.count} x 300-byte reports, {a.publishers} publishers, {a.devices} devices, median of {a.runs} runs")
+    for qos in () if a.latency_only else ((a.qos,) if a.qos is not None else (0, 1)):
         rates = {"mosquitto_sub": [], "warden (mosquitto)": [], "warden (embedded)": []}
         for _ in range(a.runs):
             got, secs = run_baseline(load, tmp, a.count, qos, a.devices)
