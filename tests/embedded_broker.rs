@@ -279,3 +279,36 @@ fn a_burst_of_30000_new_devices_through_the_embedded_broker_is_all_known() {
     assert_eq!(w.metric("warden_broker_dropped_total"), 0.0);
     eprintln!("30,000 new devices, one QoS 1 report each, all acknowledged in {took:?}");
 }
+
+/// The embedded broker's retained verdicts die with the process: at start
+/// warden publishes every device's current verdict again, so a consumer
+/// subscribing after a `kill -9` and restart still finds each one.
+#[test]
+fn retained_verdicts_are_back_after_a_restart() {
+    let dir = Warden::workdir();
+    let mqtt = free_port();
+    let config = config(mqtt, "allow_anonymous = true\n");
+    let mut w = Warden::launch(&dir, &config, mqtt, "");
+    w.wait_ready();
+    publish(mqtt, "devices/keep-1/telemetry", &report(1, 1, json!({})));
+    publish(mqtt, "devices/keep-2/telemetry", &report(2, 1, json!({"rooted": true})));
+    w.wait_verdict("keep-1", "compliant");
+    w.wait_verdict("keep-2", "noncompliant");
+    w.kill();
+    let mut w = Warden::launch(&dir, &config, mqtt, "");
+    w.wait_ready();
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt.to_string(), "-t", "warden/compliance/+", "-v", "-C", "2", "-W", "10"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&sub.stdout);
+    assert!(sub.status.success(), "two retained verdicts after the restart: {text}");
+    let verdict = |id: &str| {
+        let line = text.lines().find(|l| l.starts_with(&format!("warden/compliance/{id} "))).expect(id);
+        let v: serde_json::Value = serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+        (v["verdict"].as_str().unwrap().to_string(), v["cause"].as_str().unwrap().to_string())
+    };
+    assert_eq!(verdict("keep-1"), ("compliant".into(), "restart".into()));
+    assert_eq!(verdict("keep-2"), ("noncompliant".into(), "restart".into()));
+    w.stop();
+}

@@ -33,6 +33,10 @@ pub enum Cause {
     PolicyReload,
     /// A grace period ended.
     GraceExpired,
+    /// Not a change: the current verdict, published again at start for
+    /// the status topic (a broker may have lost it, or warden may have
+    /// stopped before publishing it).
+    Restart,
 }
 
 impl Cause {
@@ -42,6 +46,7 @@ impl Cause {
             Cause::Stale => "inactive",
             Cause::PolicyReload => "policy_reload",
             Cause::GraceExpired => "grace_expired",
+            Cause::Restart => "restart",
         }
     }
 }

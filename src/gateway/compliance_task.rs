@@ -4,7 +4,7 @@
 //! made it durable) and compacts the journal into the snapshot.
 
 use super::commit::{Commit, Durability};
-use crate::compliance::{Change, Engine, Held, journal, snapshot};
+use crate::compliance::{Cause, Change, Engine, Held, journal, snapshot};
 use crate::gateway::mqtt::{Inbound, wall_now};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
@@ -28,6 +28,12 @@ const BATCH: usize = 1024;
 
 /// A journal segment this large is compacted into the snapshot at once.
 const COMPACT_BYTES: u64 = 256 << 20;
+
+/// Verdicts republished at start per step, and the status queue length
+/// under which the next step goes.
+const REPUBLISH_CHUNK: usize = 4096;
+/// How often the republishing looks whether the status queue has room.
+const REPUBLISH_PAUSE: Duration = Duration::from_millis(20);
 
 pub struct ComplianceTask {
     pub engine: Engine,
@@ -56,6 +62,9 @@ pub struct ComplianceTask {
     pub durability: Arc<Durability>,
     /// For the log line when an outage begins.
     pub outage_grace: Duration,
+    /// Devices whose current verdict is published again on the status
+    /// topic, a chunk at a time while the status queue is short.
+    pub republish: Vec<Arc<str>>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -112,6 +121,7 @@ impl ComplianceTask {
                         snapshot_generation = self.engine.generation();
                     }
                 }
+                _ = tokio::time::sleep(REPUBLISH_PAUSE), if !self.republish.is_empty() => self.republish_some(),
             }
             self.drain();
             self.commit(&mut acks).await;
@@ -273,6 +283,36 @@ impl ComplianceTask {
         self.freshness.not_before = self.engine.accept_since();
         self.metrics.telemetry_source_up.set(i64::from(self.engine.outage().is_none()));
         self.metrics.verdicts_held.set(i64::try_from(self.engine.held()).unwrap_or(i64::MAX));
+    }
+
+    /// Offers the status topic the current verdict of the next chunk of
+    /// [`ComplianceTask::republish`], while few messages wait. Done here,
+    /// between changes, so a republished verdict is never older than a
+    /// change offered before it.
+    fn republish_some(&mut self) {
+        if self.status.len() >= REPUBLISH_CHUNK {
+            return;
+        }
+        let at = self.republish.len().saturating_sub(REPUBLISH_CHUNK);
+        let now = Instant::now();
+        for id in self.republish.drain(at..) {
+            if let Some(d) = self.engine.table().get(&id) {
+                self.status.offer(Arc::new(Change {
+                    device: id,
+                    old: d.verdict,
+                    new: d.verdict,
+                    failures: d.failures.clone(),
+                    enforce: d.enforce,
+                    cause: Cause::Restart,
+                    at: now,
+                    // When the verdict began, not this message.
+                    wall: d.since,
+                }));
+            }
+        }
+        if self.republish.is_empty() {
+            tracing::info!("current verdicts published again on the status topic");
+        }
     }
 
     /// Hands this batch's journal records, with the acknowledgements the

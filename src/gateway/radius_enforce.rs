@@ -20,6 +20,7 @@ use crate::radius::sessions::{Applied, Key, Outcome, Sessions, Settled};
 use crate::users::Users;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,16 @@ pub struct Enforcer {
     max_restrict_fraction: f64,
     held: Option<Held>,
     next_held: u64,
+    /// Records appended since the journal was last rewritten.
+    appended: usize,
+    /// [`REWRITE_AFTER`], smaller in tests.
+    rewrite_after: usize,
 }
+
+/// The accounting journal is rewritten from the live sessions once it
+/// holds this many records more than twice the sessions (interim updates
+/// and ended sessions pile up otherwise until the next restart).
+const REWRITE_AFTER: usize = 100_000;
 
 impl Enforcer {
     #[allow(clippy::too_many_arguments)] // each is a distinct part, built once by the gateway
@@ -116,7 +126,26 @@ impl Enforcer {
             max_restrict_fraction,
             held: None,
             next_held: HELD_IDS,
+            appended: 0,
+            rewrite_after: REWRITE_AFTER,
         }
+    }
+
+    /// Whether the journal has grown enough to be rewritten.
+    pub fn rewrite_due(&self) -> bool {
+        self.appended > self.rewrite_after + 2 * self.sessions.len()
+    }
+
+    /// Rewrites the accounting journal from the live sessions and reopens
+    /// it. Call only when every record appended so far is synced or not
+    /// yet acknowledged: the new file is synced before it replaces the old.
+    /// Returns the lines kept; on failure the old journal stays in use.
+    pub fn rewrite_journal(&mut self) -> std::io::Result<usize> {
+        let dir = self.journal.path().parent().map(Path::to_path_buf).unwrap_or_default();
+        let kept = crate::radius::journal::rewrite(&dir, &self.sessions)?;
+        self.journal = Journal::open(&dir)?;
+        self.appended = 0;
+        Ok(kept)
     }
 
     /// The batch the circuit breaker holds, if any.
@@ -147,6 +176,7 @@ impl Enforcer {
         });
         let record = Record::accounting(acct, access, now_rfc3339());
         self.journal.append(&record)?;
+        self.appended += 1;
         let applied = self.sessions.apply(acct, access);
         self.metrics.set_sessions(self.sessions.len(), self.sessions.counts());
         if applied == Applied::Started {
@@ -368,8 +398,11 @@ impl Enforcer {
                 }
                 Some(Settled::Retry(..)) | None => continue,
             };
-            if let Err(e) = self.journal.append(&record) {
-                tracing::error!(error = %e, "accounting journal write failed; a restart may repeat this change");
+            match self.journal.append(&record) {
+                Ok(()) => self.appended += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "accounting journal write failed; a restart may repeat this change")
+                }
             }
         }
     }

@@ -290,3 +290,30 @@ fn change(device: &str, sim: &Sim) -> Change {
         wall: sim.wall,
     }
 }
+
+#[test]
+fn the_accounting_journal_is_rewritten_from_the_live_sessions() {
+    let mut sim = Sim::new(10, CoaMode::Coa);
+    sim.enforce.rewrite_after = 50;
+    let dir = sim._dir.path().to_path_buf();
+    // Interim updates pile up; two sessions end.
+    for round in 0..10 {
+        for i in 0..10 {
+            let mut a = sim.start(i);
+            a.status = if round == 9 && i < 2 { AcctStatus::Stop } else { AcctStatus::InterimUpdate };
+            sim.enforce.accounting(&a, sim.now).unwrap();
+        }
+    }
+    assert!(sim.enforce.rewrite_due(), "110 records for 8 sessions");
+    assert_eq!(sim.enforce.rewrite_journal().unwrap(), 8);
+    assert!(!sim.enforce.rewrite_due());
+    let text = std::fs::read_to_string(sim.enforce.journal.path()).unwrap();
+    assert_eq!(text.lines().count(), 8, "{text}");
+    // Appending goes on in the new file, and a restart replays it all.
+    sim.enforce.accounting(&sim.start(0), sim.now).unwrap();
+    let mut replayed = Sessions::default();
+    crate::radius::journal::replay(&dir, &mut replayed);
+    let view = |s: &Sessions| s.after(None).map(|(k, s)| (k.clone(), s.mac, s.applied)).collect::<Vec<_>>();
+    assert_eq!(view(&replayed), view(&sim.enforce.sessions));
+    assert_eq!(replayed.len(), 9);
+}

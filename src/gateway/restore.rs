@@ -15,13 +15,22 @@ use anyhow::Context;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// What a start restored.
+pub struct Restored {
+    /// The next journal segment, ready for writing.
+    pub journal: journal::Writer,
+    /// The devices the journal had a word on: changed since the last
+    /// snapshot, so possibly after their last status message.
+    pub journaled: Vec<std::sync::Arc<str>>,
+}
+
 /// Fills `engine` from `state_dir` and starts the next journal segment.
 pub fn table(
     engine: &mut Engine,
     state_dir: &Path,
     forget_after: Duration,
     metrics: &Metrics,
-) -> anyhow::Result<journal::Writer> {
+) -> anyhow::Result<Restored> {
     let started = Instant::now();
     let replayed = journal::read(state_dir).context("reading the compliance journal")?;
     let journaled = replayed.records.len();
@@ -38,6 +47,7 @@ pub fn table(
 
     // The journal's last word on a device replaces its snapshot line.
     let mut latest = journal::latest(replayed.records);
+    let journaled_ids: Vec<std::sync::Arc<str>> = latest.keys().map(|id| id.as_str().into()).collect();
     // Identity owners before the devices whose claims were refused, so the
     // bindings come back as they were: those wait until the end.
     let mut refused: Vec<Entry> = Vec::new();
@@ -97,5 +107,5 @@ pub fn table(
             let _ = std::fs::remove_file(path);
         }
     }
-    Ok(writer)
+    Ok(Restored { journal: writer, journaled: journaled_ids })
 }

@@ -37,6 +37,11 @@ impl Pending {
         replaced
     }
 
+    /// Changes waiting to be published.
+    pub fn len(&self) -> usize {
+        self.changes.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     fn take(&self) -> HashMap<Arc<str>, Arc<Change>, foldhash::fast::RandomState> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner))
     }

@@ -287,6 +287,44 @@ pub fn replay_and_compact(state_dir: &Path, sessions: &mut Sessions) -> (Replaye
     (replayed, compacted)
 }
 
+/// While running: rewrites the journal from the live sessions alone (one
+/// Accounting-Start per session, with the access it has now), which replay
+/// to the same sessions: a session keeps its client, NAS, id, MAC and
+/// access, nothing else. Temporary file, sync, rename, directory sync: a
+/// crash at any point leaves either journal whole. The caller reopens the
+/// journal afterwards. Returns the lines written.
+pub fn rewrite(state_dir: &Path, sessions: &Sessions) -> std::io::Result<usize> {
+    let mut out = Vec::new();
+    let mut kept = 0;
+    for ((nas, sid), s) in sessions.after(None) {
+        let record = Record {
+            record: Kind::Accounting,
+            at: None,
+            client: s.client.to_string(),
+            nas: *nas,
+            status: Some(Status::Start),
+            session_id: Some(sid.clone()),
+            user_name: None,
+            calling_station_id: s.mac.map(|m| m.to_string()),
+            nas_ip: None,
+            nas_port: None,
+            nas_port_id: None,
+            framed_ip: None,
+            access: Some(s.applied),
+        };
+        serde_json::to_writer(&mut out, &record).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        kept += 1;
+    }
+    let tmp = state_dir.join(format!("{FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&out)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, state_dir.join(FILE))?;
+    std::fs::File::open(state_dir)?.sync_all()?;
+    Ok(kept)
+}
+
 fn compact(
     state_dir: &Path,
     sessions: &Sessions,
@@ -379,6 +417,32 @@ mod tests {
         let mut again = Sessions::default();
         replay(dir.path(), &mut again);
         assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn a_rewrite_replays_to_the_same_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        let mut live = Sessions::default();
+        for (sid, access) in [("s1", Access::Full), ("s2", Access::Full), ("s3", Access::Quarantine)] {
+            let mut r = start(sid, access);
+            r.calling_station_id = Some("aa-bb-cc-00-00-01".into());
+            j.append(&r).unwrap();
+            r.replay(&mut live);
+        }
+        let k2: Key = ("127.0.0.2".parse().unwrap(), "s2".into());
+        let k3: Key = ("127.0.0.2".parse().unwrap(), "s3".into());
+        for r in [Record::ended(&k2, "t".into()), Record::applied(&k3, Access::Full, "t".into())] {
+            j.append(&r).unwrap();
+            r.replay(&mut live);
+        }
+        assert_eq!(rewrite(dir.path(), &live).unwrap(), 2);
+        let mut after = Sessions::default();
+        assert_eq!(replay(dir.path(), &mut after), Replayed { applied: 2, skipped: 0 });
+        let view = |s: &Sessions| {
+            s.after(None).map(|(k, s)| (k.clone(), s.client.clone(), s.mac, s.applied)).collect::<Vec<_>>()
+        };
+        assert_eq!(view(&after), view(&live));
     }
 
     #[test]
