@@ -1,6 +1,8 @@
 //! Resident memory per device with 1,000,000 devices in the compliance
 //! table (with its MAC, WireGuard-key and certificate indexes and deadlines).
-//! `cargo bench --bench table_memory [-- DEVICES]` (target: <= 1 KiB/device).
+//! `cargo bench --bench table_memory [-- DEVICES [KEEP_DIR]]` (target: <= 1 KiB/device).
+//! With KEEP_DIR the snapshot is left there; `-- restore DIR` then times
+//! (and lets a profiler watch) the restart's restore alone.
 
 // A test or bench harness: real time is its input.
 #![allow(clippy::disallowed_methods)]
@@ -31,10 +33,41 @@ fn report(i: u32) -> Report {
     serde_json::from_value(json).expect("valid report")
 }
 
+/// The restore as warden starts: streamed from a reader thread, restored
+/// as chunks arrive. Returns the seconds it took.
+fn restore(dir: &std::path::Path, policies: PolicySet, expect: Option<usize>) -> f64 {
+    let start = Instant::now();
+    let mut restored = Engine::new(Table::default(), policies, Duration::from_secs(900));
+    let (now, wall) = (Instant::now(), 1_795_342_500_000);
+    let bad = warden::compliance::snapshot::stream(dir, |chunk| {
+        for e in chunk {
+            restored.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
+        }
+    })
+    .expect("snapshot read");
+    let took = start.elapsed().as_secs_f64();
+    assert_eq!(bad, 0);
+    if let Some(n) = expect {
+        assert_eq!(restored.table().len(), n);
+    }
+    println!("  restored {} devices in {took:.2} s", restored.table().len());
+    took
+}
+
 fn main() {
-    let n: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let policies = PolicySet::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
-        .expect("shipped policies");
+    let shipped = || {
+        PolicySet::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"))
+            .expect("shipped policies")
+    };
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.first().map(String::as_str) == Some("restore") {
+        let dir = std::path::PathBuf::from(args.get(1).expect("restore DIR"));
+        restore(&dir, shipped(), None);
+        return;
+    }
+    let n: u32 = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let keep = args.get(1).map(std::path::PathBuf::from);
+    let policies = shipped();
     let before = rss_bytes();
     let mut engine = Engine::new(Table::default(), policies, Duration::from_secs(900));
     let start = Instant::now();
@@ -65,23 +98,19 @@ fn main() {
     journal_cost(&engine, &dir, n);
     let policies = engine.policies().clone();
     drop(engine);
-    let start = Instant::now();
-    let mut restored = Engine::new(Table::default(), policies, Duration::from_secs(900));
-    let (now, wall) = (Instant::now(), 1_795_342_500_000);
-    // As warden starts: parsed on a reader thread, restored as chunks arrive.
-    let bad = warden::compliance::snapshot::stream(&dir, |chunk| {
-        for e in chunk {
-            restored.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
-        }
-    })
-    .expect("snapshot read");
-    let read_s = start.elapsed().as_secs_f64();
-    assert_eq!((written, bad, restored.table().len()), (n as usize, 0, n as usize));
+    let read_s = restore(&dir, policies, Some(n as usize));
+    assert_eq!(written, n as usize);
     println!(
         "  snapshot: {:.0} MiB, written in {write_s:.2} s, read and restored in {read_s:.2} s (streamed)",
         size as f64 / 1048576.0
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    match keep {
+        Some(k) => {
+            std::fs::rename(&dir, &k).expect("keep the snapshot");
+            println!("  snapshot kept in {}", k.display());
+        }
+        None => drop(std::fs::remove_dir_all(&dir)),
+    }
 }
 
 /// What journaling costs per report, as the compliance task and the commit
