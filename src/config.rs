@@ -844,7 +844,11 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
+            if path.to_string_lossy().ends_with("users.toml") {
+                // A credentials file (users_file format), named by the example config.
+                let users = crate::users::Users::load(&path);
+                assert!(users.is_ok(), "{}: {:?}", path.display(), users.err());
+            } else if path.extension().is_some_and(|e| e == "toml") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 // Secret files named by examples do not exist here; only syntax and types are checked.
                 let parsed: Result<Config, _> = toml::from_str(&text);
