@@ -90,6 +90,10 @@ pub enum Why {
     Stale,
     /// The table does not know the device.
     UnknownDevice,
+    /// An administrator's `exempt` override.
+    Exempt,
+    /// An administrator's `quarantine` override.
+    Overridden,
 }
 
 /// The access decided, and why.
@@ -112,6 +116,12 @@ pub fn grant(device: Option<&Device>, stage: Stage, rules: &Rules) -> Grant {
     let Some(d) = device else { return unknown(Why::UnknownDevice) };
     let full = |why| Grant { access: Access::Full, why };
     let enforced = Grant { access: rules.restrict, why: Why::Enforced };
+    // An override decides, whatever the reports say, until it expires.
+    match d.admin_override.as_deref().map(|o| o.mode) {
+        Some(super::overrides::Mode::Exempt) => return full(Why::Exempt),
+        Some(super::overrides::Mode::Quarantine) => return Grant { access: rules.restrict, why: Why::Overridden },
+        None => {}
+    }
     match d.verdict {
         Verdict::Compliant => full(Why::Compliant),
         Verdict::Unknown => unknown(Why::Stale),
@@ -132,6 +142,13 @@ mod tests {
     use super::*;
     use crate::compliance::Enforce;
     use std::sync::Arc;
+
+    fn overridden(verdict: Verdict, mode: crate::compliance::overrides::Mode) -> Device {
+        let mut d = device(verdict, true, true);
+        let o = crate::compliance::overrides::Override::new(mode, 0, 1000, "test", "t").unwrap();
+        d.admin_override = Some(Arc::new(o));
+        d
+    }
 
     fn device(verdict: Verdict, quarantine: bool, deny_admission: bool) -> Device {
         let mut d = Device::reported(Arc::from("d"), Default::default(), std::time::Instant::now(), 0);
@@ -195,6 +212,9 @@ mod tests {
             Some(device(Verdict::Noncompliant, false, true)),
             Some(device(Verdict::Noncompliant, true, true)),
             Some(device(Verdict::Unknown, false, false)),
+            Some(overridden(Verdict::Compliant, crate::compliance::overrides::Mode::Quarantine)),
+            Some(overridden(Verdict::Noncompliant, crate::compliance::overrides::Mode::Exempt)),
+            Some(overridden(Verdict::Unknown, crate::compliance::overrides::Mode::Exempt)),
             None,
         ];
         for (unknown_device, expect_unknown) in
@@ -209,8 +229,8 @@ mod tests {
                         let b = grant(d.as_ref(), stage, &base);
                         match g.why {
                             Why::Stale | Why::UnknownDevice => assert_eq!(g.access, expect_unknown),
-                            Why::Enforced => assert_eq!(g.access, restrict),
-                            Why::Compliant | Why::NotEnforced => assert_eq!(g.access, F),
+                            Why::Enforced | Why::Overridden => assert_eq!(g.access, restrict),
+                            Why::Compliant | Why::NotEnforced | Why::Exempt => assert_eq!(g.access, F),
                         }
                         assert_eq!(g.why, b.why, "the reason does not depend on the rules");
                     }

@@ -91,6 +91,9 @@ pub struct Device {
     /// Silent for `stale_after`, but only while the telemetry source was
     /// out: its verdict is held, not expired.
     pub held: bool,
+    /// An administrator's override, until it expires (the engine removes
+    /// it then). It decides access; the verdict stays what reports say.
+    pub admin_override: Option<Arc<super::overrides::Override>>,
 }
 
 impl Device {
@@ -109,6 +112,7 @@ impl Device {
             deadline: None,
             conflicts: Vec::new(),
             held: false,
+            admin_override: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 use super::device::{Device, Enforce, Verdict};
 use super::identity::{self, Bound, Conflict};
 use super::outage;
+use super::overrides::Override;
 use super::table::Table;
 use crate::policy::{Failure, Policy, PolicySet, decide};
 use crate::telemetry::{Refusal, Report, UnixMillis};
@@ -33,6 +34,10 @@ pub enum Cause {
     PolicyReload,
     /// A grace period ended.
     GraceExpired,
+    /// An administrator set or cleared an override.
+    Override,
+    /// An override reached its expiry.
+    OverrideExpired,
     /// Not a change: the current verdict, published again at start for
     /// the status topic (a broker may have lost it, or warden may have
     /// stopped before publishing it).
@@ -46,6 +51,8 @@ impl Cause {
             Cause::Stale => "inactive",
             Cause::PolicyReload => "policy_reload",
             Cause::GraceExpired => "grace_expired",
+            Cause::Override => "override",
+            Cause::OverrideExpired => "override_expired",
             Cause::Restart => "restart",
         }
     }
@@ -75,6 +82,10 @@ pub struct Engine {
     stale_after: Duration,
     /// (deadline, device): staleness or the end of a grace period.
     deadlines: BTreeSet<(Instant, Arc<str>)>,
+    /// (expiry, device): overrides, apart from the staleness deadlines;
+    /// and each device's entry in it, to remove it exactly.
+    override_expiries: BTreeSet<(Instant, Arc<str>)>,
+    override_at: std::collections::HashMap<Arc<str>, Instant, foldhash::fast::RandomState>,
     events: VecDeque<Change>,
     /// Identity claims refused, for the shell to count and log.
     conflicts: VecDeque<Conflict>,
@@ -173,6 +184,8 @@ impl Engine {
             policies,
             stale_after,
             deadlines: BTreeSet::new(),
+            override_expiries: BTreeSet::new(),
+            override_at: Default::default(),
             events: VecDeque::new(),
             conflicts: VecDeque::new(),
             identity_policy: identity::policy(),
@@ -268,6 +281,8 @@ impl Engine {
         let mut device = Device::reported(id, report, now, wall);
         self.conflicts.extend(conflicts.iter().cloned());
         device.conflicts = conflicts;
+        // An override outlasts reports: only its expiry or an admin ends it.
+        device.admin_override = old.as_ref().and_then(|o| o.admin_override.clone());
         self.settle(&mut device, old.as_deref(), failures, now, wall);
         let unparked = self.parked.remove(&device.id);
         self.store(device, old.as_deref(), Cause::Telemetry, now, wall, Some(&bound));
@@ -397,9 +412,64 @@ impl Engine {
         }
     }
 
+    /// Sets (`Some`) or clears (`None`) device `id`'s override. False when
+    /// the table does not know the device (an override needs one).
+    pub fn set_override(&mut self, id: &str, o: Option<Override>, now: Instant, wall: UnixMillis) -> bool {
+        let Some(old) = self.table.get(id) else { return false };
+        self.put_override(&old, o.map(Arc::new), Cause::Override, now, wall);
+        true
+    }
+
+    /// Puts back an override restored from the state files, without an
+    /// event (the planes start from the table); one that expired while
+    /// warden was down is dropped.
+    pub fn restore_override(&mut self, id: &str, o: Override, now: Instant, wall: UnixMillis) {
+        if o.until <= wall {
+            return;
+        }
+        if let Some(old) = self.table.get(id) {
+            self.put_override(&old, Some(Arc::new(o)), Cause::Override, now, wall);
+            self.events.clear();
+        }
+    }
+
+    fn put_override(
+        &mut self,
+        old: &Arc<Device>,
+        o: Option<Arc<Override>>,
+        cause: Cause,
+        now: Instant,
+        wall: UnixMillis,
+    ) {
+        if let Some(at) = self.override_at.remove(&old.id) {
+            self.override_expiries.remove(&(at, Arc::clone(&old.id)));
+        }
+        if let Some(o) = &o {
+            let at = now + Duration::from_millis(u64::try_from(o.until.saturating_sub(wall)).unwrap_or(0));
+            self.override_expiries.insert((at, Arc::clone(&old.id)));
+            self.override_at.insert(Arc::clone(&old.id), at);
+        }
+        let mut device = (**old).clone();
+        device.admin_override = o;
+        self.store(device, Some(old), cause, now, wall, None);
+    }
+
     /// Expires stale devices and ends grace periods due by `now`; applies
     /// the outage grace and the mass-silence window.
     pub fn handle_timeout(&mut self, now: Instant, wall: UnixMillis) {
+        while let Some((at, _)) = self.override_expiries.first()
+            && *at <= now
+        {
+            let Some((_, id)) = self.override_expiries.pop_first() else { break };
+            self.override_at.remove(&id);
+            if let Some(old) = self.table.get(&id)
+                && old.admin_override.is_some()
+            {
+                let mut device = (*old).clone();
+                device.admin_override = None;
+                self.store(device, Some(&old), Cause::OverrideExpired, now, wall, None);
+            }
+        }
         if self.outage.expire(now) {
             let fail_mode = self.outage.settings.fail_mode;
             self.outage_events.push_back(OutageEvent::Expired { fail_mode, held: self.parked.len() });
@@ -525,6 +595,9 @@ impl Engine {
     fn forget(&mut self, device: &Device) {
         if let Some(at) = device.deadline {
             self.deadlines.remove(&(at, Arc::clone(&device.id)));
+        }
+        if let Some(at) = self.override_at.remove(&device.id) {
+            self.override_expiries.remove(&(at, Arc::clone(&device.id)));
         }
         self.parked.remove(&device.id);
         self.counts[device.verdict.index()] -= 1;
@@ -671,7 +744,15 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let window = self.outage.settings.window;
         let pending = self.pending.front().map(|(fired, _, _)| *fired + window);
-        self.deadlines.first().map(|(at, _)| *at).into_iter().chain(pending).chain(self.outage.expires_at()).min()
+        let expiry = self.override_expiries.first().map(|(at, _)| *at);
+        self.deadlines
+            .first()
+            .map(|(at, _)| *at)
+            .into_iter()
+            .chain(pending)
+            .chain(self.outage.expires_at())
+            .chain(expiry)
+            .min()
     }
 
     /// Fills in verdict, failures (keeping when each started failing),
@@ -731,6 +812,7 @@ impl Engine {
             Some(o) => {
                 o.verdict != device.verdict
                     || o.enforce != device.enforce
+                    || o.admin_override != device.admin_override
                     || o.failures.len() != device.failures.len()
                     || o.failures.iter().zip(&device.failures).any(|(a, b)| !a.same_rule(b))
             }

@@ -97,12 +97,15 @@ impl Writer {
             id: &'a str,
             last_seen: crate::telemetry::UnixMillis,
             failing_since: Vec<(String, crate::telemetry::UnixMillis)>,
+            #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+            admin_override: Option<&'a super::overrides::Override>,
         }
         let head = Head {
             record: "report",
             id: &device.id,
             last_seen: device.last_seen,
             failing_since: device.failures.iter().map(|f| (f.key(), f.since)).collect(),
+            admin_override: device.admin_override.as_deref(),
         };
         let start = self.buf.len();
         if serde_json::to_writer(&mut self.buf, &head).is_err() {
@@ -254,7 +257,13 @@ mod tests {
     use crate::telemetry::Report;
 
     fn entry(id: &str, seq: u64) -> Entry {
-        Entry { id: id.into(), last_seen: 1, failing_since: Vec::new(), report: Report { seq, ..Report::default() } }
+        Entry {
+            id: id.into(),
+            last_seen: 1,
+            failing_since: Vec::new(),
+            report: Report { seq, ..Report::default() },
+            admin_override: None,
+        }
     }
 
     fn seqs(entries: &[Entry]) -> Vec<(String, u64)> {

@@ -12,6 +12,7 @@ pub mod identity;
 mod intern;
 pub mod journal;
 pub mod outage;
+pub mod overrides;
 pub mod snapshot;
 mod table;
 

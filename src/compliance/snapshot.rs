@@ -23,6 +23,9 @@ pub struct Entry {
     #[serde(default)]
     pub failing_since: Vec<(String, UnixMillis)>,
     pub report: Report,
+    /// An administrator's override in force.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub admin_override: Option<super::overrides::Override>,
 }
 
 impl Entry {
@@ -33,6 +36,7 @@ impl Entry {
             last_seen: device.last_seen,
             failing_since: device.failures.iter().map(|f| (f.key(), f.since)).collect(),
             report: device.report.clone(),
+            admin_override: device.admin_override.as_deref().cloned(),
         }
     }
 }
@@ -155,7 +159,13 @@ mod tests {
     use super::*;
 
     fn line(id: &str) -> Vec<u8> {
-        let e = Entry { id: id.into(), last_seen: 1, failing_since: Vec::new(), report: Report::default() };
+        let e = Entry {
+            id: id.into(),
+            last_seen: 1,
+            failing_since: Vec::new(),
+            report: Report::default(),
+            admin_override: None,
+        };
         let mut v = serde_json::to_vec(&e).unwrap();
         v.push(b'\n');
         v

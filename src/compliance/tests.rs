@@ -533,3 +533,89 @@ fn a_jump_in_seq_is_a_gap() {
     e.handle_telemetry("new", report(40, true, None), c.now(), c.wall()).unwrap();
     assert_eq!(e.take_seq_gaps(), 0, "a device's first report is no gap");
 }
+
+fn admission(e: &Engine, id: &str) -> Grant {
+    grant(e.table().get(id).as_deref(), Stage::Admission, &Rules::new(crate::config::UnknownDevice::Quarantine))
+}
+
+#[test]
+fn an_exemption_lifts_a_quarantine_at_once_and_expires_by_itself() {
+    use overrides::{Mode, Override};
+    let mut e =
+        Engine::new(Table::default(), policies(&[&encrypted_policy("critical", "always", "0s")]), STALE * 10_000);
+    let mut c = Clock::new();
+    e.handle_telemetry("d", report(1, false, None), c.now(), c.wall()).unwrap();
+    drain(&mut e);
+    assert_eq!(admission(&e, "d").access, Access::Quarantine);
+
+    let o = Override::new(Mode::Exempt, c.wall(), 60_000, "repair ticket 42", "alice").unwrap();
+    assert!(e.set_override("d", Some(o), c.now(), c.wall()));
+    let ev = drain(&mut e);
+    assert_eq!(ev.len(), 1, "the planes hear of it");
+    assert_eq!((ev[0].cause, ev[0].new), (Cause::Override, Verdict::Noncompliant), "the verdict stays the reports'");
+    assert_eq!(admission(&e, "d"), Grant { access: Access::Full, why: Why::Exempt });
+    assert_eq!(e.poll_timeout(), Some(c.now() + Duration::from_secs(60)));
+
+    // Replaced by a shorter one: the earlier expiry no longer counts.
+    c.advance(10_000);
+    let o = Override::new(Mode::Exempt, c.wall(), 20_000, "shorter", "bob").unwrap();
+    e.set_override("d", Some(o), c.now(), c.wall());
+    drain(&mut e);
+    assert_eq!(e.poll_timeout(), Some(c.now() + Duration::from_secs(20)));
+    c.advance(20_000);
+    e.handle_timeout(c.now(), c.wall());
+    let ev = drain(&mut e);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].cause, Cause::OverrideExpired);
+    assert_eq!(admission(&e, "d").access, Access::Quarantine, "back to what the reports say");
+    assert!(e.table().get("d").unwrap().admin_override.is_none());
+    c.advance(60_000);
+    e.handle_timeout(c.now(), c.wall());
+    assert!(drain(&mut e).is_empty(), "nothing left to expire");
+}
+
+#[test]
+fn a_quarantine_override_restricts_a_compliant_device_and_can_be_cleared() {
+    use overrides::{Mode, Override};
+    let mut e =
+        Engine::new(Table::default(), policies(&[&encrypted_policy("critical", "always", "0s")]), STALE * 10_000);
+    let c = Clock::new();
+    e.handle_telemetry("d", report(1, true, None), c.now(), c.wall()).unwrap();
+    drain(&mut e);
+    let o = Override::new(Mode::Quarantine, c.wall(), 3_600_000, "stolen", "alice").unwrap();
+    assert!(!e.set_override("nobody", Some(o.clone()), c.now(), c.wall()), "an override needs a known device");
+    e.set_override("d", Some(o), c.now(), c.wall());
+    assert_eq!(admission(&e, "d"), Grant { access: Access::Quarantine, why: Why::Overridden });
+    // A passing report changes nothing while it lasts.
+    e.handle_telemetry("d", report(2, true, None), c.now(), c.wall()).unwrap();
+    assert_eq!(admission(&e, "d").access, Access::Quarantine);
+    assert!(e.set_override("d", None, c.now(), c.wall()));
+    assert_eq!(drain(&mut e).last().map(|c| c.cause), Some(Cause::Override));
+    assert_eq!(admission(&e, "d").access, Access::Full);
+    assert_eq!(e.poll_timeout(), Some(c.now() + STALE * 10_000), "only staleness is left");
+}
+
+#[test]
+fn an_override_survives_a_restart_until_it_expires() {
+    use overrides::{Mode, Override};
+    let set = || policies(&[&encrypted_policy("critical", "always", "0s")]);
+    let mut e = Engine::new(Table::default(), set(), STALE * 10_000);
+    let mut c = Clock::new();
+    e.handle_telemetry("d", report(1, false, None), c.now(), c.wall()).unwrap();
+    let o = Override::new(Mode::Exempt, c.wall(), 60_000, "repair", "alice").unwrap();
+    e.set_override("d", Some(o.clone()), c.now(), c.wall());
+    let entry = snapshot::Entry::of(&e.table().get("d").unwrap());
+    assert_eq!(entry.admin_override.as_ref(), Some(&o));
+    let line = serde_json::to_string(&entry).unwrap();
+    for (after_ms, exempt) in [(30_000, true), (60_000, false)] {
+        let mut r = Engine::new(Table::default(), set(), STALE * 10_000);
+        let mut c2 = Clock { start: c.start, ms: c.ms };
+        c2.advance(after_ms);
+        let b: snapshot::Entry = serde_json::from_str(&line).unwrap();
+        r.restore(&b.id, b.report, b.last_seen, &b.failing_since, c2.now(), c2.wall());
+        r.restore_override(&b.id, b.admin_override.unwrap(), c2.now(), c2.wall());
+        assert!(drain(&mut r).is_empty(), "a restore emits nothing");
+        assert_eq!(admission(&r, "d").access == Access::Full, exempt, "after {after_ms} ms");
+    }
+    c.advance(1);
+}

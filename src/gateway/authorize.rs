@@ -147,6 +147,8 @@ pub fn by_verdict(kind: RadiusKind, device: Option<&Device>, p: &AccessPolicy) -
         }
         Why::Stale => "unknown: no recent report".to_string(),
         Why::UnknownDevice => "unknown device".to_string(),
+        Why::Exempt => "exempt by an administrator".to_string(),
+        Why::Overridden => "quarantined by an administrator".to_string(),
     };
     let outcome = |result| Outcome {
         kind,

@@ -57,6 +57,9 @@ pub fn table(
             refused.push(e);
         } else {
             engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
+            if let Some(o) = e.admin_override {
+                engine.restore_override(&e.id, o, now, wall);
+            }
             restored += 1;
         }
     };
@@ -75,6 +78,9 @@ pub fn table(
     }
     for e in std::mem::take(&mut refused) {
         engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
+        if let Some(o) = e.admin_override {
+            engine.restore_override(&e.id, o, now, wall);
+        }
         restored += 1;
     }
     let forgotten = std::iter::from_fn(|| engine.poll_forgotten()).count();
