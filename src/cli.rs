@@ -1,4 +1,4 @@
-//! The command line: `warden run | check | certs init | policy test | changes`.
+//! The command line: `warden run | check | certs init | policy test | changes | device`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -44,6 +44,37 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Overrides on one device, through the API of a running warden (an admin token).
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Treat device ID as compliant until the override expires.
+    Exempt {
+        id: String,
+        /// How long, e.g. 30m, 2h, 7d (at most 90 days).
+        #[arg(long = "for")]
+        duration: String,
+        /// Why (recorded with the token's name).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Treat device ID as noncompliant (restricted) until the override expires.
+    Quarantine {
+        id: String,
+        #[arg(long = "for")]
+        duration: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Remove device ID's override: access follows its reports again.
+    Clear { id: String },
 }
 
 /// How to reach a running warden's API.
@@ -53,6 +84,7 @@ pub struct ApiArgs {
     #[arg(long, global = true)]
     pub api: Option<String>,
     /// A file holding the API token (default: the config's http.token_file).
+    /// With http.tokens_file, give the token of an admin here.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// The configuration the defaults come from (default: the embedded one).

@@ -32,6 +32,11 @@ impl Api {
 
     /// `method path` with an empty body: (status, body).
     pub fn request(&self, method: &str, path: &str) -> Result<(u16, String), String> {
+        self.request_with(method, path, None)
+    }
+
+    /// `method path` with a JSON `body`, if any: (status, body).
+    pub fn request_with(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), String> {
         let addr = self
             .authority
             .to_socket_addrs()
@@ -42,10 +47,15 @@ impl Api {
         s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
         s.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
         let auth = self.token.as_deref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let (kind, content) = match body {
+            Some(b) => ("Content-Type: application/json\r\n", b),
+            None => ("", ""),
+        };
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.authority
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n{content}",
+            self.authority,
+            content.len()
         )
         .map_err(|e| e.to_string())?;
         let mut raw = Vec::new();

@@ -175,6 +175,55 @@ pub fn changes(command: &crate::cli::ChangesCommand, args: &crate::cli::ApiArgs)
     }
 }
 
+/// `warden device exempt | quarantine | clear`, through the API of a
+/// running warden.
+pub fn device(command: &crate::cli::DeviceCommand, args: &crate::cli::ApiArgs) -> ExitCode {
+    use crate::cli::DeviceCommand;
+    let api = match api_client(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("warden: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = |id: &str| {
+        // Device ids are [A-Za-z0-9._:-]: nothing to escape in a path.
+        format!("/api/v1/devices/{id}/override")
+    };
+    let answer = match command {
+        DeviceCommand::Exempt { id, duration, reason } | DeviceCommand::Quarantine { id, duration, reason } => {
+            let mode = if matches!(command, DeviceCommand::Exempt { .. }) { "exempt" } else { "quarantine" };
+            if !crate::telemetry::parse::valid_device_id(id) {
+                eprintln!("warden: {id:?} is not a device id");
+                return ExitCode::FAILURE;
+            }
+            let body = serde_json::json!({ "mode": mode, "for": duration, "reason": reason }).to_string();
+            api.request_with("PUT", &path(id), Some(&body))
+        }
+        DeviceCommand::Clear { id } => {
+            if !crate::telemetry::parse::valid_device_id(id) {
+                eprintln!("warden: {id:?} is not a device id");
+                return ExitCode::FAILURE;
+            }
+            api.request("DELETE", &path(id))
+        }
+    };
+    match answer {
+        Ok((200, body)) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((code, body)) => {
+            eprintln!("warden: the API answered {code}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("warden: cannot reach the API: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The API client from `--api` and `--token-file`, else the config's `[http]`.
 fn api_client(args: &crate::cli::ApiArgs) -> Result<crate::client::Api, String> {
     let loaded = match &args.config {

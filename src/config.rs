@@ -382,13 +382,16 @@ fn default_stale_after() -> Duration {
 pub struct Http {
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
-    /// A file holding the bearer token required on `/api/v1`.
+    /// A file holding the bearer token required on `/api/v1` (an admin
+    /// token named `admin`).
     pub token_file: Option<PathBuf>,
+    /// API tokens with names and roles (`[[tokens]]` name, role, sha256).
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Self { listen: default_http_listen(), token_file: None }
+        Self { listen: default_http_listen(), token_file: None, tokens_file: None }
     }
 }
 
@@ -401,6 +404,8 @@ fn default_http_listen() -> SocketAddr {
 pub struct Secrets {
     pub mqtt_password: Option<String>,
     pub api_token: Option<String>,
+    /// Every API token: `http.tokens_file`'s, and `token_file`'s as `admin`.
+    pub api_tokens: crate::tokens::Tokens,
     /// Each RADIUS client's shared secret, by client name.
     pub radius: Vec<(String, Vec<u8>)>,
 }
@@ -499,6 +504,7 @@ impl Loaded {
             &mut config.mqtt.server_key,
             &mut config.mqtt.client_ca,
             &mut config.http.token_file,
+            &mut config.http.tokens_file,
         ]
         .into_iter()
         .flatten()
@@ -625,6 +631,15 @@ impl Loaded {
                 Err(e) => errors.push(Located::at(file, text, locate("token_file"), e)),
             }
         }
+        if let Some(p) = &config.http.tokens_file {
+            match crate::tokens::Tokens::load(p) {
+                Ok(t) => secrets.api_tokens = t,
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(t) = &secrets.api_token {
+            secrets.api_tokens.add_clear("admin", crate::tokens::Role::Admin, t);
+        }
         for (key, template) in [("command_topic", &m.command_topic), ("status_topic", &m.status_topic)] {
             if !template.contains("{device_id}") || template.contains(['+', '#']) {
                 errors.push(Located::at(
@@ -660,7 +675,10 @@ impl Loaded {
         if config.node.snapshot_every < Duration::from_secs(1) {
             errors.push(Located::at(file, text, locate("snapshot_every"), "snapshot_every must be at least 1s"));
         }
-        if !config.http.listen.ip().is_loopback() && config.http.token_file.is_none() {
+        if !config.http.listen.ip().is_loopback()
+            && config.http.token_file.is_none()
+            && config.http.tokens_file.is_none()
+        {
             warnings.push(format!(
                 "{}: http.listen is not loopback and no token_file is set: the API is open",
                 file.display()

@@ -1,5 +1,7 @@
 //! The HTTP surface: `/healthz`, `/readyz`, `/metrics`, and the `/api/v1`
-//! device API. Handlers only read through handles; they never write state.
+//! device API. Handlers read through handles; writes (confirming a held
+//! change, setting an override) are requests to the task that owns the
+//! state, answered once the change is durable.
 
 use crate::compliance::{Device, Table, Verdict};
 use crate::metrics::Metrics;
@@ -33,9 +35,36 @@ pub struct ApiState {
     pub table: Table,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<Readiness>,
-    pub token: Option<Arc<str>>,
+    pub tokens: Arc<crate::tokens::Tokens>,
     pub stale_after: std::time::Duration,
     pub changes: Changes,
+    /// Override requests, to the compliance task.
+    pub overrides: tokio::sync::mpsc::Sender<crate::gateway::OverrideRequest>,
+}
+
+/// Who is calling, from the bearer token (none when no tokens are set).
+#[derive(Clone, Debug)]
+struct Caller(Option<crate::tokens::Token>);
+
+impl Caller {
+    /// A write needs an admin token: `Err` is the answer to give.
+    fn admin(&self) -> Result<&str, Box<Response>> {
+        match &self.0 {
+            Some(t) if t.role == crate::tokens::Role::Admin => Ok(&t.name),
+            Some(t) => Err(Box::new(problem(
+                StatusCode::FORBIDDEN,
+                &format!("token {:?} has the read role; this needs an admin token", t.name),
+            ))),
+            None => Err(Box::new(problem(
+                StatusCode::FORBIDDEN,
+                "writes need an API token: set http.tokens_file (or token_file)",
+            ))),
+        }
+    }
+}
+
+fn problem(code: StatusCode, msg: &str) -> Response {
+    (code, Json(json!({ "error": msg }))).into_response()
 }
 
 /// The circuit breaker's held batches, and the way to confirm one: one
@@ -55,6 +84,7 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
+        .route("/api/v1/devices/{id}/override", axum::routing::put(put_override).delete(delete_override))
         .route("/api/v1/changes", get(list_changes))
         .route("/api/v1/changes/{id}/confirm", axum::routing::post(confirm_change))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -84,26 +114,32 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
-/// Bearer token on `/api/v1` when `http.token_file` is set; compared in
-/// constant time.
-async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.token {
+/// A bearer token on `/api/v1` when any is configured (`http.tokens_file`,
+/// `token_file`), checked against their hashes in constant time; the
+/// caller's name and role go with the request.
+async fn require_token(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let caller = if s.tokens.is_empty() {
+        Caller(None)
+    } else {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let ok: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()).into();
-        if !ok {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"error": "missing or wrong bearer token"})),
-            )
-                .into_response();
+        match s.tokens.check(given) {
+            Some(t) => Caller(Some(t.clone())),
+            None => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    Json(json!({"error": "missing or wrong bearer token"})),
+                )
+                    .into_response();
+            }
         }
-    }
+    };
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
@@ -125,12 +161,14 @@ async fn list_changes(State(s): State<ApiState>) -> Response {
 }
 
 /// `POST /api/v1/changes/{id}/confirm`: applies a held batch. A write: it
-/// needs `http.token_file` to be configured (the token was checked by the
-/// layer in front).
-async fn confirm_change(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    if s.token.is_none() {
-        return (StatusCode::FORBIDDEN, Json(json!({"error": "writes need an API token: set http.token_file"})))
-            .into_response();
+/// needs an admin token (checked by the layer in front).
+async fn confirm_change(
+    State(s): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(refused) = caller.admin() {
+        return *refused;
     }
     let Ok(id) = id.parse::<u64>() else { return bad_request("a change id is a number") };
     let Some(source) = s.changes.sources.iter().find(|src| src.held.borrow().iter().any(|h| h.id == id)) else {
@@ -232,6 +270,89 @@ async fn get_device(State(s): State<ApiState>, Path(id): Path<String>) -> Respon
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    mode: crate::compliance::overrides::Mode,
+    /// How long, e.g. "2h".
+    #[serde(rename = "for")]
+    duration: String,
+    reason: String,
+}
+
+/// `PUT /api/v1/devices/{id}/override`: exempt or quarantine a device for
+/// a while (admin token; its name is recorded). Answered once durable.
+async fn put_override(
+    State(s): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<OverrideBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let by = match caller.admin() {
+        Ok(name) => name.to_string(),
+        Err(refused) => return *refused,
+    };
+    let Ok(Json(body)) = body else {
+        return bad_request("the body is {\"mode\": \"exempt\"|\"quarantine\", \"for\": \"2h\", \"reason\": \"...\"}");
+    };
+    let Ok(duration) = humantime::parse_duration(&body.duration) else {
+        return bad_request("\"for\" is a duration such as \"30m\" or \"2h\"");
+    };
+    let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    let o = match crate::compliance::overrides::Override::new(
+        body.mode,
+        crate::gateway::mqtt::wall_now(),
+        ms,
+        &body.reason,
+        &by,
+    ) {
+        Ok(o) => o,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    apply_override(&s, id, Some(o), &by).await
+}
+
+/// `DELETE /api/v1/devices/{id}/override`: back to what reports say.
+async fn delete_override(
+    State(s): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let by = match caller.admin() {
+        Ok(name) => name.to_string(),
+        Err(refused) => return *refused,
+    };
+    apply_override(&s, id, None, &by).await
+}
+
+async fn apply_override(
+    s: &ApiState,
+    id: String,
+    o: Option<crate::compliance::overrides::Override>,
+    by: &str,
+) -> Response {
+    let what = o.as_ref().map_or("cleared", |o| o.mode.label());
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = crate::gateway::OverrideRequest { device: id.clone(), set: o, reply };
+    if s.overrides.send(request).await.is_err() {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match answer.await {
+        Ok(Some(durable)) => {
+            if durable.await.is_err() {
+                return problem(StatusCode::SERVICE_UNAVAILABLE, "the override could not be stored; try again");
+            }
+            tracing::info!(device = %id, override = what, by, "override set through the API");
+            match s.table.get(&id) {
+                Some(d) => Json(device_json(&d, s.stale_after)).into_response(),
+                None => problem(StatusCode::NOT_FOUND, "the device was forgotten meanwhile"),
+            }
+        }
+        Ok(None) => problem(StatusCode::NOT_FOUND, "unknown device: an override needs a device that has reported"),
+        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
 fn bad_request(msg: &str) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
 }
@@ -274,6 +395,13 @@ fn device_json(d: &Device, stale_after: std::time::Duration) -> Value {
         "held": d.held,
         "failed_rules": failed,
         "enforce": d.enforce,
+        "override": d.admin_override.as_deref().map(|o| json!({
+            "mode": o.mode,
+            "reason": o.reason,
+            "by": o.by,
+            "set": format_rfc3339(o.set),
+            "until": format_rfc3339(o.until),
+        })),
         "since": format_rfc3339(d.since),
         "last_seen": format_rfc3339(d.last_seen),
         "seq": r.seq,

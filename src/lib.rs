@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod policy;
 pub mod radius;
 pub mod telemetry;
+pub mod tokens;
 pub mod users;
 pub mod wireguard;

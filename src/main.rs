@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             warden::commands::certs_init(&dir, &device, &server_name)
         }
         Command::Changes { command, api } => warden::commands::changes(&command, &api),
+        Command::Device { command, api } => warden::commands::device(&command, &api),
     }
 }
 

@@ -23,6 +23,15 @@ pub struct Confirm {
     pub reply: tokio::sync::oneshot::Sender<Option<Held>>,
 }
 
+/// An override to set (`Some`) or clear (`None`), from the API. The reply
+/// is `None` for a device the table does not know; otherwise a receiver
+/// that fires once the change is durable (and is dropped if it cannot be).
+pub struct OverrideRequest {
+    pub device: String,
+    pub set: Option<crate::compliance::overrides::Override>,
+    pub reply: tokio::sync::oneshot::Sender<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
 /// Messages taken from the channel in one go before events are drained.
 const BATCH: usize = 1024;
 
@@ -43,6 +52,8 @@ pub struct ComplianceTask {
     pub source: watch::Receiver<bool>,
     /// Confirmations of held batches, from the API.
     pub confirms: mpsc::Receiver<Confirm>,
+    /// Overrides set or cleared, from the API.
+    pub overrides: mpsc::Receiver<OverrideRequest>,
     /// The batches the circuit breaker holds, for the API.
     pub held: watch::Sender<Vec<Held>>,
     pub pattern: TopicPattern,
@@ -101,6 +112,7 @@ impl ComplianceTask {
                     }
                 }
                 _ = timer.fired() => self.engine.handle_timeout(Instant::now(), wall_now()),
+                Some(request) = self.overrides.recv() => self.handle_override(request, &mut acks),
                 Some(confirm) = self.confirms.recv() => {
                     let done = self.engine.confirm(confirm.id, Instant::now(), wall_now());
                     if done.is_some() {
@@ -208,6 +220,9 @@ impl ComplianceTask {
         while let Some(change) = self.engine.poll_event() {
             any = true;
             self.metrics.verdict_change(change.old, change.new);
+            if change.cause == Cause::OverrideExpired {
+                tracing::info!(device = %change.device, verdict = change.new.label(), "override expired; access follows the reports again");
+            }
             if change.old != change.new {
                 let failed: Vec<String> = change.failures.iter().map(|f| f.key()).collect();
                 tracing::info!(device = %change.device, from = change.old.label(), to = change.new.label(), cause = change.cause.label(), ?failed, quarantine = change.enforce.quarantine, "verdict changed");
@@ -283,6 +298,22 @@ impl ComplianceTask {
         self.freshness.not_before = self.engine.accept_since();
         self.metrics.telemetry_source_up.set(i64::from(self.engine.outage().is_none()));
         self.metrics.verdicts_held.set(i64::try_from(self.engine.held()).unwrap_or(i64::MAX));
+    }
+
+    /// Applies an override, journals the device with it, and answers with
+    /// the acknowledgement the commit task fires once that is durable.
+    fn handle_override(&mut self, request: OverrideRequest, acks: &mut Vec<crate::gateway::mqtt::Ack>) {
+        let (now, wall) = (Instant::now(), wall_now());
+        if !self.engine.set_override(&request.device, request.set, now, wall) {
+            let _ = request.reply.send(None);
+            return;
+        }
+        if let Some(d) = self.engine.table().get(&request.device) {
+            self.journal.report(&d);
+        }
+        let (durable, done) = tokio::sync::oneshot::channel();
+        acks.push(crate::gateway::mqtt::Ack::Hook(durable));
+        let _ = request.reply.send(Some(done));
     }
 
     /// Offers the status topic the current verdict of the next chunk of

@@ -8,7 +8,7 @@ mod admissions;
 mod authorize;
 mod commit;
 mod compliance_task;
-pub use compliance_task::Confirm;
+pub use compliance_task::{Confirm, OverrideRequest};
 mod current;
 mod eap_pool;
 pub(crate) mod mqtt;
@@ -134,6 +134,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let (confirm_tx, confirm_rx) = mpsc::channel(16);
     let (held_tx, held_rx) = watch::channel(Vec::new());
     let (policy_tx, policy_rx) = mpsc::channel(4);
+    let (override_tx, override_rx) = mpsc::channel(16);
     let ready = Arc::new(Readiness {
         radius: radius.as_ref().map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false))),
         wireguard: wireguard.as_ref().map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false))),
@@ -186,6 +187,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             policies: policy_rx,
             source: source_rx,
             confirms: confirm_rx,
+            overrides: override_rx,
             held: held_tx,
             pattern: cfg.mqtt.telemetry_topic.clone(),
             freshness: Freshness {
@@ -229,7 +231,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         table,
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
-        token: loaded.secrets.api_token.as_deref().map(Arc::from),
+        tokens: Arc::new(loaded.secrets.api_tokens.clone()),
+        overrides: override_tx,
         stale_after: cfg.policy.stale_after,
         changes: {
             change_sources.sources.insert(0, crate::http::ChangeSource { held: held_rx, confirm: confirm_tx });
