@@ -612,7 +612,14 @@ impl Loaded {
                 Err(e) => errors.push(Located::at(file, text, locate("password_file"), e)),
             }
         }
-        for (key, path) in [("ca_file", &m.ca_file), ("cert_file", &m.cert_file), ("key_file", &m.key_file)] {
+        for (key, path) in [
+            ("ca_file", &m.ca_file),
+            ("cert_file", &m.cert_file),
+            ("key_file", &m.key_file),
+            ("server_cert", &m.server_cert),
+            ("server_key", &m.server_key),
+            ("client_ca", &m.client_ca),
+        ] {
             if let Some(p) = path
                 && !p.is_file()
             {
@@ -814,6 +821,26 @@ mod tests {
         assert_eq!(l.config.policy.dir, Path::new("/etc/warden/policies"));
         assert_eq!(l.config.policy.stale_after, Duration::from_secs(900));
         assert_eq!(l.config.mqtt.telemetry_topic.filter(), "devices/+/telemetry");
+    }
+
+    #[test]
+    fn embedded_broker_logins_are_checked() {
+        let err = |text: &str| load(text).err().unwrap_or_default();
+        assert!(
+            err("[mqtt]\nbroker = \"mqtt://b:1883\"\nallow_anonymous = true\n")
+                .contains("apply to the embedded broker")
+        );
+        assert!(err("[mqtt]\ntls_listen = \"127.0.0.1:8883\"\n").contains("tls_listen needs server_cert"));
+        assert!(
+            err("[mqtt]\ntls_listen = \"127.0.0.1:8883\"\nserver_cert = \"s.pem\"\nserver_key = \"s.key\"\nclient_ca = \"ca.pem\"\n")
+                .contains("server_cert /etc/warden/s.pem does not exist")
+        );
+        assert!(err("[mqtt]\ncredentials_file = \"nope.toml\"\n").contains("nope.toml"));
+        let l = load("[mqtt]\nallow_anonymous = true\nlisten = \"0.0.0.0:1883\"\n").unwrap();
+        assert!(l.warnings.iter().any(|w| w.contains("any host that reaches it")), "{:?}", l.warnings);
+        let l = load("").unwrap();
+        assert!(l.warnings.iter().any(|w| w.contains("no way for devices to log in")), "{:?}", l.warnings);
+        assert!(Loaded::embedded_default().config.mqtt.allow_anonymous, "the no-config default, on loopback");
     }
 
     #[test]

@@ -100,6 +100,15 @@ fn devices_log_in_and_act_only_for_themselves() {
     let _ = mosquitto_pub(mqtt, &["-u", "pos-0001", "-P", "pw-one", "-t", "devices/pos-0007/telemetry"], &forged);
     let _ = mosquitto_pub(mqtt, &["-u", "agent-7", "-P", "pw-seven", "-t", "devices/pos-0001/telemetry"], &forged);
     w.wait_metric("warden_broker_refusals_total{reason=\"publish\"}", 2.0);
+    // MQTT 5 says why: the PUBACK carries "not authorized" and a reason.
+    let out = mosquitto_pub(
+        mqtt,
+        &["-V", "mqttv5", "-u", "pos-0001", "-P", "pw-one", "-t", "devices/pos-0007/telemetry"],
+        &forged,
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("Not authorized") && said.contains("not this client's topic"), "{said}");
+    w.wait_metric("warden_broker_refusals_total{reason=\"publish\"}", 3.0);
     assert_eq!(w.device("pos-0007").unwrap()["verdict"], "compliant");
     assert_eq!(w.device("pos-0001").unwrap()["verdict"], "compliant");
     assert_eq!(w.device("pos-0001").unwrap()["seq"], 1);
@@ -143,7 +152,7 @@ fn devices_log_in_and_act_only_for_themselves() {
     w.wait_verdict("pos-0003", "compliant");
     let args = tls_args("devices/pos-0001/telemetry");
     let _ = mosquitto_pub(mqtts, &args.iter().map(String::as_str).collect::<Vec<_>>(), &forged);
-    w.wait_metric("warden_broker_refusals_total{reason=\"publish\"}", 3.0);
+    w.wait_metric("warden_broker_refusals_total{reason=\"publish\"}", 4.0);
     assert_eq!(w.device("pos-0001").unwrap()["seq"], 1, "the certificate names pos-0003 only");
     // Without a client certificate the TLS handshake fails.
     let out = mosquitto_pub(
