@@ -588,3 +588,40 @@ fn damaged_state_files_cost_only_the_damaged_records() {
     let log = w.log_text();
     assert!(log.contains("compliance table restored"), "{log}");
 }
+
+/// A policy reload sets failure start times no journal record holds: a
+/// snapshot is begun right after it, so a `kill -9` soon after does not
+/// restart the grace periods it began.
+#[test]
+fn a_reloads_failure_start_times_survive_a_kill_9() {
+    let dir = Warden::workdir();
+    let policy = dir.join("policies/pos-baseline.toml");
+    let strict = std::fs::read_to_string(&policy).unwrap();
+    let lenient = strict.replace("\"ACME-STORE-5G\"]", "\"ACME-STORE-5G\", \"ACME-GUEST\"]");
+    assert_ne!(strict, lenient);
+    std::fs::write(&policy, &lenient).unwrap();
+    let mqtt = free_port();
+    let config = format!(
+        "[node]\nname = \"test\"\nstate_dir = \"state\"\nsnapshot_every = \"1h\"\n\
+         [mqtt]\nbroker = \"embedded\"\nlisten = \"127.0.0.1:{mqtt}\"\nallow_anonymous = true\n\
+         [policy]\ndir = \"policies\"\nstale_after = \"15m\"\n"
+    );
+    let mut w = Warden::launch(&dir, &config, mqtt, "");
+    w.wait_ready();
+    publish(mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({"wifi_ssid": "ACME-GUEST"})));
+    w.wait_verdict("pos-0001", "compliant");
+    std::fs::write(&policy, &strict).unwrap();
+    let d = w.wait_verdict("pos-0001", "noncompliant");
+    let since = d["failed_rules"][0]["failing_since"].clone();
+    assert!(since.is_string(), "{d}");
+    wait_for("the snapshot after the reload", Duration::from_secs(10), || {
+        dir.join("state/compliance.jsonl").is_file().then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+    w.kill();
+    let mut w = Warden::launch(&dir, &config, mqtt, "");
+    w.wait_ready();
+    let d = w.device("pos-0001").unwrap();
+    assert_eq!(d["verdict"], "noncompliant");
+    assert_eq!(d["failed_rules"][0]["failing_since"], since, "the grace period runs from the reload: {d}");
+}

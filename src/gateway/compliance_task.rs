@@ -90,6 +90,10 @@ impl ComplianceTask {
         let mut timer = super::timer::Timer::new();
         let mut acks = Vec::new();
         let mut last_recovery: Option<Instant> = None;
+        // A policy reload re-evaluates every device; the failure start
+        // times it sets are in no journal record: a snapshot holds them,
+        // as soon as one can start.
+        let mut reevaluated = false;
         loop {
             timer.arm(self.engine.poll_timeout());
             tokio::select! {
@@ -99,6 +103,7 @@ impl ComplianceTask {
                     let started = Instant::now();
                     self.engine.handle_policies(set, Instant::now(), wall_now());
                     self.reconcile.send_modify(|n| *n += 1);
+                    reevaluated = true;
                     tracing::info!(devices = self.engine.table().len(), took_ms = started.elapsed().as_millis() as u64, "devices re-evaluated under the new policies");
                 }
                 msg = self.telemetry.recv() => {
@@ -117,6 +122,7 @@ impl ComplianceTask {
                     let done = self.engine.confirm(confirm.id, Instant::now(), wall_now());
                     if done.is_some() {
                         self.reconcile.send_modify(|n| *n += 1);
+                        reevaluated = true;
                     }
                     let _ = confirm.reply.send(done);
                 }
@@ -142,8 +148,9 @@ impl ComplianceTask {
             // be (at most every second), to make its reports durable again.
             let recover = self.durability.degraded()
                 && last_recovery.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(1));
-            if (self.journal.written() >= COMPACT_BYTES || recover) && self.snapshot(&snapshot_busy) {
+            if (self.journal.written() >= COMPACT_BYTES || recover || reevaluated) && self.snapshot(&snapshot_busy) {
                 snapshot_generation = self.engine.generation();
+                reevaluated = false;
                 if recover {
                     last_recovery = Some(Instant::now());
                 }
