@@ -159,7 +159,12 @@ pub fn changes(command: &crate::cli::ChangesCommand, args: &crate::cli::ApiArgs)
         ChangesCommand::List => ("GET", "/api/v1/changes".to_string()),
         ChangesCommand::Confirm { id } => ("POST", format!("/api/v1/changes/{id}/confirm")),
     };
-    match api.request(method, &path) {
+    answered(api.request(method, &path))
+}
+
+/// Prints an API answer: the body on 200, else the status and the error.
+fn answered(answer: Result<(u16, String), String>) -> ExitCode {
+    match answer {
         Ok((200, body)) => {
             println!("{body}");
             ExitCode::SUCCESS
@@ -190,38 +195,22 @@ pub fn device(command: &crate::cli::DeviceCommand, args: &crate::cli::ApiArgs) -
         // Device ids are [A-Za-z0-9._:-]: nothing to escape in a path.
         format!("/api/v1/devices/{id}/override")
     };
+    let id = match command {
+        DeviceCommand::Exempt { id, .. } | DeviceCommand::Quarantine { id, .. } | DeviceCommand::Clear { id } => id,
+    };
+    if !crate::telemetry::parse::valid_device_id(id) {
+        eprintln!("warden: {id:?} is not a device id");
+        return ExitCode::FAILURE;
+    }
     let answer = match command {
-        DeviceCommand::Exempt { id, duration, reason } | DeviceCommand::Quarantine { id, duration, reason } => {
+        DeviceCommand::Exempt { duration, reason, .. } | DeviceCommand::Quarantine { duration, reason, .. } => {
             let mode = if matches!(command, DeviceCommand::Exempt { .. }) { "exempt" } else { "quarantine" };
-            if !crate::telemetry::parse::valid_device_id(id) {
-                eprintln!("warden: {id:?} is not a device id");
-                return ExitCode::FAILURE;
-            }
             let body = serde_json::json!({ "mode": mode, "for": duration, "reason": reason }).to_string();
             api.request_with("PUT", &path(id), Some(&body))
         }
-        DeviceCommand::Clear { id } => {
-            if !crate::telemetry::parse::valid_device_id(id) {
-                eprintln!("warden: {id:?} is not a device id");
-                return ExitCode::FAILURE;
-            }
-            api.request("DELETE", &path(id))
-        }
+        DeviceCommand::Clear { .. } => api.request("DELETE", &path(id)),
     };
-    match answer {
-        Ok((200, body)) => {
-            println!("{body}");
-            ExitCode::SUCCESS
-        }
-        Ok((code, body)) => {
-            eprintln!("warden: the API answered {code}: {body}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("warden: cannot reach the API: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    answered(answer)
 }
 
 /// The API client from `--api` and `--token-file`, else the config's `[http]`.

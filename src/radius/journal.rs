@@ -316,13 +316,19 @@ pub fn rewrite(state_dir: &Path, sessions: &Sessions) -> std::io::Result<usize> 
         out.push(b'\n');
         kept += 1;
     }
+    replace(state_dir, &out)?;
+    Ok(kept)
+}
+
+/// Makes `lines` the journal: a temporary file, synced, renamed over it,
+/// and the directory synced. A crash at any point leaves either one whole.
+fn replace(state_dir: &Path, lines: &[u8]) -> std::io::Result<()> {
     let tmp = state_dir.join(format!("{FILE}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&out)?;
+    file.write_all(lines)?;
     file.sync_all()?;
     std::fs::rename(&tmp, state_dir.join(FILE))?;
-    std::fs::File::open(state_dir)?.sync_all()?;
-    Ok(kept)
+    std::fs::File::open(state_dir)?.sync_all()
 }
 
 fn compact(
@@ -343,12 +349,7 @@ fn compact(
     if kept == lines {
         return Ok(kept); // nothing to drop
     }
-    let tmp = state_dir.join(format!("{FILE}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&out)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, state_dir.join(FILE))?;
-    std::fs::File::open(state_dir)?.sync_all()?;
+    replace(state_dir, &out)?;
     Ok(kept)
 }
 
