@@ -51,10 +51,16 @@ fn report(n: u64, seq: u64, patch: serde_json::Value) -> String {
 }
 
 fn users(dir: &Path) {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(b"warden-test-salt").unwrap();
+    let phc = argon2::Argon2::default().hash_password(b"pw-nine", &salt).unwrap().to_string();
     std::fs::write(
         dir.join("mqtt-users.toml"),
-        "[[users]]\nname = \"pos-0001\"\npassword = \"pw-one\"\n\
-         [[users]]\nname = \"agent-7\"\npassword = \"pw-seven\"\ndevice_id = \"pos-0007\"\n",
+        format!(
+            "[[users]]\nname = \"pos-0001\"\npassword = \"pw-one\"\n\
+             [[users]]\nname = \"agent-7\"\npassword = \"pw-seven\"\ndevice_id = \"pos-0007\"\n\
+             [[users]]\nname = \"pos-0009\"\nargon2 = \"{phc}\"\n"
+        ),
     )
     .unwrap();
 }
@@ -95,6 +101,15 @@ fn devices_log_in_and_act_only_for_themselves() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     w.wait_verdict("pos-0007", "compliant");
 
+    // An argon2 login (checked off the broker's threads, a few at a time).
+    let out = mosquitto_pub(
+        mqtt,
+        &["-u", "pos-0009", "-P", "pw-nine", "-t", "devices/pos-0009/telemetry"],
+        &report(9, 1, json!({})),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    w.wait_verdict("pos-0009", "compliant");
+
     // Valid credentials, another device's topic: refused, nothing applied.
     let forged = report(1, 2, json!({"rooted": true}));
     let _ = mosquitto_pub(mqtt, &["-u", "pos-0001", "-P", "pw-one", "-t", "devices/pos-0007/telemetry"], &forged);
@@ -118,7 +133,11 @@ fn devices_log_in_and_act_only_for_themselves() {
     assert!(!out.status.success(), "a wrong password is refused");
     let out = mosquitto_pub(mqtt, &["-t", "devices/pos-0001/telemetry"], &forged);
     assert!(!out.status.success(), "anonymous is refused when not allowed");
-    assert_eq!(refusals("credentials"), 1.0);
+    let out = mosquitto_pub(mqtt, &["-u", "pos-0009", "-P", "pw-NINE", "-t", "devices/pos-0009/telemetry"], &forged);
+    assert!(!out.status.success(), "a wrong argon2 password is refused");
+    let out = mosquitto_pub(mqtt, &["-u", "$warden", "-P", "guess", "-t", "devices/pos-0001/telemetry"], &forged);
+    assert!(!out.status.success(), "warden's own user name needs its password");
+    assert_eq!(refusals("credentials"), 3.0);
     assert_eq!(refusals("anonymous"), 1.0);
 
     // A device may not listen to another device's commands.

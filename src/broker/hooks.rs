@@ -34,7 +34,13 @@ pub struct Hooks {
     pub internal_password: zeroize::Zeroizing<String>,
     pub ingest: mpsc::Sender<Inbound>,
     pub metrics: Arc<Metrics>,
+    /// Argon2 checks at once: each costs tens of ms of CPU on purpose, so
+    /// a flood of logins waits here instead of taking every core.
+    pub slow_checks: tokio::sync::Semaphore,
 }
+
+/// Argon2 password checks allowed at once.
+pub const SLOW_CHECKS: usize = 2;
 
 /// What an authenticated device carries through its session: rmqtt keeps
 /// the `AuthInfo` it was admitted with, and its absence means anonymous.
@@ -48,12 +54,16 @@ impl Hooks {
         let password = ci.password().cloned().unwrap_or_default();
         if username == Some(super::INTERNAL_USER) {
             let ok = crate::radius::crypto::ct_eq(self.internal_password.as_bytes(), &password);
+            if !ok {
+                self.metrics.broker_refusal(Refused::BadCredentials.label());
+                tracing::warn!(client = %escape(ci.client_id()), "embedded broker refused warden's own user name with a wrong password");
+            }
             let result = if ok { AuthResult::Allow(true, None) } else { AuthResult::BadUsernameOrPassword };
             return (false, Some(HookResult::AuthResult(result)));
         }
         let cn = ci.cert().and_then(|c| c.common_name.as_deref());
         let verified = match (cn, username, &self.users) {
-            (None, Some(name), Some(users)) => verify(users, name, password).await,
+            (None, Some(name), Some(users)) => verify(users, name, password, &self.slow_checks).await,
             _ => None,
         };
         let decided = access::authenticate(cn, username, self.allow_anonymous, |_| verified);
@@ -169,10 +179,16 @@ impl Handler for Shared {
 
 /// Checks a password from the credentials file; argon2 is slow on
 /// purpose, so it runs off the broker's threads.
-async fn verify(users: &Arc<Users>, name: &str, password: bytes::Bytes) -> Option<Box<str>> {
+async fn verify(
+    users: &Arc<Users>,
+    name: &str,
+    password: bytes::Bytes,
+    slow_checks: &tokio::sync::Semaphore,
+) -> Option<Box<str>> {
     let user = users.get(name)?;
     let ok = match user.slow_hash() {
         Some(phc) => {
+            let Ok(_turn) = slow_checks.acquire().await else { return None };
             tokio::task::spawn_blocking(move || crate::users::verify_argon2(&phc, &password)).await.unwrap_or(false)
         }
         None => user.verify(&password),

@@ -135,6 +135,7 @@ pub async fn start(
         internal_password: internal_password.clone(),
         ingest,
         metrics,
+        slow_checks: tokio::sync::Semaphore::new(hooks::SLOW_CHECKS),
     });
     let register = scx.extends.hook_mgr().register();
     for typ in
