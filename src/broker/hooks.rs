@@ -37,6 +37,9 @@ pub struct Hooks {
     /// Argon2 checks at once: each costs tens of ms of CPU on purpose, so
     /// a flood of logins waits here instead of taking every core.
     pub slow_checks: tokio::sync::Semaphore,
+    /// Refusals are logged at most 20 per 10 s (all are counted): a client
+    /// repeating a refused request must not fill the log.
+    pub log: std::sync::Mutex<crate::gateway::log_limit::LogLimiter>,
 }
 
 /// Argon2 password checks allowed at once.
@@ -49,6 +52,12 @@ fn device_info() -> AuthInfo {
 }
 
 impl Hooks {
+    /// Whether a refusal may be logged now, and how many were not since.
+    fn may_log(&self) -> Option<u64> {
+        let mut log = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.allow(Instant::now()).then(|| log.take_suppressed())
+    }
+
     async fn authenticate(&self, ci: &ConnectInfo) -> ReturnType {
         let username = ci.username().map(|u| u.as_ref());
         let password = ci.password().cloned().unwrap_or_default();
@@ -56,7 +65,9 @@ impl Hooks {
             let ok = crate::radius::crypto::ct_eq(self.internal_password.as_bytes(), &password);
             if !ok {
                 self.metrics.broker_refusal(Refused::BadCredentials.label());
-                tracing::warn!(client = %escape(ci.client_id()), "embedded broker refused warden's own user name with a wrong password");
+                if let Some(suppressed) = self.may_log() {
+                    tracing::warn!(suppressed, client = %escape(ci.client_id()), "embedded broker refused warden's own user name with a wrong password");
+                }
             }
             let result = if ok { AuthResult::Allow(true, None) } else { AuthResult::BadUsernameOrPassword };
             return (false, Some(HookResult::AuthResult(result)));
@@ -77,7 +88,9 @@ impl Hooks {
             Ok(Identity::Device(_)) => AuthResult::Allow(false, Some(device_info())),
             Err(why) => {
                 self.metrics.broker_refusal(why.label());
-                tracing::warn!(client = %escape(ci.client_id()), reason = why.label(), "embedded broker refused a connection");
+                if let Some(suppressed) = self.may_log() {
+                    tracing::warn!(suppressed, client = %escape(ci.client_id()), reason = why.label(), "embedded broker refused a connection");
+                }
                 match why {
                     Refused::BadCredentials => AuthResult::BadUsernameOrPassword,
                     Refused::Anonymous | Refused::BadCertificateName | Refused::Will => AuthResult::NotAuthorized,
@@ -107,14 +120,18 @@ impl Hooks {
             // §3.3.2-2, 5.0 §3.3.2.1) that rmqtt lets through: the
             // connection closes, unacknowledged.
             self.metrics.broker_refusal("publish");
-            tracing::warn!(client = %escape(&s.id.client_id), topic = %escape(&p.topic), "embedded broker refused a PUBLISH to a wildcard topic; closing the connection");
+            if let Some(suppressed) = self.may_log() {
+                tracing::warn!(suppressed, client = %escape(&s.id.client_id), topic = %escape(&p.topic), "embedded broker refused a PUBLISH to a wildcard topic; closing the connection");
+            }
             let refused = PublishAclResult::rejected(true, Some("wildcard in a topic name".into()));
             return (false, Some(HookResult::PublishAclResult(refused)));
         }
         let who = self.identity(s).await;
         if !self.topics.may_publish(&who, &p.topic) {
             self.metrics.broker_refusal("publish");
-            tracing::warn!(client = %escape(&s.id.client_id), topic = %escape(&p.topic), "embedded broker refused a publish outside the client's own topics");
+            if let Some(suppressed) = self.may_log() {
+                tracing::warn!(suppressed, client = %escape(&s.id.client_id), topic = %escape(&p.topic), "embedded broker refused a publish outside the client's own topics");
+            }
             let refused = PublishAclResult::rejected(false, Some("not this client's topic".into()));
             return (false, Some(HookResult::PublishAclResult(refused)));
         }
@@ -150,7 +167,9 @@ impl Hooks {
             SubscribeAclResult::new_success(sub.opts.qos(), None)
         } else {
             self.metrics.broker_refusal("subscribe");
-            tracing::warn!(client = %escape(&s.id.client_id), filter = %escape(&sub.topic_filter), "embedded broker refused a subscription outside the client's own topics");
+            if let Some(suppressed) = self.may_log() {
+                tracing::warn!(suppressed, client = %escape(&s.id.client_id), filter = %escape(&sub.topic_filter), "embedded broker refused a subscription outside the client's own topics");
+            }
             SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
         };
         (false, Some(HookResult::SubscribeAclResult(result)))

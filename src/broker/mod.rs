@@ -136,6 +136,7 @@ pub async fn start(
         ingest,
         metrics,
         slow_checks: tokio::sync::Semaphore::new(hooks::SLOW_CHECKS),
+        log: std::sync::Mutex::new(crate::gateway::log_limit::LogLimiter::new()),
     });
     let register = scx.extends.hook_mgr().register();
     for typ in

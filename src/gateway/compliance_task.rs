@@ -4,6 +4,7 @@
 //! made it durable) and compacts the journal into the snapshot.
 
 use super::commit::{Commit, Durability};
+use super::log_limit::LogLimiter;
 use crate::compliance::{Cause, Change, Engine, Held, journal, snapshot};
 use crate::gateway::mqtt::{Inbound, wall_now};
 use crate::metrics::Metrics;
@@ -420,37 +421,5 @@ impl ComplianceTask {
             busy.store(false, Ordering::Release);
         });
         true
-    }
-}
-
-/// At most 20 log lines per 10 s for refused telemetry: a flood of bad
-/// messages is counted in full in metrics, not written in full to the log.
-struct LogLimiter {
-    window: Instant,
-    used: u32,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    fn new() -> Self {
-        Self { window: Instant::now(), used: 0, suppressed: 0 }
-    }
-
-    fn allow(&mut self, now: Instant) -> bool {
-        if now.saturating_duration_since(self.window) >= Duration::from_secs(10) {
-            self.window = now;
-            self.used = 0;
-        }
-        self.used += 1;
-        if self.used <= 20 {
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
-
-    fn take_suppressed(&mut self) -> u64 {
-        std::mem::take(&mut self.suppressed)
     }
 }

@@ -11,6 +11,7 @@ mod compliance_task;
 pub use compliance_task::{Confirm, OverrideRequest};
 mod current;
 mod eap_pool;
+pub(crate) mod log_limit;
 pub(crate) mod mqtt;
 mod radius_auth;
 mod radius_enforce;
