@@ -355,6 +355,16 @@ fn a_device_that_drifted_just_before_a_crash_is_still_quarantined_after_it() {
     w.wait_verdict("crash-0001", "compliant");
     publish(broker.port, "devices/crash-0001/telemetry", &pos_report(2, json!({"rooted": true})));
     w.wait_verdict("crash-0001", "noncompliant");
+    // The change reaches the table (and the planes) a moment before its
+    // journal record is written by the commit task; a kill in that window
+    // loses it until the broker redelivers it (here the broker is gone).
+    // Known limit (docs/design.md); the kill comes once the record is written.
+    wait_for("the change in the journal", Duration::from_secs(10), || {
+        std::fs::read_dir(dir.join("state")).ok()?.flatten().find(|e| {
+            e.file_name().to_string_lossy().starts_with("journal-")
+                && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"seq\":2"))
+        })
+    });
     w.kill();
     // Restarted with the broker gone: nothing can be redelivered, so what
     // warden says comes from its own state alone.
