@@ -353,19 +353,27 @@ fn a_device_that_drifted_just_before_a_crash_is_still_quarantined_after_it() {
     w.wait_ready();
     publish(broker.port, "devices/crash-0001/telemetry", &report(1, 1));
     w.wait_verdict("crash-0001", "compliant");
+    // Watch the status topic: the first moment the quarantine is visible
+    // outside warden (as a CoA to a NAS would be), kill it.
+    require("mosquitto_sub", "mosquitto-clients");
+    let mut watcher = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "warden/compliance/crash-0001"])
+        .args(["-W", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_sub");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watcher.stdout.take().unwrap()));
+    let retained = lines.next().expect("the retained status").unwrap();
+    assert!(retained.contains("\"verdict\":\"compliant\""), "{retained}");
     publish(broker.port, "devices/crash-0001/telemetry", &pos_report(2, json!({"rooted": true})));
-    w.wait_verdict("crash-0001", "noncompliant");
-    // The change reaches the table (and the planes) a moment before its
-    // journal record is written by the commit task; a kill in that window
-    // loses it until the broker redelivers it (here the broker is gone).
-    // Known limit (docs/design.md); the kill comes once the record is written.
-    wait_for("the change in the journal", Duration::from_secs(10), || {
-        std::fs::read_dir(dir.join("state")).ok()?.flatten().find(|e| {
-            e.file_name().to_string_lossy().starts_with("journal-")
-                && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"seq\":2"))
-        })
-    });
+    let told = lines.next().expect("the quarantine on the status topic").unwrap();
+    // The planes and the status topic hear of a change only once its
+    // journal record is written (gateway/commit.rs): killed right now, the
+    // record is there.
     w.kill();
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(told.contains("\"verdict\":\"noncompliant\""), "{told}");
     // Restarted with the broker gone: nothing can be redelivered, so what
     // warden says comes from its own state alone.
     drop(broker);

@@ -1,11 +1,19 @@
-//! Group commit for telemetry: the compliance task applies a batch of
-//! reports and serializes their journal records; this task writes them and
-//! makes them durable (one `write` per batch and one `fdatasync` for every
-//! batch that queued meanwhile, on a blocking thread) and only then
-//! acknowledges them to the broker, in the order they arrived (MQTT 3.1.1
-//! §4.6 wants PUBACKs in order). Writing here rather than on the compliance
-//! task keeps a disk busy with writeback (a `write` to a page under
-//! writeback waits for it) from stalling the task that applies telemetry.
+//! Group commit for telemetry, in two stages.
+//!
+//! The compliance task applies a batch of reports and serializes their
+//! journal records. The **write stage** appends them to the journal (one
+//! `write` per batch, on a blocking thread) and only then tells the planes
+//! and the status topic what the batch changed: a verdict change is acted
+//! on (a CoA sent, a WireGuard peer narrowed, a retained status published)
+//! only once its record is in the file, so a `kill -9` after a device was
+//! quarantined cannot bring it back with its older, wider verdict. The
+//! **sync stage** makes what was written durable (one `fdatasync` for every
+//! batch that queued meanwhile) and only then acknowledges the reports to
+//! the broker, in the order they arrived (MQTT 3.1.1 §4.6 wants PUBACKs in
+//! order). The two run side by side, so a change never waits for the
+//! previous batch's sync. Writing here rather than on the compliance task
+//! keeps a disk busy with writeback (a `write` to a page under writeback
+//! waits for it) from stalling the task that applies telemetry.
 //!
 //! A crash can then cause redelivery (refused as a replay), never loss.
 //!
@@ -13,20 +21,23 @@
 //! acknowledged until a snapshot begun after the failure has been written
 //! (it holds everything applied before it). Then the connection is
 //! dropped once, so the broker redelivers what went unacknowledged; those
-//! messages are replays by then, and are acknowledged as such.
+//! messages are replays by then, and are acknowledged as such. The planes
+//! are told about changes even when their write failed: enforcement does
+//! not stop because the disk did.
 
 // A shell: it owns a file and the MQTT client.
 #![allow(clippy::disallowed_methods)]
 
-use crate::compliance::journal;
+use crate::compliance::{Change, journal};
 use crate::gateway::mqtt::Ack;
+use crate::gateway::status;
 use crate::metrics::Metrics;
 use rumqttc::AsyncClient;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 /// One batch of the compliance task.
 pub struct Commit {
@@ -34,6 +45,38 @@ pub struct Commit {
     pub records: journal::Batch,
     /// The acknowledgements the batch owes, in arrival order.
     pub acks: Vec<Ack>,
+    /// The verdict changes it made, for the planes and the status topic,
+    /// in order.
+    pub changes: Vec<Arc<Change>>,
+    /// Current verdicts stated again on the status topic only (after a
+    /// restart: nothing changed, the planes have nothing to do).
+    pub restated: Vec<Arc<Change>>,
+}
+
+/// Where verdict changes go once their records are written.
+pub struct Outbox {
+    /// The planes (RADIUS, WireGuard, the API's change stream).
+    pub changes: broadcast::Sender<Arc<Change>>,
+    /// The status topic, coalesced per device.
+    pub status: Arc<status::Pending>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Outbox {
+    fn tell(&self, changes: Vec<Arc<Change>>, restated: Vec<Arc<Change>>) {
+        for change in changes {
+            if self.status.offer(Arc::clone(&change)) {
+                self.metrics.status_coalesced.inc();
+            }
+            let at = change.at;
+            // No subscriber is not an error: the planes may not be configured.
+            let _ = self.changes.send(change);
+            self.metrics.verdict_seconds.observe(at.elapsed().as_secs_f64());
+        }
+        for change in restated {
+            self.status.offer(change);
+        }
+    }
 }
 
 /// Durability failures, and how many of them a written snapshot covers.
@@ -75,12 +118,82 @@ pub const QUEUE: usize = 256;
 /// power loss needs the sync).
 const SYNC_EVERY: Duration = Duration::from_millis(100);
 
+/// What the write stage hands the sync stage.
+struct Written {
+    /// The segments it wrote to.
+    files: Vec<Arc<std::fs::File>>,
+    acks: Vec<Ack>,
+}
+
 /// Runs until the compliance task drops its sender.
 pub async fn run(
     client: Option<AsyncClient>,
     connection: Arc<AtomicU64>,
     durability: Arc<Durability>,
+    commits: mpsc::Receiver<Commit>,
+    outbox: Outbox,
+) {
+    let metrics = Arc::clone(&outbox.metrics);
+    let (written_tx, written_rx) = mpsc::channel(QUEUE);
+    tokio::join!(
+        write_stage(commits, Arc::new(outbox), Arc::clone(&durability), written_tx),
+        sync_stage(client, connection, durability, written_rx, metrics),
+    );
+}
+
+/// Writes each batch's records, then tells the outbox what it changed.
+async fn write_stage(
     mut commits: mpsc::Receiver<Commit>,
+    outbox: Arc<Outbox>,
+    durability: Arc<Durability>,
+    written: mpsc::Sender<Written>,
+) {
+    let mut batch = Vec::new();
+    while commits.recv_many(&mut batch, QUEUE).await > 0 {
+        let mut writes = Vec::new();
+        let mut files: Vec<Arc<std::fs::File>> = Vec::new();
+        let (mut changes, mut restated, mut acks) = (Vec::new(), Vec::new(), Vec::new());
+        for c in batch.drain(..) {
+            if !c.records.bytes.is_empty() {
+                if !files.iter().any(|f| Arc::ptr_eq(f, &c.records.file)) {
+                    files.push(Arc::clone(&c.records.file));
+                }
+                writes.push(c.records);
+            }
+            changes.extend(c.changes);
+            restated.extend(c.restated);
+            acks.extend(c.acks);
+        }
+        let stored = if writes.is_empty() {
+            outbox.tell(changes, restated);
+            Ok(())
+        } else {
+            let outbox = Arc::clone(&outbox);
+            tokio::task::spawn_blocking(move || {
+                let stored = writes.iter().try_for_each(journal::Batch::write);
+                outbox.tell(changes, restated);
+                stored
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        if let Err(e) = &stored {
+            durability.failed();
+            outbox.metrics.journal_failures.inc();
+            tracing::error!(error = %e, "compliance journal write failed; reports are not acknowledged until a snapshot holds them");
+        }
+        if (!files.is_empty() || !acks.is_empty()) && written.send(Written { files, acks }).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Syncs what was written and acknowledges it, in order.
+async fn sync_stage(
+    client: Option<AsyncClient>,
+    connection: Arc<AtomicU64>,
+    durability: Arc<Durability>,
+    mut written: mpsc::Receiver<Written>,
     metrics: Arc<Metrics>,
 ) {
     let mut owed_redelivery = false;
@@ -98,8 +211,8 @@ pub async fn run(
             None
         };
         let received = match wait {
-            None => commits.recv_many(&mut batch, QUEUE).await,
-            Some(wait) => match tokio::time::timeout(wait, commits.recv_many(&mut batch, QUEUE)).await {
+            None => written.recv_many(&mut batch, QUEUE).await,
+            Some(wait) => match tokio::time::timeout(wait, written.recv_many(&mut batch, QUEUE)).await {
                 Ok(n) => n,
                 Err(_) => usize::MAX, // time to sync, or to retry the acks
             },
@@ -107,36 +220,27 @@ pub async fn run(
         if received == 0 {
             break;
         }
-        let owes = batch.iter().any(|c| !c.acks.is_empty());
-        let writes: Vec<journal::Batch> = batch
-            .iter_mut()
-            .filter(|c| !c.records.bytes.is_empty())
-            .map(|c| journal::Batch { file: Arc::clone(&c.records.file), bytes: std::mem::take(&mut c.records.bytes) })
-            .collect();
-        for w in &writes {
-            if !unsynced.iter().any(|f| Arc::ptr_eq(f, &w.file)) {
-                unsynced.push(Arc::clone(&w.file));
+        let owes = batch.iter().any(|w: &Written| !w.acks.is_empty());
+        for f in batch.iter().flat_map(|w| &w.files) {
+            if !unsynced.iter().any(|u| Arc::ptr_eq(u, f)) {
+                unsynced.push(Arc::clone(f));
             }
         }
-        let sync = !unsynced.is_empty() && (owes || last_sync.elapsed() >= SYNC_EVERY);
-        let to_sync = if sync { std::mem::take(&mut unsynced) } else { Vec::new() };
-        let started = Instant::now();
-        let stored = tokio::task::spawn_blocking(move || {
-            writes.iter().try_for_each(journal::Batch::write)?;
-            to_sync.iter().try_for_each(|f| f.sync_data())
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if sync {
+        if !unsynced.is_empty() && (owes || last_sync.elapsed() >= SYNC_EVERY) {
+            let to_sync = std::mem::take(&mut unsynced);
+            let started = Instant::now();
+            let synced = tokio::task::spawn_blocking(move || to_sync.iter().try_for_each(|f| f.sync_data()))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             last_sync = Instant::now();
             metrics.journal_sync_seconds.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = &synced {
+                durability.failed();
+                metrics.journal_failures.inc();
+                tracing::error!(error = %e, "compliance journal sync failed; reports are not acknowledged until a snapshot holds them");
+            }
         }
-        if let Err(e) = &stored {
-            durability.failed();
-            metrics.journal_failures.inc();
-            tracing::error!(error = %e, "compliance journal write or sync failed; reports are not acknowledged until a snapshot holds them");
-        }
-        let acks = batch.drain(..).flat_map(|c| c.acks);
+        let acks = batch.drain(..).flat_map(|w| w.acks);
         if durability.degraded() {
             let dropped = acks.count();
             if dropped > 0 {
@@ -199,17 +303,90 @@ mod tests {
         let (client, _eventloop) = AsyncClient::new(opts, 1);
         let connection = Arc::new(AtomicU64::new(1));
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(Some(client), connection, Arc::default(), rx, Arc::new(Metrics::new())));
+        let task = tokio::spawn(run(Some(client), connection, Arc::default(), rx, outbox().0));
         let dir = tempfile::tempdir().unwrap();
         let mut writer = journal::Writer::create(dir.path(), 0).unwrap();
         let sent = async {
             for pkid in 1..=(QUEUE as u16 * 4) {
                 let acks =
                     (0..8).map(|i| Ack::Client { connection: 1, pkid: pkid.wrapping_mul(8).wrapping_add(i) }).collect();
-                tx.send(Commit { records: writer.take(), acks }).await.unwrap();
+                tx.send(Commit { records: writer.take(), acks, changes: Vec::new(), restated: Vec::new() })
+                    .await
+                    .unwrap();
             }
         };
         tokio::time::timeout(std::time::Duration::from_secs(10), sent).await.expect("commits keep flowing");
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    fn outbox() -> (Outbox, broadcast::Receiver<Arc<Change>>) {
+        let (changes, rx) = broadcast::channel(16);
+        (Outbox { changes, status: Arc::default(), metrics: Arc::new(Metrics::new()) }, rx)
+    }
+
+    fn quarantined(device: &str) -> Arc<Change> {
+        Arc::new(Change {
+            device: device.into(),
+            old: crate::compliance::Verdict::Compliant,
+            new: crate::compliance::Verdict::Noncompliant,
+            failures: Vec::new(),
+            enforce: crate::compliance::Enforce { quarantine: true, deny_admission: true },
+            cause: crate::compliance::Cause::Telemetry,
+            at: Instant::now(),
+            wall: 0,
+        })
+    }
+
+    /// The planes act on a change (a CoA, a narrowed peer, a retained
+    /// status) only once its journal record is in the file: a `kill -9`
+    /// right after the NAS saw the quarantine cannot bring the device back
+    /// with its older verdict. Here the record's bytes must be in the
+    /// segment by the time the change arrives, every time.
+    #[tokio::test]
+    async fn a_change_is_told_only_after_its_record_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, mut rx) = outbox();
+        let status = Arc::clone(&outbox.status);
+        let (tx, commits) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(None, Arc::default(), Arc::default(), commits, outbox));
+        std::fs::write(dir.path().join("journal"), b"").unwrap();
+        let shared = Arc::new(std::fs::OpenOptions::new().append(true).open(dir.path().join("journal")).unwrap());
+        for round in 0..200u32 {
+            let record = format!("record {round}\n").into_bytes();
+            let records = journal::Batch { file: Arc::clone(&shared), bytes: record.clone() };
+            let change = quarantined(&format!("d{round}"));
+            tx.send(Commit { records, acks: Vec::new(), changes: vec![change], restated: Vec::new() }).await.unwrap();
+            let told = rx.recv().await.unwrap();
+            assert_eq!(&*told.device, format!("d{round}"));
+            let text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
+            assert!(text.ends_with(std::str::from_utf8(&record).unwrap()), "round {round}: told before written");
+        }
+        assert_eq!(status.len(), 200, "every change offered to the status topic too");
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    /// A journal that cannot be written must not stop enforcement: the
+    /// change still reaches the planes (narrowing access is always safe);
+    /// only the acknowledgement is withheld.
+    #[tokio::test]
+    async fn a_failed_write_still_tells_the_planes_and_withholds_the_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("journal"), b"").unwrap();
+        // Opened read-only: every write fails.
+        let file = Arc::new(std::fs::File::open(dir.path().join("journal")).unwrap());
+        let (outbox, mut rx) = outbox();
+        let durability = Arc::new(Durability::default());
+        let (tx, commits) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(run(None, Arc::default(), Arc::clone(&durability), commits, outbox));
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        let records = journal::Batch { file, bytes: b"record\n".to_vec() };
+        let changes = vec![quarantined("d")];
+        tx.send(Commit { records, acks: vec![Ack::Hook(ack)], changes, restated: Vec::new() }).await.unwrap();
+        assert_eq!(&*rx.recv().await.unwrap().device, "d");
+        assert!(acked.await.is_err(), "nothing durable, nothing acknowledged");
+        assert!(durability.degraded());
         drop(tx);
         task.await.unwrap();
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 /// An operator's confirmation of a held batch; the reply is the batch
 /// applied, or `None` when no batch has that id.
@@ -59,7 +59,12 @@ pub struct ComplianceTask {
     pub held: watch::Sender<Vec<Held>>,
     pub pattern: TopicPattern,
     pub freshness: Freshness,
-    pub changes: broadcast::Sender<Arc<Change>>,
+    /// Verdict changes of the batch being gathered, handed to the commit
+    /// task with its journal records: the planes hear of them once those
+    /// are written.
+    pub outgoing: Vec<Arc<Change>>,
+    /// Current verdicts to state again on the status topic, likewise.
+    pub restated: Vec<Arc<Change>>,
     /// Bumped after a policy reload: every plane reconciles all it enforces.
     pub reconcile: watch::Sender<u64>,
     pub metrics: Arc<Metrics>,
@@ -67,7 +72,8 @@ pub struct ComplianceTask {
     pub snapshot_every: Duration,
     /// Where accepted reports are appended.
     pub journal: journal::Writer,
-    /// Verdict changes for the status topic, coalesced per device.
+    /// Verdict changes for the status topic, coalesced per device (read
+    /// here for its length only; the commit task fills it).
     pub status: Arc<super::status::Pending>,
     /// Batches to make durable and acknowledge, in order.
     pub commits: mpsc::Sender<Commit>,
@@ -235,14 +241,8 @@ impl ComplianceTask {
                 let failed: Vec<String> = change.failures.iter().map(|f| f.key()).collect();
                 tracing::info!(device = %change.device, from = change.old.label(), to = change.new.label(), cause = change.cause.label(), ?failed, quarantine = change.enforce.quarantine, "verdict changed");
             }
-            let at = change.at;
-            let change = Arc::new(change);
-            if self.status.offer(Arc::clone(&change)) {
-                self.metrics.status_coalesced.inc();
-            }
-            // No subscriber is not an error: the planes may not be configured.
-            let _ = self.changes.send(change);
-            self.metrics.verdict_seconds.observe(at.elapsed().as_secs_f64());
+            // Told to the planes once its record is written (commit.rs).
+            self.outgoing.push(Arc::new(change));
         }
         if any {
             self.metrics.set_devices(self.engine.counts());
@@ -336,7 +336,7 @@ impl ComplianceTask {
         let now = Instant::now();
         for id in self.republish.drain(at..) {
             if let Some(d) = self.engine.table().get(&id) {
-                self.status.offer(Arc::new(Change {
+                self.restated.push(Arc::new(Change {
                     device: id,
                     old: d.verdict,
                     new: d.verdict,
@@ -358,11 +358,17 @@ impl ComplianceTask {
     /// batch owes, to the commit task.
     async fn commit(&mut self, acks: &mut Vec<crate::gateway::mqtt::Ack>) {
         let records = self.journal.take();
-        if acks.is_empty() && records.bytes.is_empty() {
+        if acks.is_empty() && records.bytes.is_empty() && self.outgoing.is_empty() && self.restated.is_empty() {
             return;
         }
+        let commit = Commit {
+            records,
+            acks: std::mem::take(acks),
+            changes: std::mem::take(&mut self.outgoing),
+            restated: std::mem::take(&mut self.restated),
+        };
         // The commit task only stops when warden does.
-        let _ = self.commits.send(Commit { records, acks: std::mem::take(acks) }).await;
+        let _ = self.commits.send(commit).await;
     }
 
     /// Compacts: moves the journal to a new segment and writes the snapshot
@@ -378,7 +384,11 @@ impl ComplianceTask {
                 // it ends); if not, in order with the commits before it. A
                 // full queue drops them: the snapshot about to be written
                 // holds them, and until it is, nothing is acknowledged.
-                if !rest.bytes.is_empty() && self.commits.try_send(Commit { records: rest, acks: Vec::new() }).is_err()
+                if !rest.bytes.is_empty()
+                    && self
+                        .commits
+                        .try_send(Commit { records: rest, acks: Vec::new(), changes: Vec::new(), restated: Vec::new() })
+                        .is_err()
                 {
                     self.durability.failed();
                 }

@@ -172,8 +172,13 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         ));
         Some(client)
     };
-    tasks.spawn(commit::run(client, connection, Arc::clone(&durability), commit_rx, Arc::clone(&metrics)));
     let status_pending = Arc::new(status::Pending::default());
+    let outbox = commit::Outbox {
+        changes: changes_tx.clone(),
+        status: Arc::clone(&status_pending),
+        metrics: Arc::clone(&metrics),
+    };
+    tasks.spawn(commit::run(client, connection, Arc::clone(&durability), commit_rx, outbox));
     tasks.spawn(status::run(
         status_client,
         cfg.mqtt.status_topic.clone(),
@@ -196,7 +201,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
                 max_skew_ms: i64::try_from(cfg.mqtt.max_clock_skew.as_millis()).unwrap_or(i64::MAX),
                 not_before: None,
             },
-            changes: changes_tx.clone(),
+            outgoing: Vec::new(),
+            restated: Vec::new(),
             reconcile: reconcile_tx,
             metrics: Arc::clone(&metrics),
             state_dir: cfg.node.state_dir.clone(),
