@@ -25,6 +25,7 @@ pub mod mac;
 pub mod metrics;
 pub mod policy;
 pub mod radius;
+pub mod remediation;
 pub mod telemetry;
 pub mod tokens;
 pub mod users;

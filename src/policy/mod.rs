@@ -7,10 +7,12 @@
 pub mod cases;
 mod check;
 mod eval;
+pub mod plan;
 pub mod version;
 
 pub use check::{Attr, Check, Op, Scalar};
 pub use eval::{Evaluation, Failure, decide};
+pub use plan::{Plan, Step};
 
 use crate::diag::Located;
 use serde::Deserialize;
@@ -61,6 +63,15 @@ pub struct Rule {
     /// The command sent to the device when this rule fails.
     #[serde(default)]
     pub remediation: Option<String>,
+    /// The name of the remediation plan (in the same file) that runs while
+    /// this rule fails; a rule with a `remediation` and no plan sends its
+    /// command once, at once.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// The plan resolved at load: `None` when the rule asks nothing of the
+    /// device.
+    #[serde(skip)]
+    pub resolved_plan: Option<Arc<Plan>>,
 }
 
 /// A compiled policy.
@@ -79,6 +90,9 @@ pub struct Policy {
     #[serde(default, with = "crate::diag::duration")]
     pub grace: Duration,
     pub rules: Vec<Rule>,
+    /// Remediation plans, as written (compiled into the rules' `resolved_plan`).
+    #[serde(default)]
+    plans: Vec<plan::PlanText>,
     /// The file it came from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -108,7 +122,52 @@ impl Policy {
                 return Err(Located::at(file, text, second, format!("duplicate rule id {:?}", rule.id)));
             }
         }
+        policy.resolve_plans(file, text)?;
         Ok(policy)
+    }
+
+    /// Compiles the plans and gives each rule its own.
+    fn resolve_plans(&mut self, file: &Path, text: &str) -> Result<(), Located> {
+        let mut plans: Vec<Arc<Plan>> = Vec::new();
+        for p in std::mem::take(&mut self.plans) {
+            let p = Plan::compile(p, file, text)?;
+            if plans.iter().any(|o| o.name == p.name) {
+                let second = text.match_indices(&format!("{:?}", p.name)).nth(1).map_or(0, |(at, _)| at);
+                return Err(Located::at(file, text, second, format!("duplicate plan name {:?}", p.name)));
+            }
+            plans.push(Arc::new(p));
+        }
+        let fix = Arc::new(Plan::fix_at_once());
+        for rule in &mut self.rules {
+            let at = || text.find(&format!("{:?}", rule.id)).unwrap_or(0);
+            rule.resolved_plan = match (&rule.plan, &rule.remediation) {
+                (Some(name), _) => {
+                    let Some(p) = plans.iter().find(|p| &p.name == name) else {
+                        return Err(Located::at(
+                            file,
+                            text,
+                            at(),
+                            format!("rule {:?}: no plan named {name:?} in this file", rule.id),
+                        ));
+                    };
+                    if p.needs_fix() && rule.remediation.is_none() {
+                        return Err(Located::at(
+                            file,
+                            text,
+                            at(),
+                            format!(
+                                "rule {:?}: plan {name:?} has a `fix` step, and the rule no `remediation` command",
+                                rule.id
+                            ),
+                        ));
+                    }
+                    Some(Arc::clone(p))
+                }
+                (None, Some(_)) => Some(Arc::clone(&fix)),
+                (None, None) => None,
+            };
+        }
+        Ok(())
     }
 
     /// Does this policy apply to a device reporting `report`?
