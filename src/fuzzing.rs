@@ -176,3 +176,43 @@ pub fn eap(data: &[u8]) {
         assert!(server.len() <= 4);
     }
 }
+
+/// A command acknowledgement as a device sends it, to a device with a
+/// plan running (the shipped kiosk plan): the first byte picks which of
+/// its commands' ids the payload's `id` is replaced with, to reach the
+/// state machine as well as the parser. Must never panic.
+pub fn ack(data: &[u8]) {
+    use crate::remediation::{Remediation, parse_ack};
+    let Some((&pick, payload)) = data.split_first() else { return };
+    let Ok(mut ack) = parse_ack(payload) else { return };
+    assert!(ack.reason.as_ref().is_none_or(|r| r.len() <= crate::remediation::command::MAX_REASON));
+    let Some(policy) = shipped_policies().policies.iter().find(|p| p.name == "pos-baseline") else { return };
+    let Some(rule) = policy.rules.iter().position(|r| r.id == "store-wifi") else { return };
+    let failure = crate::policy::Failure {
+        policy: std::sync::Arc::clone(policy),
+        rule: u16::try_from(rule).unwrap_or_default(),
+        observed: "Guest".into(),
+        since: NOW,
+    };
+    let now = Instant::now();
+    let change = crate::compliance::Change {
+        device: "pos-1".into(),
+        old: crate::compliance::Verdict::Compliant,
+        new: crate::compliance::Verdict::Noncompliant,
+        failures: vec![failure],
+        enforce: crate::compliance::Enforce::default(),
+        cause: crate::compliance::Cause::Telemetry,
+        at: now,
+        wall: NOW,
+    };
+    let mut r = Remediation::new(7);
+    r.handle_change(&change, now, NOW);
+    if pick % 2 == 0
+        && let Some(c) = r.poll_transmit()
+    {
+        ack.id = c.id;
+    }
+    let _ = r.handle_ack("pos-1", &ack, now, NOW);
+    r.handle_timeout(now + Duration::from_secs(3600), NOW + 3_600_000);
+    let _ = r.handle_ack("pos-1", &ack, now, NOW);
+}

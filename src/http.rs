@@ -33,6 +33,8 @@ pub struct Readiness {
 #[derive(Clone)]
 pub struct ApiState {
     pub table: Table,
+    /// Each device's running remediation plans, kept by the compliance task.
+    pub remediation: Arc<crate::gateway::RemediationViews>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<Readiness>,
     pub tokens: Arc<crate::tokens::Tokens>,
@@ -235,8 +237,7 @@ async fn list_devices(
             page.pop();
         }
     });
-    let devices: Vec<Value> =
-        page.into_sorted_vec().into_iter().map(|ById(d)| device_json(&d, s.stale_after)).collect();
+    let devices: Vec<Value> = page.into_sorted_vec().into_iter().map(|ById(d)| device_json(&d, &s)).collect();
     let next =
         (devices.len() == limit).then(|| devices.last().and_then(|d| d["id"].as_str().map(str::to_string))).flatten();
     Json(json!({ "devices": devices, "matched": matched, "next": next })).into_response()
@@ -264,7 +265,7 @@ impl Ord for ById {
 
 async fn get_device(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     match s.table.get(&id) {
-        Some(d) => Json(device_json(&d, s.stale_after)).into_response(),
+        Some(d) => Json(device_json(&d, &s)).into_response(),
         None => (StatusCode::NOT_FOUND, Json(json!({ "id": id, "verdict": "unknown", "reason": "never reported" })))
             .into_response(),
     }
@@ -344,7 +345,7 @@ async fn apply_override(
             }
             tracing::info!(device = %id, override = what, by, "override set through the API");
             match s.table.get(&id) {
-                Some(d) => Json(device_json(&d, s.stale_after)).into_response(),
+                Some(d) => Json(device_json(&d, s)).into_response(),
                 None => problem(StatusCode::NOT_FOUND, "the device was forgotten meanwhile"),
             }
         }
@@ -358,7 +359,8 @@ fn bad_request(msg: &str) -> Response {
 }
 
 /// A device as the API shows it: verdict, why, since when, and who it is.
-fn device_json(d: &Device, stale_after: std::time::Duration) -> Value {
+fn device_json(d: &Device, s: &ApiState) -> Value {
+    let stale_after = s.stale_after;
     let mut failed: Vec<Value> = d
         .failures
         .iter()
@@ -413,6 +415,7 @@ fn device_json(d: &Device, stale_after: std::time::Duration) -> Value {
             "wg_public_key": r.wg_public_key,
             "cert_identity": r.cert_identity,
         },
+        "remediation": s.remediation.get(&d.id).map(|v| v.value().clone()),
         "sessions": [],
     })
 }

@@ -82,7 +82,20 @@ pub struct Metrics {
     /// Users-file reloads (SIGHUP), by result.
     pub users_reloads_ok: IntCounter,
     pub users_reloads_failed: IntCounter,
+    /// Remediation commands by action and [`crate::remediation::State`] (or
+    /// `dropped`: the publisher's queue was full; the plan sends it again).
+    remediation_commands: IntCounterVec,
+    /// Command acknowledgements by [`REMEDIATION_ACKS`] result.
+    remediation_acks: [IntCounter; REMEDIATION_ACKS.len()],
+    /// Devices with a remediation plan running.
+    pub remediation_plans: IntGauge,
+    /// From the violation's start to the report that passed.
+    pub remediation_seconds: Histogram,
+    pub remediation_escalations: IntCounter,
 }
+
+/// `result` label values of `warden_remediation_acks_total`.
+pub const REMEDIATION_ACKS: [&str; 3] = ["accepted", "ack_malformed", "ack_unknown"];
 
 /// `plane` label values of `warden_reconcile_corrections_total`.
 pub const PLANES: [&str; 2] = ["radius", "wireguard"];
@@ -446,7 +459,49 @@ impl Metrics {
             wireguard_peers: ["connected", "idle"].map(|s| wg_peers.with_label_values(&[s])),
             eap_sessions: gauge("warden_eap_sessions", "EAP conversations in flight"),
             eap_refusals: crate::eap::server::Refusal::ALL.map(|r| eap_refusals.with_label_values(&[r.label()])),
+            remediation_commands: counters(
+                "warden_remediation_commands_total",
+                "Remediation commands, by action and what became of them (sent, resent, accepted, done, failed, expired, unanswered, skipped, dropped)",
+                &["action", "result"],
+            ),
+            remediation_acks: {
+                let acks = counters(
+                    "warden_remediation_acks_total",
+                    "Command acknowledgements from devices, by result",
+                    &["result"],
+                );
+                REMEDIATION_ACKS.map(|r| acks.with_label_values(&[r]))
+            },
+            remediation_plans: gauge("warden_remediation_plans", "Devices with a remediation plan running"),
+            remediation_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "warden_remediation_seconds",
+                        "From a rule's violation to the report that passed it (time to remediate)",
+                    )
+                    .buckets(vec![1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0, 604_800.0]),
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            remediation_escalations: counter(
+                "warden_remediation_escalations_total",
+                "Remediation plans whose steps ran out with the rule still failing",
+            ),
             registry,
+        }
+    }
+
+    /// Counts a remediation command's outcome (`action` comes from the
+    /// policies: a small set an operator wrote).
+    pub fn remediation_command(&self, action: &str, result: &str) {
+        self.remediation_commands.with_label_values(&[action, result]).inc();
+    }
+
+    /// Counts an acknowledgement (a [`REMEDIATION_ACKS`] label).
+    pub fn remediation_ack(&self, result: &str) {
+        if let Some(i) = REMEDIATION_ACKS.iter().position(|r| *r == result) {
+            self.remediation_acks[i].inc();
         }
     }
 

@@ -33,3 +33,8 @@ fn wireguard_corpus() {
 fn eap_corpus() {
     replay("eap", warden::fuzzing::eap);
 }
+
+#[test]
+fn ack_corpus() {
+    replay("ack", warden::fuzzing::ack);
+}

@@ -135,7 +135,8 @@ impl Hooks {
             let refused = PublishAclResult::rejected(false, Some("not this client's topic".into()));
             return (false, Some(HookResult::PublishAclResult(refused)));
         }
-        if !self.topics.telemetry.matches(&p.topic) {
+        // Telemetry and command acknowledgements go to the compliance task.
+        if !self.topics.telemetry.matches(&p.topic) && !self.topics.acks.matches(&p.topic) {
             return (false, Some(HookResult::PublishAclResult(PublishAclResult::allow())));
         }
         let (tx, rx) = oneshot::channel();

@@ -10,7 +10,7 @@ use crate::gateway::mqtt::{Inbound, wall_now};
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 use crate::telemetry::parse::Freshness;
-use crate::telemetry::{TopicPattern, parse_payload};
+use crate::telemetry::{TopicPattern, UnixMillis, parse_payload};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +83,14 @@ pub struct ComplianceTask {
     /// Devices whose current verdict is published again on the status
     /// topic, a chunk at a time while the status queue is short.
     pub republish: Vec<Arc<str>>,
+    /// Remediation plans: fed verdict changes, reports and acknowledgements.
+    pub remediation: crate::remediation::Remediation,
+    /// Where devices acknowledge commands (`mqtt.ack_topic`).
+    pub acks: TopicPattern,
+    /// Commands to the publisher task.
+    pub commands: mpsc::Sender<crate::remediation::Command>,
+    /// The API's view of each device's plans.
+    pub remediation_views: Arc<super::remediation::Views>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -101,8 +109,10 @@ impl ComplianceTask {
         // times it sets are in no journal record: a snapshot holds them,
         // as soon as one can start.
         let mut reevaluated = false;
+        self.seed_remediation();
         loop {
-            timer.arm(self.engine.poll_timeout());
+            let remediation = self.remediation.poll_timeout();
+            timer.arm(self.engine.poll_timeout().into_iter().chain(remediation).min());
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
@@ -123,7 +133,11 @@ impl ComplianceTask {
                         }
                     }
                 }
-                _ = timer.fired() => self.engine.handle_timeout(Instant::now(), wall_now()),
+                _ = timer.fired() => {
+                    let (now, wall) = (Instant::now(), wall_now());
+                    self.engine.handle_timeout(now, wall);
+                    self.remediation.handle_timeout(now, wall);
+                }
                 Some(request) = self.overrides.recv() => self.handle_override(request, &mut acks),
                 Some(confirm) = self.confirms.recv() => {
                     let done = self.engine.confirm(confirm.id, Instant::now(), wall_now());
@@ -183,6 +197,9 @@ impl ComplianceTask {
 
     fn ingest(&mut self, msg: Inbound, log: &mut LogLimiter, acks: &mut Vec<crate::gateway::mqtt::Ack>) {
         acks.extend(msg.ack);
+        if !self.pattern.matches(&msg.topic) && self.acks.matches(&msg.topic) {
+            return self.command_ack(&msg.topic, &msg.payload, msg.arrived, msg.wall, log);
+        }
         let result = self
             .pattern
             .device_id(&msg.topic)
@@ -195,6 +212,7 @@ impl ComplianceTask {
             && let Some(device) = self.engine.table().get(id)
         {
             self.journal.report_as_received(&device, &msg.payload);
+            self.remediation.handle_report(id, msg.arrived, msg.wall);
         }
         self.metrics.telemetry(result.as_ref().map(|_| ()));
         if let Err(refusal) = result
@@ -204,6 +222,48 @@ impl ComplianceTask {
             let topic: String = msg.topic.chars().take(160).collect();
             tracing::info!(topic = ?topic, reason = refusal.label(), detail = %refusal, suppressed = log.take_suppressed(), "telemetry message ignored");
         }
+    }
+
+    /// A device's acknowledgement of a remediation command.
+    fn command_ack(&mut self, topic: &str, payload: &[u8], arrived: Instant, wall: UnixMillis, log: &mut LogLimiter) {
+        use crate::remediation::{AckRefusal, parse_ack};
+        let result = match self.acks.device_id(topic) {
+            Ok(device) => parse_ack(payload).and_then(|ack| self.remediation.handle_ack(device, &ack, arrived, wall)),
+            Err(e) => Err(AckRefusal::Malformed(e.to_string())),
+        };
+        match result {
+            Ok(()) => self.metrics.remediation_ack("accepted"),
+            Err(refusal) => {
+                self.metrics.remediation_ack(refusal.label());
+                if log.allow(arrived) {
+                    let topic: String = topic.chars().take(160).collect();
+                    tracing::info!(topic = ?topic, reason = refusal.label(), detail = %refusal, suppressed = log.take_suppressed(), "command acknowledgement ignored");
+                }
+            }
+        }
+    }
+
+    /// After a restart: every failing rule's plan, rebuilt from the table
+    /// (the remediation core keeps nothing on disk; see its docs).
+    fn seed_remediation(&mut self) {
+        let mut failing = Vec::new();
+        self.engine.table().for_each(|d| {
+            if !d.failures.is_empty() {
+                failing.push(Arc::clone(d));
+            }
+        });
+        let (now, wall) = (Instant::now(), wall_now());
+        for d in &failing {
+            self.remediation.seed(&d.id, &d.failures, now, wall);
+        }
+        self.after_remediation();
+        if !self.remediation.is_empty() {
+            tracing::info!(devices = self.remediation.len(), "remediation plans resumed");
+        }
+    }
+
+    fn after_remediation(&mut self) {
+        super::remediation::after_batch(&mut self.remediation, &self.commands, &self.remediation_views, &self.metrics);
     }
 
     /// Publishes every queued change and refreshes the device gauges.
@@ -231,6 +291,7 @@ impl ComplianceTask {
             tracing::debug!(identity = %c.identity, "refused identity");
         }
         let mut any = false;
+        let first = self.outgoing.len();
         while let Some(change) = self.engine.poll_event() {
             any = true;
             self.metrics.verdict_change(change.old, change.new);
@@ -244,6 +305,13 @@ impl ComplianceTask {
             // Told to the planes once its record is written (commit.rs).
             self.outgoing.push(Arc::new(change));
         }
+        if any {
+            let (now, wall) = (Instant::now(), wall_now());
+            for change in &self.outgoing[first..] {
+                self.remediation.handle_change(change, now, wall);
+            }
+        }
+        self.after_remediation();
         if any {
             self.metrics.set_devices(self.engine.counts());
         }

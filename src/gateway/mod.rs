@@ -9,6 +9,7 @@ mod authorize;
 mod commit;
 mod compliance_task;
 pub use compliance_task::{Confirm, OverrideRequest};
+pub use remediation::Views as RemediationViews;
 mod current;
 mod eap_pool;
 pub(crate) mod log_limit;
@@ -17,6 +18,7 @@ mod radius_auth;
 mod radius_enforce;
 mod radius_task;
 mod reload;
+mod remediation;
 mod restore;
 mod status;
 mod timer;
@@ -162,7 +164,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         tasks.spawn(mqtt::run(
             client.clone(),
             eventloop,
-            cfg.mqtt.telemetry_topic.filter(),
+            vec![cfg.mqtt.telemetry_topic.filter(), cfg.mqtt.ack_topic.filter()],
             telemetry_tx,
             Arc::clone(&metrics),
             Arc::clone(&ready.telemetry),
@@ -172,6 +174,14 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         ));
         Some(client)
     };
+    let (command_tx, command_rx) = mpsc::channel(remediation::QUEUE);
+    tasks.spawn(remediation::publish(
+        status_client.clone(),
+        cfg.mqtt.command_topic.clone(),
+        command_rx,
+        shutdown.clone(),
+    ));
+    let remediation_views = Arc::new(remediation::Views::default());
     let status_pending = Arc::new(status::Pending::default());
     let outbox = commit::Outbox {
         changes: changes_tx.clone(),
@@ -203,6 +213,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             },
             outgoing: Vec::new(),
             restated: Vec::new(),
+            remediation: crate::remediation::Remediation::new(fastrand::u32(..)),
+            acks: cfg.mqtt.ack_topic.clone(),
+            commands: command_tx,
+            remediation_views: Arc::clone(&remediation_views),
             reconcile: reconcile_tx,
             metrics: Arc::clone(&metrics),
             state_dir: cfg.node.state_dir.clone(),
@@ -236,6 +250,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     tasks.spawn(reload::run(cfg.policy.dir.clone(), policy_tx, Arc::clone(&metrics), shutdown.clone()));
     let api = crate::http::router(ApiState {
         table,
+        remediation: remediation_views,
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         tokens: Arc::new(loaded.secrets.api_tokens.clone()),

@@ -204,7 +204,7 @@ impl Backoff {
 pub async fn run(
     client: AsyncClient,
     mut eventloop: EventLoop,
-    filter: String,
+    filters: Vec<String>,
     tx: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -234,8 +234,9 @@ pub async fn run(
                 connection.fetch_add(1, Ordering::AcqRel);
                 backoff.reset();
                 metrics.mqtt_connects.inc();
-                tracing::info!(session_present = ack.session_present, "MQTT connected; subscribing to {filter}");
-                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                tracing::info!(session_present = ack.session_present, ?filters, "MQTT connected; subscribing");
+                let subscriptions = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                if let Err(e) = client.try_subscribe_many(subscriptions) {
                     tracing::warn!(error = %e, "MQTT subscribe request failed");
                 }
             }
@@ -247,7 +248,7 @@ pub async fn run(
                     metrics.mqtt_connected.set(1);
                     tracing::info!("telemetry subscription active");
                 } else {
-                    tracing::warn!("broker refused the telemetry subscription to {filter}");
+                    tracing::warn!(?filters, "broker refused the telemetry or acknowledgement subscription");
                 }
             }
             Ok(_) => {}

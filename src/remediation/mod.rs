@@ -139,7 +139,7 @@ impl Active {
     }
 
     /// The command a step sends (`fix`: the rule's own).
-    fn action(&self, step: usize) -> Arc<str> {
+    pub fn action(&self, step: usize) -> Arc<str> {
         let s = &self.plan.steps[step];
         match (s.action.as_str(), &self.policy.rules[usize::from(self.rule)].remediation) {
             (crate::policy::plan::FIX, Some(fix)) => fix.as_str().into(),

@@ -240,17 +240,22 @@ impl Warden {
 
     /// One sample of a metric (full name with labels, as exposed).
     pub fn metric(&self, series: &str) -> f64 {
+        self.sample(series).unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+
+    /// One sample of a metric, if it is exposed yet (a series with a label
+    /// from the config appears with its first count).
+    fn sample(&self, series: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics").expect("metrics");
         body.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
             .map(|v| v.trim().parse().unwrap())
-            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
     }
 
     /// Waits until a metric reaches at least `want`.
     pub fn wait_metric(&self, series: &str, want: f64) {
         wait_for(&format!("{series} >= {want}"), Duration::from_secs(10), || {
-            (self.metric(series) >= want).then_some(())
+            (self.sample(series)? >= want).then_some(())
         });
     }
 }

@@ -1,0 +1,128 @@
+//! The remediation core's shell: publishes its commands on each device's
+//! command topic, and turns what it reports into logs, metrics and the
+//! API's view of each device's plans. The compliance task drives the core
+//! itself (it sees the verdict changes, reports and acknowledgements).
+
+use crate::metrics::Metrics;
+use crate::remediation::{Active, Command, Event, Remediation};
+use crate::telemetry::report::format_rfc3339;
+use rumqttc::{AsyncClient, QoS};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// Each device's running plans as the API shows them (absent: none).
+pub type Views = dashmap::DashMap<Arc<str>, Value, foldhash::fast::RandomState>;
+
+/// Commands queued for the publisher; past this one is dropped and counted,
+/// and the plan sends it again after its `retry_every`.
+pub const QUEUE: usize = 65_536;
+
+/// Publishes commands until `shutdown`, at QoS 1, not retained (the
+/// retained message on a command topic is the WireGuard configuration).
+pub async fn publish(
+    client: AsyncClient,
+    template: String,
+    mut commands: mpsc::Receiver<Command>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let command = tokio::select! {
+            c = commands.recv() => c,
+            _ = shutdown.changed() => None,
+        };
+        let Some(c) = command else { break };
+        let topic = template.replace("{device_id}", &c.device);
+        // rumqttc queues it and sends it again until the broker acks it.
+        if client.publish(topic, QoS::AtLeastOnce, false, c.payload()).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// After a batch of the compliance task: hands the core's commands to the
+/// publisher, reports its events and refreshes the views it touched.
+pub fn after_batch(r: &mut Remediation, commands: &mpsc::Sender<Command>, views: &Views, metrics: &Metrics) {
+    while let Some(c) = r.poll_transmit() {
+        if let Err(mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c)) = commands.try_send(c) {
+            metrics.remediation_command(&c.action, "dropped");
+        }
+    }
+    while let Some(e) = r.poll_event() {
+        report(&e, metrics);
+    }
+    for device in r.take_touched() {
+        let plans = r.plans(&device);
+        if plans.is_empty() {
+            views.remove(&device);
+        } else {
+            views.insert(Arc::clone(&device), view(r, &device, plans));
+        }
+    }
+    metrics.remediation_plans.set(i64::try_from(r.len()).unwrap_or(i64::MAX));
+}
+
+fn report(e: &Event, metrics: &Metrics) {
+    match e {
+        Event::Sent { device, action, key, attempt } => {
+            metrics.remediation_command(action, if *attempt > 1 { "resent" } else { "sent" });
+            tracing::debug!(%device, %action, rule = %key, attempt, "remediation command sent");
+        }
+        Event::Command { device, action, key, state } => {
+            metrics.remediation_command(action, state.label());
+            tracing::info!(%device, %action, rule = %key, state = state.label(), "remediation command");
+        }
+        Event::Remediated { device, key, took, escalated } => {
+            metrics.remediation_seconds.observe(took.as_secs_f64());
+            tracing::info!(%device, rule = %key, took_s = took.as_secs(), escalated, "remediated: a fresh report passes the rule");
+        }
+        Event::Escalated { device, key } => {
+            metrics.remediation_escalations.inc();
+            tracing::warn!(%device, rule = %key, "remediation escalated: the plan's steps ran out and the rule still fails");
+        }
+        Event::Stopped { device, key } => {
+            tracing::debug!(%device, rule = %key, "remediation plan stopped: the rule no longer applies");
+        }
+    }
+}
+
+/// A device's plans for the API (PRODUCT.md: plan, step, commands and
+/// their states).
+fn view(r: &Remediation, device: &str, plans: &[Active]) -> Value {
+    let plans: Vec<Value> = plans
+        .iter()
+        .map(|a| {
+            let next = a.plan.steps.get(a.next_step).map(|s| {
+                let after = i64::try_from(s.after.as_millis()).unwrap_or(i64::MAX);
+                json!({"action": &*a.action(a.next_step), "at": format_rfc3339(a.since.saturating_add(after))})
+            });
+            let commands: Vec<Value> = a
+                .commands
+                .iter()
+                .map(|c| {
+                    json!({
+                        "id": r.wire_id(c.id),
+                        "action": &*a.action(usize::from(c.step)),
+                        "state": c.state,
+                        "attempts": c.attempts,
+                        "issued": format_rfc3339(c.issued),
+                        "expires": format_rfc3339(c.expires),
+                        "reason": c.reason.as_deref(),
+                    })
+                })
+                .collect();
+            let rule = &a.policy.rules[usize::from(a.rule)];
+            json!({
+                "policy": a.policy.name,
+                "rule": rule.id,
+                "plan": a.plan.name,
+                "since": format_rfc3339(a.since),
+                "step": a.next_step,
+                "next": next,
+                "escalated": a.escalated,
+                "commands": commands,
+            })
+        })
+        .collect();
+    json!({"away": r.away(device), "plans": plans})
+}
