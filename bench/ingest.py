@@ -174,14 +174,18 @@ def main():
                          "(acknowledged once durable), so a fleet's own connections are its parallelism")
     ap.add_argument("--qos", type=int, choices=(0, 1), help="only this QoS")
     ap.add_argument("--exe", help="a warden binary to measure instead of this tree's (an A/B against an older build)")
+    ap.add_argument("--load", help="a built bench/mqtt_load binary (with --exe: nothing is built, the tree may change meanwhile)")
     a = ap.parse_args()
     global PUBLISHERS
     PUBLISHERS = a.publishers
     for tool in ("mosquitto", "mosquitto_sub"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found: apt-get install mosquitto mosquitto-clients")
-    exe, load = build()
-    exe = a.exe or exe
+    if a.exe and a.load:
+        exe, load = a.exe, a.load
+    else:
+        exe, load = build()
+        exe = a.exe or exe
     tmp = tempfile.mkdtemp(prefix="warden-bench-")
     print(f"ingest: {a.count} x 300-byte reports, {a.publishers} publishers, {a.devices} devices, median of {a.runs} runs")
     for qos in () if a.latency_only else ((a.qos,) if a.qos is not None else (0, 1)):

@@ -93,7 +93,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let policy = Policy::parse(Path::new("bench-15.toml"), POLICY).expect("valid policy");
     assert_eq!(policy.rules.len(), 15);
-    let set = PolicySet { policies: vec![Arc::new(policy)] };
+    let set = PolicySet { policies: vec![Arc::new(policy)], ..Default::default() };
     let ok = report(true);
     let bad = report(false);
     assert!(decide(&set, &ok, NOW).compliant(), "the compliant report must pass all 15 rules");

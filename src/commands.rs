@@ -58,7 +58,12 @@ pub fn check(file: Option<&Path>) -> ExitCode {
     match PolicySet::load_dir(&loaded.config.policy.dir) {
         Ok(set) => {
             let what = loaded.file.as_ref().map_or_else(|| "embedded default".to_string(), |f| f.display().to_string());
-            println!("{what}: OK ({} policies, {} rules)", set.policies.len(), set.rule_count());
+            println!(
+                "{what}: OK ({} policies, {} rules, {} groups)",
+                set.policies.len(),
+                set.rule_count(),
+                set.groups.groups.len()
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {

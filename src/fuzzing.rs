@@ -204,6 +204,8 @@ pub fn ack(data: &[u8]) {
         cause: crate::compliance::Cause::Telemetry,
         at: now,
         wall: NOW,
+        groups: 0,
+        group_set: std::sync::Arc::default(),
     };
     let mut r = Remediation::new(7);
     r.handle_change(&change, now, NOW);

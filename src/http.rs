@@ -33,6 +33,8 @@ pub struct Readiness {
 #[derive(Clone)]
 pub struct ApiState {
     pub table: Table,
+    /// The dynamic groups in force (replaced on a policy reload).
+    pub groups: tokio::sync::watch::Receiver<Arc<crate::policy::Groups>>,
     /// Each device's running remediation plans, kept by the compliance task.
     pub remediation: Arc<crate::gateway::RemediationViews>,
     pub metrics: Arc<Metrics>,
@@ -87,6 +89,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/override", axum::routing::put(put_override).delete(delete_override))
+        .route("/api/v1/groups", get(list_groups))
+        .route("/api/v1/groups/{name}", get(get_group))
         .route("/api/v1/changes", get(list_changes))
         .route("/api/v1/changes/{id}/confirm", axum::routing::post(confirm_change))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -214,33 +218,107 @@ async fn list_devices(
         None => None,
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    // A bounded heap of the `limit` smallest ids after the cursor: one pass,
-    // memory bounded by the page, whatever the fleet size.
+    let (page, matched) = page_of(&s.table, limit, q.after.as_deref(), |d| {
+        verdict.is_none_or(|v| d.verdict == v)
+            && q.group.as_deref().is_none_or(|g| {
+                d.report.groups.as_deref().is_some_and(|gs| gs.iter().any(|x| **x == *g))
+                    || member_of(d).any(|m| m == g)
+            })
+    });
+    let devices: Vec<Value> = page.iter().map(|d| device_json(d, &s)).collect();
+    let next =
+        (devices.len() == limit).then(|| devices.last().and_then(|d| d["id"].as_str().map(str::to_string))).flatten();
+    Json(json!({ "devices": devices, "matched": matched, "next": next })).into_response()
+}
+
+/// The dynamic groups a device is in.
+fn member_of(d: &Device) -> impl Iterator<Item = &str> {
+    d.group_set.names(d.groups)
+}
+
+/// A page of the devices `keep` accepts: the `limit` smallest ids after
+/// `after`, with how many matched in all. A bounded heap in one pass:
+/// memory bounded by the page, whatever the fleet size.
+fn page_of(
+    table: &crate::compliance::Table,
+    limit: usize,
+    after: Option<&str>,
+    keep: impl Fn(&Device) -> bool,
+) -> (Vec<Arc<Device>>, usize) {
     let mut page: std::collections::BinaryHeap<ById> = std::collections::BinaryHeap::new();
     let mut matched = 0usize;
-    s.table.for_each(|d| {
-        if verdict.is_some_and(|v| d.verdict != v) {
-            return;
-        }
-        if let Some(g) = &q.group
-            && !d.report.groups.as_deref().is_some_and(|gs| gs.iter().any(|x| **x == **g))
-        {
-            return;
-        }
-        if q.after.as_deref().is_some_and(|a| *d.id <= *a) {
-            matched += 1;
+    table.for_each(|d| {
+        if !keep(d) {
             return;
         }
         matched += 1;
+        if after.is_some_and(|a| *d.id <= *a) {
+            return;
+        }
         page.push(ById(Arc::clone(d)));
         if page.len() > limit {
             page.pop();
         }
     });
-    let devices: Vec<Value> = page.into_sorted_vec().into_iter().map(|ById(d)| device_json(&d, &s)).collect();
-    let next =
-        (devices.len() == limit).then(|| devices.last().and_then(|d| d["id"].as_str().map(str::to_string))).flatten();
-    Json(json!({ "devices": devices, "matched": matched, "next": next })).into_response()
+    (page.into_sorted_vec().into_iter().map(|ById(d)| d).collect(), matched)
+}
+
+/// A group as the API shows it.
+fn group_json(g: &crate::policy::Group, members: usize) -> Value {
+    json!({
+        "name": g.name,
+        "description": g.description,
+        "members": members,
+        "vlan": g.vlan,
+        "filter_id": g.filter_id,
+    })
+}
+
+/// `GET /api/v1/groups`: every dynamic group and how many devices are in it.
+async fn list_groups(State(s): State<ApiState>) -> Response {
+    let groups = Arc::clone(&s.groups.borrow());
+    let mut counts = vec![0usize; groups.groups.len()];
+    s.table.for_each(|d| {
+        if d.groups != 0 && Arc::ptr_eq(&d.group_set, &groups) {
+            for (i, c) in counts.iter_mut().enumerate() {
+                *c += usize::from(d.groups & (1 << i) != 0);
+            }
+        }
+    });
+    let list: Vec<Value> = groups.groups.iter().zip(counts).map(|(g, n)| group_json(g, n)).collect();
+    Json(json!({ "groups": list })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `GET /api/v1/groups/{name}`: the group and a page of its members' ids.
+async fn get_group(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return bad_request("unknown or malformed query parameter (limit, after)");
+    };
+    let groups = Arc::clone(&s.groups.borrow());
+    let Some((bit, g)) = groups.get(&name) else {
+        return problem(StatusCode::NOT_FOUND, "no such group");
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let (page, matched) = page_of(&s.table, limit, q.after.as_deref(), |d| {
+        d.groups & (1 << bit) != 0 && Arc::ptr_eq(&d.group_set, &groups)
+    });
+    let members: Vec<&str> = page.iter().map(|d| &*d.id).collect();
+    let next = (members.len() == limit).then(|| members.last().map(|m| m.to_string())).flatten();
+    let mut body = group_json(g, matched);
+    body["devices"] = json!(members);
+    body["next"] = json!(next);
+    Json(body).into_response()
 }
 
 /// A device ordered by its id, for the page heap.
@@ -408,6 +486,7 @@ fn device_json(d: &Device, s: &ApiState) -> Value {
         "last_seen": format_rfc3339(d.last_seen),
         "seq": r.seq,
         "groups": r.groups,
+        "member_of": member_of(d).collect::<Vec<_>>(),
         "os": r.os,
         "os_version": r.os_version,
         "identities": {

@@ -47,7 +47,8 @@ while time.monotonic() < end:
     vlan = attrs[81][0][1:].decode() if 81 in attrs else None
     print(json.dumps({"t": t, "code": names.get(code, code), "request_authenticator_ok": req_auth_ok,
                       "message_authenticator_ok": ma_ok, "acct_session_id": text(44),
-                      "calling_station_id": text(31), "event_timestamp": 55 in attrs, "vlan": vlan}), flush=True)
+                      "calling_station_id": text(31), "event_timestamp": 55 in attrs, "vlan": vlan,
+                      "filter_id": text(11)}), flush=True)
     if code == 43 and nak_coa:
         rcode, body = 45, bytes([101, 6]) + (405).to_bytes(4, "big")
     else:

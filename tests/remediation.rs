@@ -184,20 +184,42 @@ fn a_failing_report_brings_the_fix_and_a_passing_one_restores_access_through_the
     w.wait_metric("warden_remediation_acks_total{result=\"ack_malformed\"}", 1.0);
 }
 
+/// Dynamic groups for the kiosk test: the escalated ones to a portal VLAN.
+const GROUPS: &str = r#"
+[[groups]]
+name = "escalated"
+description = "Plans that ran out: to the remediation portal"
+when = { remediation = "escalated" }
+vlan = "950"
+filter_id = "remediation-portal"
+
+[[groups]]
+name = "remediating"
+when = { remediation = "running" }
+"#;
+
 #[test]
-fn a_kiosk_that_stays_off_its_wifi_gets_each_step_on_time_then_is_escalated() {
+fn a_kiosk_that_stays_off_its_wifi_gets_each_step_on_time_then_is_escalated_into_its_groups_vlan() {
     let dir = kiosk_workdir();
-    let (w, _) = launch(&dir, free_udp_port());
-    publish(
-        w.mqtt,
-        "devices/pos-0002/telemetry",
-        &report(1, json!({"mac_addresses": ["aa:bb:cc:00:00:02"], "cert_identity": "pos-0002"})),
-    );
+    std::fs::write(dir.join("policies/groups.toml"), GROUPS).unwrap();
+    let nas_port = free_udp_port();
+    let (w, acct) = launch(&dir, nas_port);
+    let ids = json!({"mac_addresses": ["aa:bb:cc:00:00:02"], "cert_identity": "pos-0002"});
+    publish(w.mqtt, "devices/pos-0002/telemetry", &report(1, ids.clone()));
     w.wait_verdict("pos-0002", "compliant");
+    common::nas::accounting(
+        acct,
+        SECRET,
+        "Acct-Status-Type = Start, Acct-Session-Id = \"kiosk-2\", Calling-Station-Id = \"AA-BB-CC-00-00-02\", NAS-IP-Address = 127.0.0.1, NAS-Port = 2",
+    );
+    let nas = TestNas::start(nas_port, SECRET, false);
     let device = Device::subscribe(w.mqtt, "pos-0002");
-    let off_wifi = json!({"wifi_ssid": "Guest", "mac_addresses": ["aa:bb:cc:00:00:02"], "cert_identity": "pos-0002"});
+    let mut off_wifi = ids.clone();
+    off_wifi["wifi_ssid"] = json!("Guest");
     publish(w.mqtt, "devices/pos-0002/telemetry", &report(2, off_wifi.clone()));
     let began = Instant::now();
+    let coa = nas.next(Duration::from_secs(5)).expect("the quarantine CoA");
+    assert_eq!((coa["vlan"].as_str(), coa["filter_id"].as_str()), (Some("999"), None), "{coa}");
     let mut got = Vec::new();
     let mut seq = 2;
     while got.len() < 3 {
@@ -216,23 +238,46 @@ fn a_kiosk_that_stays_off_its_wifi_gets_each_step_on_time_then_is_escalated() {
     // Each on its delay from the violation (2 s and 4 s), not before.
     assert!(got[1].0 >= Duration::from_millis(1900) && got[1].0 < Duration::from_secs(4), "{got:?}");
     assert!(got[2].0 >= Duration::from_millis(3900) && got[2].0 < Duration::from_secs(6), "{got:?}");
-    let v = wait_for("the escalation", Duration::from_secs(10), || {
-        let v = w.device("pos-0002")?;
-        (v["remediation"]["plans"][0]["escalated"] == true).then_some(v)
-    });
-    assert!(began.elapsed() >= Duration::from_millis(5900), "escalated at 6 s, not before: {v}");
+    assert_eq!(w.device("pos-0002").unwrap()["member_of"], json!(["remediating"]));
+
+    // Escalated at 6 s: into the escalated group, whose VLAN and Filter-Id
+    // reach the running session by CoA and the next admission by MAB.
+    let coa = nas.next(Duration::from_secs(10)).expect("the CoA into the escalated group's VLAN");
+    assert!(began.elapsed() >= Duration::from_millis(5900), "escalated at 6 s, not before: {coa}");
+    assert_eq!(coa["code"], "CoA-Request", "{coa}");
+    assert_eq!((coa["vlan"].as_str(), coa["filter_id"].as_str()), (Some("950"), Some("remediation-portal")), "{coa}");
+    let v = w.device("pos-0002").unwrap();
+    assert_eq!(v["remediation"]["plans"][0]["escalated"], true, "{v}");
+    assert_eq!(v["member_of"], json!(["escalated", "remediating"]), "{v}");
+    let out = common::nas::mab(ports_of(&w).0, SECRET, "AA-BB-CC-00-00-02");
+    assert_eq!(common::nas::vlan(&out).as_deref(), Some("950"), "{out}");
+    assert_eq!(common::nas::filter_id(&out).as_deref(), Some("remediation-portal"), "{out}");
     assert_eq!(w.metric("warden_remediation_escalations_total"), 1.0);
     assert!(w.log_text().contains("remediation escalated"));
     assert!(device.next(Duration::from_millis(500)).is_none(), "escalating sends the device nothing");
+    let (_, body) = w.get("/api/v1/groups").unwrap();
+    let groups: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(groups["groups"][0]["name"], "escalated", "{groups}");
+    assert_eq!(groups["groups"][0]["members"], 1, "{groups}");
+    assert_eq!(groups["groups"][0]["vlan"], "950", "{groups}");
+    let (_, body) = w.get("/api/v1/groups/escalated").unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["devices"], json!(["pos-0002"]), "{body}");
+    assert_eq!(w.get("/api/v1/groups/nope").unwrap().0, 404);
 
-    // Back on its Wi-Fi: the plan ends.
-    publish(
-        w.mqtt,
-        "devices/pos-0002/telemetry",
-        &report(seq + 1, json!({"mac_addresses": ["aa:bb:cc:00:00:02"], "cert_identity": "pos-0002"})),
-    );
+    // Back on its Wi-Fi: the plan ends, the groups empty, full access again.
+    publish(w.mqtt, "devices/pos-0002/telemetry", &report(seq + 1, ids));
+    let coa = nas.next(Duration::from_secs(5)).expect("the CoA back to the compliant VLAN");
+    assert_eq!((coa["vlan"].as_str(), coa["filter_id"].as_str()), (Some("100"), None), "{coa}");
     let v = w.wait_verdict("pos-0002", "compliant");
     assert!(v["remediation"].is_null(), "{v}");
+    assert_eq!(v["member_of"], json!([]), "{v}");
+}
+
+/// The RADIUS auth port from warden's config file.
+fn ports_of(w: &Warden) -> (u16,) {
+    let text = std::fs::read_to_string(w.dir.join(format!("warden-{}.toml", w.http))).unwrap();
+    let line = text.lines().find(|l| l.starts_with("auth_listen")).unwrap();
+    (line.rsplit(':').next().unwrap().trim_end_matches('"').parse().unwrap(),)
 }
 
 #[test]

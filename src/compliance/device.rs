@@ -94,6 +94,14 @@ pub struct Device {
     /// An administrator's override, until it expires (the engine removes
     /// it then). It decides access; the verdict stays what reports say.
     pub admin_override: Option<Arc<super::overrides::Override>>,
+    /// A remediation plan is running for one of its rules.
+    pub remediating: bool,
+    /// One of its plans ran out of steps with the rule still failing.
+    pub escalated: bool,
+    /// The dynamic groups it is in (bits of `group_set`).
+    pub groups: u64,
+    /// The groups in force when `groups` was computed.
+    pub group_set: Arc<crate::policy::Groups>,
 }
 
 impl Device {
@@ -113,6 +121,10 @@ impl Device {
             conflicts: Vec::new(),
             held: false,
             admin_override: None,
+            remediating: false,
+            escalated: false,
+            groups: 0,
+            group_set: Arc::default(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub enum Cause {
     /// the status topic (a broker may have lost it, or warden may have
     /// stopped before publishing it).
     Restart,
+    /// A remediation plan began, ended or escalated (its groups may change).
+    Remediation,
 }
 
 impl Cause {
@@ -54,6 +56,7 @@ impl Cause {
             Cause::Override => "override",
             Cause::OverrideExpired => "override_expired",
             Cause::Restart => "restart",
+            Cause::Remediation => "remediation",
         }
     }
 }
@@ -73,6 +76,16 @@ pub struct Change {
     pub at: Instant,
     /// The same moment on the wall clock.
     pub wall: UnixMillis,
+    /// The dynamic groups it is in now (bits of `group_set`).
+    pub groups: u64,
+    pub group_set: Arc<crate::policy::Groups>,
+}
+
+impl Change {
+    /// The names of the groups the device is in now.
+    pub fn group_names(&self) -> Vec<&str> {
+        self.group_set.names(self.groups).collect()
+    }
 }
 
 /// The one writer of the [`Table`].
@@ -735,6 +748,38 @@ impl Engine {
         self.conflicts.clear();
     }
 
+    /// The dynamic groups `device` is in.
+    fn groups_of(&self, device: &Device, wall: UnixMillis) -> u64 {
+        let groups = &self.policies.groups;
+        if groups.groups.is_empty() {
+            return 0;
+        }
+        groups.of(&crate::policy::groups::Subject {
+            verdict: device.verdict.label(),
+            failures: &device.failures,
+            quarantined: device.enforce.quarantine,
+            held: device.held,
+            override_mode: device.admin_override.as_ref().map(|o| o.mode.label()),
+            remediating: device.remediating,
+            escalated: device.escalated,
+            report: &device.report,
+            now: wall,
+        })
+    }
+
+    /// What the remediation core says of a device: a plan running, one
+    /// escalated. Stored (with its groups) when it differs.
+    pub fn set_remediation(&mut self, id: &str, remediating: bool, escalated: bool, now: Instant, wall: UnixMillis) {
+        let Some(old) = self.table.get(id) else { return };
+        if old.remediating == remediating && old.escalated == escalated {
+            return;
+        }
+        let mut device = (*old).clone();
+        device.remediating = remediating;
+        device.escalated = escalated;
+        self.store(device, Some(&old), Cause::Remediation, now, wall, None);
+    }
+
     /// The next verdict change, if any.
     pub fn poll_event(&mut self) -> Option<Change> {
         self.events.pop_front()
@@ -789,13 +834,17 @@ impl Engine {
     /// in step, and queues a [`Change`] if anything a plane acts on changed.
     fn store(
         &mut self,
-        device: Device,
+        mut device: Device,
         old: Option<&Device>,
         cause: Cause,
         now: Instant,
         wall: UnixMillis,
         bound: Option<&Bound>,
     ) {
+        device.groups = self.groups_of(&device, wall);
+        if !Arc::ptr_eq(&device.group_set, &self.policies.groups) {
+            device.group_set = Arc::clone(&self.policies.groups);
+        }
         if let Some(old) = old {
             if let Some(at) = old.deadline {
                 self.deadlines.remove(&(at, Arc::clone(&old.id)));
@@ -815,6 +864,7 @@ impl Engine {
                     || o.admin_override != device.admin_override
                     || o.failures.len() != device.failures.len()
                     || o.failures.iter().zip(&device.failures).any(|(a, b)| !a.same_rule(b))
+                    || o.groups != device.groups
             }
         };
         if changed {
@@ -827,6 +877,8 @@ impl Engine {
                 cause,
                 at: now,
                 wall,
+                groups: device.groups,
+                group_set: Arc::clone(&self.policies.groups),
             });
         }
         self.generation += 1;

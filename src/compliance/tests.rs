@@ -16,7 +16,7 @@ const T0: i64 = 1_795_000_000_000;
 
 fn policies(texts: &[&str]) -> PolicySet {
     let policies = texts.iter().map(|t| Arc::new(Policy::parse(Path::new("t.toml"), t).unwrap())).collect();
-    PolicySet { policies }
+    PolicySet { policies, ..Default::default() }
 }
 
 fn encrypted_policy(severity: &str, enforcement: &str, grace: &str) -> String {

@@ -379,6 +379,7 @@ fn through_the_radius_core_the_accept_carries_the_supplicant_s_msk() {
                     Outcome::Challenge { eap, state } => Decision::Challenge { eap, state },
                     Outcome::Authenticated { keys, success, .. } => Decision::Accept {
                         vlan: Some("100".into()),
+                        filter_id: None,
                         reply_message: None,
                         eap: Some(EapReply {
                             message: success,

@@ -41,6 +41,30 @@ impl AccessPolicy {
         }
     }
 
+    /// The VLAN and Filter-Id a session with `access` gets: its device's
+    /// first group with one (a quarantined session only from a group that
+    /// holds restricted devices alone), else the access's own VLAN.
+    pub fn placement<'a>(&'a self, device: Option<&'a Device>, access: Access) -> (Option<&'a str>, Option<&'a str>) {
+        let Some(base) = self.vlan(access) else { return (None, None) };
+        let restricted = access != Access::Full;
+        let Some(d) = device.filter(|d| d.groups != 0) else { return (Some(base), None) };
+        let vlan = d.group_set.vlan(d.groups, restricted).unwrap_or(base);
+        (Some(vlan), d.group_set.filter_id(d.groups, restricted))
+    }
+
+    /// A number for a session's group placement, to tell whether a running
+    /// session has it: 0 when no group changes what `access` alone gives
+    /// (so sessions admitted or restored without groups need nothing).
+    pub fn profile(&self, device: Option<&Device>, access: Access) -> u64 {
+        match self.placement(device, access) {
+            (vlan, None) if vlan == self.vlan(access) => 0,
+            (vlan, filter) => {
+                use std::hash::BuildHasher;
+                foldhash::quality::FixedState::with_seed(0).hash_one((vlan, filter)) | 1
+            }
+        }
+    }
+
     /// The access a running session, last given `applied`, should have now.
     pub fn running(&self, device: Option<&Device>, applied: Access) -> Access {
         grant(device, Stage::Running { applied }, &self.rules).access
@@ -157,12 +181,13 @@ pub fn by_verdict(kind: RadiusKind, device: Option<&Device>, p: &AccessPolicy) -
         device: device.map(|d| Arc::clone(&d.id)),
         access: g.access,
     };
-    match p.vlan(g.access) {
-        Some(vlan) => {
+    match p.placement(device, g.access) {
+        (Some(vlan), filter_id) => {
             let result = if g.access == Access::Full { RadiusResult::Accept } else { RadiusResult::Quarantine };
-            (Decision::Accept { vlan: Some(vlan.to_string()), reply_message: None, eap: None }, outcome(result))
+            let (vlan, filter_id) = (Some(vlan.to_string()), filter_id.map(str::to_string));
+            (Decision::Accept { vlan, filter_id, reply_message: None, eap: None }, outcome(result))
         }
-        None => (Decision::Reject { reply_message: reason.clone(), eap: None }, outcome(RadiusResult::Reject)),
+        (None, _) => (Decision::Reject { reply_message: reason.clone(), eap: None }, outcome(RadiusResult::Reject)),
     }
 }
 
@@ -196,7 +221,10 @@ mod tests {
     /// d-ok (encrypted) and d-bad (not), each with one MAC.
     fn table() -> Table {
         let rule = "name = \"enc\"\nseverity = \"critical\"\n[[rules]]\nid = \"enc\"\ncheck = { attr = \"encrypted\", eq = true }\n";
-        let set = PolicySet { policies: vec![Arc::new(Policy::parse(std::path::Path::new("t.toml"), rule).unwrap())] };
+        let set = PolicySet {
+            policies: vec![Arc::new(Policy::parse(std::path::Path::new("t.toml"), rule).unwrap())],
+            ..Default::default()
+        };
         let table = Table::default();
         let mut engine = Engine::new(table.clone(), set, Duration::from_secs(3600));
         let (now, wall) = (Instant::now(), 1_795_000_000_000);
@@ -310,5 +338,43 @@ mod tests {
         assert_eq!((o.kind, o.reason.as_str()), (RadiusKind::Eap, "EAP is not enabled on this server"));
         let (_, o) = authorize(&request("alice", None), &table, &users, &p, None);
         assert_eq!(o.reason, "no User-Name and User-Password");
+    }
+    /// Dynamic groups place sessions: a restrictive group's VLAN and
+    /// Filter-Id for a quarantined device, a group that may hold compliant
+    /// devices only for full access (it never widens a quarantine).
+    #[test]
+    fn groups_place_sessions_and_never_widen_a_quarantine() {
+        let rule = "name = \"enc\"\nseverity = \"critical\"\n[[rules]]\nid = \"enc\"\ncheck = { attr = \"encrypted\", eq = true }\n";
+        let groups = "[[groups]]\nname = \"failing-enc\"\nwhen = { failed_rule = [\"enc/enc\"] }\nvlan = \"950\"\nfilter_id = \"portal\"\n\
+                      [[groups]]\nname = \"android\"\nwhen = { checks = [{ attr = \"os\", eq = \"android\" }] }\nvlan = \"200\"\n";
+        let set = PolicySet {
+            policies: vec![Arc::new(Policy::parse(std::path::Path::new("t.toml"), rule).unwrap())],
+            groups: Arc::new(crate::policy::Groups::parse(std::path::Path::new("groups.toml"), groups).unwrap()),
+        };
+        let table = Table::default();
+        let mut engine = Engine::new(table.clone(), set, Duration::from_secs(3600));
+        let (now, wall) = (Instant::now(), 1_795_000_000_000);
+        for (id, encrypted, os) in
+            [("ok-android", true, "android"), ("bad-android", false, "android"), ("ok-ios", true, "ios")]
+        {
+            let r = Report { seq: 1, ts: wall, encrypted: Some(encrypted), os: Some(os.into()), ..Report::default() };
+            engine.handle_telemetry(id, r, now, wall).unwrap();
+        }
+        let p = policy(Noncompliant::Quarantine);
+        let answer = |id: &str| match by_verdict(RadiusKind::Mab, table.get(id).as_deref(), &p).0 {
+            Decision::Accept { vlan, filter_id, .. } => (vlan, filter_id),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(answer("ok-android"), (Some("200".into()), None), "full access: the group's VLAN");
+        assert_eq!(answer("bad-android"), (Some("950".into()), Some("portal".into())), "the portal, not 200");
+        assert_eq!(answer("ok-ios"), (Some("100".into()), None));
+        let d = table.get("ok-ios").unwrap();
+        assert_eq!(p.profile(Some(&d), Access::Full), 0, "no group placement: nothing to track");
+        let d = table.get("bad-android").unwrap();
+        assert_ne!(p.profile(Some(&d), Access::Quarantine), 0);
+        assert_ne!(
+            p.profile(Some(&d), Access::Quarantine),
+            p.profile(table.get("ok-android").as_deref(), Access::Full)
+        );
     }
 }

@@ -91,6 +91,8 @@ pub struct ComplianceTask {
     pub commands: mpsc::Sender<crate::remediation::Command>,
     /// The API's view of each device's plans.
     pub remediation_views: Arc<super::remediation::Views>,
+    /// The dynamic groups in force, for the API.
+    pub groups: watch::Sender<Arc<crate::policy::Groups>>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -119,6 +121,7 @@ impl ComplianceTask {
                 Some(set) = self.policies.recv() => {
                     let started = Instant::now();
                     self.engine.handle_policies(set, Instant::now(), wall_now());
+                    self.groups.send_replace(Arc::clone(&self.engine.policies().groups));
                     self.reconcile.send_modify(|n| *n += 1);
                     reevaluated = true;
                     tracing::info!(devices = self.engine.table().len(), took_ms = started.elapsed().as_millis() as u64, "devices re-evaluated under the new policies");
@@ -262,8 +265,24 @@ impl ComplianceTask {
         }
     }
 
-    fn after_remediation(&mut self) {
-        super::remediation::after_batch(&mut self.remediation, &self.commands, &self.remediation_views, &self.metrics);
+    /// Publishes what the remediation core produced, and hands the engine
+    /// each touched device's plan state (for its groups). True when that
+    /// made engine events.
+    fn after_remediation(&mut self) -> bool {
+        let touched = super::remediation::after_batch(
+            &mut self.remediation,
+            &self.commands,
+            &self.remediation_views,
+            &self.metrics,
+        );
+        let (now, wall) = (Instant::now(), wall_now());
+        let before = self.engine.generation();
+        for id in touched {
+            let plans = self.remediation.plans(&id);
+            let escalated = plans.iter().any(|a| a.escalated);
+            self.engine.set_remediation(&id, !plans.is_empty(), escalated, now, wall);
+        }
+        self.engine.generation() != before
     }
 
     /// Publishes every queued change and refreshes the device gauges.
@@ -278,6 +297,7 @@ impl ComplianceTask {
         while let Some(id) = self.engine.poll_forgotten() {
             forgotten += 1;
             self.journal.forgotten(&id);
+            self.remediation.forget(&id);
             tracing::debug!(device = %id, "device forgotten");
         }
         if forgotten > 0 {
@@ -291,27 +311,58 @@ impl ComplianceTask {
             tracing::debug!(identity = %c.identity, "refused identity");
         }
         let mut any = false;
-        let first = self.outgoing.len();
-        while let Some(change) = self.engine.poll_event() {
-            any = true;
-            self.metrics.verdict_change(change.old, change.new);
-            if change.cause == Cause::OverrideExpired {
-                tracing::info!(device = %change.device, verdict = change.new.label(), "override expired; access follows the reports again");
+        let start = self.outgoing.len();
+        // The changes of this drain by device, once a second round needs it.
+        let mut by_device: Option<std::collections::HashMap<Arc<str>, usize, foldhash::fast::RandomState>> = None;
+        loop {
+            let first = self.outgoing.len();
+            while let Some(change) = self.engine.poll_event() {
+                if change.cause == Cause::Remediation {
+                    // A plan's state moved the device's groups right after
+                    // an earlier change in this drain: one change for both,
+                    // so planes and the status topic see one, not two.
+                    let index = by_device.get_or_insert_with(|| {
+                        self.outgoing[start..]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| (Arc::clone(&c.device), start + i))
+                            .collect()
+                    });
+                    if let Some(&i) = index.get(&change.device) {
+                        let earlier = &self.outgoing[i];
+                        let merged = Change {
+                            old: earlier.old,
+                            cause: earlier.cause,
+                            at: earlier.at,
+                            wall: earlier.wall,
+                            ..change
+                        };
+                        self.outgoing[i] = Arc::new(merged);
+                        continue;
+                    }
+                }
+                self.metrics.verdict_change(change.old, change.new);
+                if change.cause == Cause::OverrideExpired {
+                    tracing::info!(device = %change.device, verdict = change.new.label(), "override expired; access follows the reports again");
+                }
+                if change.old != change.new {
+                    let failed: Vec<String> = change.failures.iter().map(|f| f.key()).collect();
+                    tracing::info!(device = %change.device, from = change.old.label(), to = change.new.label(), cause = change.cause.label(), ?failed, quarantine = change.enforce.quarantine, "verdict changed");
+                }
+                // Told to the planes once its record is written (commit.rs).
+                self.outgoing.push(Arc::new(change));
             }
-            if change.old != change.new {
-                let failed: Vec<String> = change.failures.iter().map(|f| f.key()).collect();
-                tracing::info!(device = %change.device, from = change.old.label(), to = change.new.label(), cause = change.cause.label(), ?failed, quarantine = change.enforce.quarantine, "verdict changed");
-            }
-            // Told to the planes once its record is written (commit.rs).
-            self.outgoing.push(Arc::new(change));
-        }
-        if any {
             let (now, wall) = (Instant::now(), wall_now());
-            for change in &self.outgoing[first..] {
+            for change in self.outgoing[first..].iter().filter(|c| c.cause != Cause::Remediation) {
                 self.remediation.handle_change(change, now, wall);
             }
+            any |= self.outgoing.len() > first;
+            // A plan that began, ended or escalated changes the device's
+            // groups: that is a change too, and goes round once more.
+            if !self.after_remediation() {
+                break;
+            }
         }
-        self.after_remediation();
         if any {
             self.metrics.set_devices(self.engine.counts());
         }
@@ -414,6 +465,8 @@ impl ComplianceTask {
                     at: now,
                     // When the verdict began, not this message.
                     wall: d.since,
+                    groups: d.groups,
+                    group_set: Arc::clone(&self.engine.policies().groups),
                 }));
             }
         }

@@ -137,6 +137,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let (confirm_tx, confirm_rx) = mpsc::channel(16);
     let (held_tx, held_rx) = watch::channel(Vec::new());
     let (policy_tx, policy_rx) = mpsc::channel(4);
+    let (groups_tx, groups_rx) = watch::channel(Arc::clone(&engine.policies().groups));
     let (override_tx, override_rx) = mpsc::channel(16);
     let ready = Arc::new(Readiness {
         radius: radius.as_ref().map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false))),
@@ -217,6 +218,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             acks: cfg.mqtt.ack_topic.clone(),
             commands: command_tx,
             remediation_views: Arc::clone(&remediation_views),
+            groups: groups_tx,
             reconcile: reconcile_tx,
             metrics: Arc::clone(&metrics),
             state_dir: cfg.node.state_dir.clone(),
@@ -251,6 +253,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let api = crate::http::router(ApiState {
         table,
         remediation: remediation_views,
+        groups: groups_rx,
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         tokens: Arc::new(loaded.secrets.api_tokens.clone()),

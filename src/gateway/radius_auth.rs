@@ -285,8 +285,9 @@ fn with_eap(
 ) -> Decision {
     use crate::radius::server::EapReply;
     match decision {
-        Decision::Accept { vlan, reply_message, .. } => Decision::Accept {
+        Decision::Accept { vlan, filter_id, reply_message, .. } => Decision::Accept {
             vlan,
+            filter_id,
             reply_message,
             eap: Some(EapReply {
                 message: success,

@@ -182,6 +182,9 @@ impl Enforcer {
         if applied == Applied::Started {
             // It may have changed between the Accept and now.
             if let Some(key) = acct.session_id.clone().map(|sid| (acct.nas, sid)) {
+                // The group placement its Accept gave, as of now.
+                let device = session_device(mac, acct.user_name.as_deref(), &self.table, self.users.get());
+                self.sessions.place(&key, self.policy.profile(device.as_deref(), access));
                 self.reconcile(&key, Cause::Change, now, now, unix_now());
             }
         }
@@ -233,7 +236,8 @@ impl Enforcer {
             last = Some(key);
             let device = session_device(s.mac, s.id.user_name.as_deref(), &self.table, self.users.get());
             let desired = self.policy.running(device.as_deref(), s.applied);
-            if desired != s.applied || s.retry.is_some() {
+            let profile = self.policy.profile(device.as_deref(), desired);
+            if desired != s.applied || profile != s.profile || s.retry.is_some() {
                 todo.push((key.clone(), desired.narrower_than(s.applied)));
             }
         }
@@ -315,9 +319,10 @@ impl Enforcer {
             // Held by the circuit breaker: passes restrict nothing until confirmed.
             return false;
         }
-        let Some(serial) = self.sessions.reconcile(key, desired, now) else { return false };
+        let profile = self.policy.profile(device.as_deref(), desired);
+        let Some(serial) = self.sessions.reconcile(key, desired, profile, now) else { return false };
         let Some(s) = self.sessions.get(key) else { return false };
-        let device_id: Arc<str> = device.map_or_else(|| Arc::from("-"), |d| Arc::clone(&d.id));
+        let device_id: Arc<str> = device.as_ref().map_or_else(|| Arc::from("-"), |d| Arc::clone(&d.id));
         let Some(nas) = self.nas.get(&s.client) else {
             // Its NAS left the config: nothing can reach it; tried again later.
             tracing::debug!(client = %s.client, "no NAS config for a session; cannot change it");
@@ -327,7 +332,9 @@ impl Enforcer {
         if cause == Cause::Sweep {
             self.metrics.reconcile_corrections[0].inc();
         }
-        let (kind, vlan, fallback) = coa::plan(nas.coa_mode, self.policy.vlan(desired));
+        let (vlan, filter_id) = self.policy.placement(device.as_deref(), desired);
+        let (kind, vlan, fallback) = coa::plan(nas.coa_mode, vlan);
+        let filter_id = filter_id.filter(|_| kind == Kind::Coa).map(str::to_string);
         tracing::info!(device = %device_id, kind = kind.label(), from = s.applied.label(), to = desired.label(), correction = cause == Cause::Sweep, "changing an active session");
         self.coa.request(
             coa::Request {
@@ -335,6 +342,7 @@ impl Enforcer {
                 secret: nas.secret.clone(),
                 kind,
                 vlan,
+                filter_id,
                 fallback_to_disconnect: fallback,
                 session: s.id.clone(),
                 device: device_id,

@@ -28,8 +28,10 @@ fn mac(i: usize) -> String {
 impl Sim {
     fn new(devices: usize, coa_mode: CoaMode) -> Self {
         let policy = "name = \"enc\"\nseverity = \"critical\"\n[[rules]]\nid = \"enc\"\ncheck = { attr = \"encrypted\", eq = true }\n";
-        let set =
-            PolicySet { policies: vec![Arc::new(Policy::parse(std::path::Path::new("t.toml"), policy).unwrap())] };
+        let set = PolicySet {
+            policies: vec![Arc::new(Policy::parse(std::path::Path::new("t.toml"), policy).unwrap())],
+            ..Default::default()
+        };
         let table = Table::default();
         let engine = Engine::new(table.clone(), set, Duration::from_secs(86_400));
         let dir = tempfile::tempdir().unwrap();
@@ -288,6 +290,8 @@ fn change(device: &str, sim: &Sim) -> Change {
         cause: crate::compliance::Cause::Telemetry,
         at: sim.now,
         wall: sim.wall,
+        groups: 0,
+        group_set: Arc::default(),
     }
 }
 

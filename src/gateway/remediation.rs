@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, watch};
 pub type Views = dashmap::DashMap<Arc<str>, Value, foldhash::fast::RandomState>;
 
 /// Commands queued for the publisher; past this one is dropped and counted,
-/// and the plan sends it again after its `retry_every`.
-pub const QUEUE: usize = 65_536;
+/// and the plan sends it again after its `retry_every`. Room for a policy
+/// change that sets 250,000 plans going at once.
+pub const QUEUE: usize = 262_144;
 
 /// Publishes commands until `shutdown`, at QoS 1, not retained (the
 /// retained message on a command topic is the WireGuard configuration).
@@ -42,7 +43,13 @@ pub async fn publish(
 
 /// After a batch of the compliance task: hands the core's commands to the
 /// publisher, reports its events and refreshes the views it touched.
-pub fn after_batch(r: &mut Remediation, commands: &mpsc::Sender<Command>, views: &Views, metrics: &Metrics) {
+/// Returns the devices whose plans changed.
+pub fn after_batch(
+    r: &mut Remediation,
+    commands: &mpsc::Sender<Command>,
+    views: &Views,
+    metrics: &Metrics,
+) -> Vec<Arc<str>> {
     while let Some(c) = r.poll_transmit() {
         if let Err(mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c)) = commands.try_send(c) {
             metrics.remediation_command(&c.action, "dropped");
@@ -51,15 +58,19 @@ pub fn after_batch(r: &mut Remediation, commands: &mpsc::Sender<Command>, views:
     while let Some(e) = r.poll_event() {
         report(&e, metrics);
     }
-    for device in r.take_touched() {
-        let plans = r.plans(&device);
+    let mut touched = r.take_touched();
+    touched.sort_unstable();
+    touched.dedup();
+    for device in &touched {
+        let plans = r.plans(device);
         if plans.is_empty() {
-            views.remove(&device);
+            views.remove(device);
         } else {
-            views.insert(Arc::clone(&device), view(r, &device, plans));
+            views.insert(Arc::clone(device), view(r, device, plans));
         }
     }
     metrics.remediation_plans.set(i64::try_from(r.len()).unwrap_or(i64::MAX));
+    touched
 }
 
 fn report(e: &Event, metrics: &Metrics) {

@@ -61,6 +61,7 @@ fn payload(change: &Change) -> String {
         "cause": change.cause.label(),
         "failed_rules": failed,
         "enforce": change.enforce,
+        "member_of": change.group_names(),
         "at": crate::telemetry::report::format_rfc3339(change.wall),
     })
     .to_string()
@@ -115,6 +116,8 @@ mod tests {
                 cause: Cause::Telemetry,
                 at: std::time::Instant::now(),
                 wall: 1,
+                groups: 0,
+                group_set: Arc::default(),
             })
         };
         assert!(!pending.offer(change(Verdict::Noncompliant)));

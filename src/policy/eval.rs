@@ -51,7 +51,7 @@ impl Evaluation {
 pub fn decide(set: &PolicySet, report: &Report, now: UnixMillis) -> Evaluation {
     let mut failures = Vec::new();
     for policy in &set.policies {
-        if !policy.applies(report) {
+        if !policy.applies(report, now) {
             continue;
         }
         for (i, rule) in policy.rules.iter().enumerate() {
@@ -69,7 +69,7 @@ pub fn decide(set: &PolicySet, report: &Report, now: UnixMillis) -> Evaluation {
 }
 
 /// `None` when the check passes, else the observed value for the report.
-fn fails(check: &Check, report: &Report, now: UnixMillis) -> Option<Box<str>> {
+pub(crate) fn fails(check: &Check, report: &Report, now: UnixMillis) -> Option<Box<str>> {
     let value = observe(&check.attr, report);
     if let Some(v) = &value
         && passes(&check.op, v, now)
@@ -268,7 +268,7 @@ mod tests {
     fn check(check: &str, json: &str) -> bool {
         let text = format!("name = \"t\"\nseverity = \"major\"\n[[rules]]\nid = \"r\"\ncheck = {check}\n");
         let policy = super::super::Policy::parse(Path::new("t.toml"), &text).unwrap();
-        let set = PolicySet { policies: vec![Arc::new(policy)] };
+        let set = PolicySet { policies: vec![Arc::new(policy)], ..Default::default() };
         decide(&set, &report(json), NOW).compliant()
     }
 
@@ -377,7 +377,7 @@ mod tests {
     fn applies_to_filters_devices() {
         let text = "name = \"t\"\nseverity = \"major\"\napplies_to = { groups = [\"pos\"], os = [\"android\"] }\n[[rules]]\nid = \"r\"\ncheck = { attr = \"encrypted\", eq = true }\n";
         let policy = super::super::Policy::parse(Path::new("t.toml"), text).unwrap();
-        let set = PolicySet { policies: vec![Arc::new(policy)] };
+        let set = PolicySet { policies: vec![Arc::new(policy)], ..Default::default() };
         let bad = |extra: &str| decide(&set, &report(&format!("{{\"encrypted\":false{extra}}}")), NOW).failures.len();
         assert_eq!(bad(r#","groups":["pos"],"os":"android""#), 1);
         assert_eq!(bad(r#","groups":["pos"],"os":"Android""#), 1);
@@ -390,7 +390,7 @@ mod tests {
     fn failures_say_what_was_observed() {
         let text = "name = \"t\"\nseverity = \"major\"\n[[rules]]\nid = \"min-os\"\ncheck = { attr = \"os_version\", version_gte = \"14.0\" }\n[[rules]]\nid = \"enc\"\ncheck = { attr = \"encrypted\", eq = true }\n";
         let policy = super::super::Policy::parse(Path::new("t.toml"), text).unwrap();
-        let set = PolicySet { policies: vec![Arc::new(policy)] };
+        let set = PolicySet { policies: vec![Arc::new(policy)], ..Default::default() };
         let eval = decide(&set, &report(r#"{"os_version":"13.1"}"#), NOW);
         let got: Vec<(String, &str, String)> =
             eval.failures.iter().map(|f| (f.key(), &*f.observed, f.rule().check.expected())).collect();

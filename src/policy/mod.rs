@@ -7,11 +7,13 @@
 pub mod cases;
 mod check;
 mod eval;
+pub mod groups;
 pub mod plan;
 pub mod version;
 
 pub use check::{Attr, Check, Op, Scalar};
 pub use eval::{Evaluation, Failure, decide};
+pub use groups::{Group, Groups};
 pub use plan::{Plan, Step};
 
 use crate::diag::Located;
@@ -46,10 +48,15 @@ pub enum Enforcement {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppliesTo {
+    /// Groups the device reports itself in, or dynamic groups (from
+    /// `groups.toml`) decided by its report alone.
     #[serde(default)]
     pub groups: Vec<String>,
     #[serde(default)]
     pub os: Vec<String>,
+    /// The names in `groups` that are dynamic groups, resolved at load.
+    #[serde(skip)]
+    pub dynamic: Vec<Arc<Group>>,
 }
 
 /// One rule of a policy.
@@ -170,19 +177,44 @@ impl Policy {
         Ok(())
     }
 
+    /// Resolves the dynamic groups named in `applies_to`: each must be
+    /// decided by the report alone.
+    fn resolve_groups(&mut self, groups: &Groups, file: &Path, text: &str) -> Result<(), Located> {
+        for name in &self.applies_to.groups {
+            let Some((_, g)) = groups.get(name) else { continue };
+            if !g.when.report_only() {
+                let at = text.find(&format!("{name:?}")).unwrap_or(0);
+                return Err(Located::at(
+                    file,
+                    text,
+                    at,
+                    format!(
+                        "group {name:?} depends on verdicts or remediation; a policy can only apply to a group decided by the report alone"
+                    ),
+                ));
+            }
+            self.applies_to.dynamic.push(Arc::clone(g));
+        }
+        Ok(())
+    }
+
     /// Does this policy apply to a device reporting `report`?
-    pub fn applies(&self, report: &crate::telemetry::Report) -> bool {
-        let groups_ok = self.applies_to.groups.is_empty() || report.in_any_group(&self.applies_to.groups);
+    pub fn applies(&self, report: &crate::telemetry::Report, now: crate::telemetry::UnixMillis) -> bool {
+        let groups_ok = self.applies_to.groups.is_empty()
+            || report.in_any_group(&self.applies_to.groups)
+            || self.applies_to.dynamic.iter().any(|g| g.when.report_passes(report, now));
         let os_ok = self.applies_to.os.is_empty()
             || report.os.as_deref().is_some_and(|os| self.applies_to.os.iter().any(|o| o.eq_ignore_ascii_case(os)));
         groups_ok && os_ok
     }
 }
 
-/// Every policy in force, in name order (so evaluation is deterministic).
+/// Every policy in force, in name order (so evaluation is deterministic),
+/// and the dynamic groups.
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     pub policies: Vec<Arc<Policy>>,
+    pub groups: Arc<Groups>,
 }
 
 impl PolicySet {
@@ -190,6 +222,7 @@ impl PolicySet {
     /// checked; every error found is returned, not just the first.
     pub fn load_dir(dir: &Path) -> Result<Self, Vec<Located>> {
         let files = toml_files(dir).map_err(|e| vec![e])?;
+        let groups = Groups::load(dir).map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         let mut policies: Vec<Arc<Policy>> = Vec::new();
         for file in files {
@@ -200,7 +233,7 @@ impl PolicySet {
                     continue;
                 }
             };
-            match Policy::parse(&file, &text) {
+            match Policy::parse(&file, &text).and_then(|mut p| p.resolve_groups(&groups, &file, &text).map(|()| p)) {
                 Ok(p) => {
                     if let Some(other) = policies.iter().find(|o| o.name == p.name) {
                         let at = text.find(&format!("{:?}", p.name)).unwrap_or(0);
@@ -221,7 +254,7 @@ impl PolicySet {
             return Err(errors);
         }
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Self { policies })
+        Ok(Self { policies, groups: Arc::new(groups) })
     }
 
     /// Number of rules across all policies.
@@ -236,6 +269,7 @@ pub(crate) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, Located> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+        .filter(|p| p.file_name().is_none_or(|n| n != groups::FILE))
         .collect();
     files.sort();
     Ok(files)

@@ -75,6 +75,8 @@ pub struct Request {
     pub kind: Kind,
     /// For a CoA: the VLAN to move the session to.
     pub vlan: Option<String>,
+    /// For a CoA: the Filter-Id to give the session.
+    pub filter_id: Option<String>,
     /// On a CoA NAK, send a Disconnect-Request instead.
     pub fallback_to_disconnect: bool,
     pub session: SessionId,
@@ -199,7 +201,8 @@ impl CoaClient {
             });
             if fell_back {
                 let ip = r.nas.ip();
-                let retry = Request { kind: Kind::Disconnect, vlan: None, fallback_to_disconnect: false, ..r };
+                let retry =
+                    Request { kind: Kind::Disconnect, vlan: None, filter_id: None, fallback_to_disconnect: false, ..r };
                 self.queued.entry(ip).or_default().push_front(retry);
                 self.pump(ip, now);
             }
@@ -330,6 +333,9 @@ fn build(r: &Request, id: u8) -> Vec<u8> {
         let _ = b.attr_tagged_u32(AttrType::TunnelMediumType, 0, TUNNEL_MEDIUM_IEEE_802);
         let _ = b.attr_tagged_str(AttrType::TunnelPrivateGroupId, 0, vlan.as_bytes());
     }
+    if let (Kind::Coa, Some(f)) = (r.kind, &r.filter_id) {
+        let _ = b.attr(AttrType::FilterId, f.as_bytes());
+    }
     b.finish_request(r.secret.expose())
 }
 
@@ -346,6 +352,7 @@ mod tests {
             secret: Secret::new(SECRET.to_vec()),
             kind,
             vlan: Some("999".into()),
+            filter_id: None,
             fallback_to_disconnect: fallback,
             session: SessionId {
                 acct_session_id: Some("s-1".into()),

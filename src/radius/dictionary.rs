@@ -81,6 +81,8 @@ table! {
         ServiceType = 6,
         /// RFC 2865 §5.8
         FramedIpAddress = 8,
+        /// RFC 2865 §5.11
+        FilterId = 11,
         /// RFC 2865 §5.12
         FramedMtu = 12,
         /// RFC 2865 §5.18

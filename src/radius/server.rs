@@ -191,8 +191,9 @@ impl std::fmt::Debug for EapReply {
 /// The answer to a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Access-Accept, with a VLAN (Tunnel-Private-Group-Id) if given.
-    Accept { vlan: Option<String>, reply_message: Option<String>, eap: Option<EapReply> },
+    /// Access-Accept, with a VLAN (Tunnel-Private-Group-Id) and a
+    /// Filter-Id if given.
+    Accept { vlan: Option<String>, filter_id: Option<String>, reply_message: Option<String>, eap: Option<EapReply> },
     /// Access-Reject; Reply-Message says why.
     Reject { reply_message: String, eap: Option<EapReply> },
     /// Access-Challenge carrying the next EAP-Request, tied by State.
@@ -383,7 +384,7 @@ impl Server {
                 self.cache.remove(&p.key);
                 return;
             }
-            (Code::AccessRequest, Decision::Accept { vlan, reply_message, eap }) => {
+            (Code::AccessRequest, Decision::Accept { vlan, filter_id, reply_message, eap }) => {
                 let mut b = Builder::new(Code::AccessAccept, p.identifier, true);
                 if let Some(e) = eap {
                     add_eap(&mut b, e, secret.expose(), &p.authenticator);
@@ -394,6 +395,10 @@ impl Server {
                     let _ = b.attr_tagged_u32(AttrType::TunnelType, 0, TUNNEL_TYPE_VLAN);
                     let _ = b.attr_tagged_u32(AttrType::TunnelMediumType, 0, TUNNEL_MEDIUM_IEEE_802);
                     let _ = b.attr_tagged_str(AttrType::TunnelPrivateGroupId, 0, vlan.as_bytes());
+                }
+                if let Some(f) = filter_id {
+                    // At most 253 bytes: checked when groups.toml is loaded.
+                    let _ = b.attr(AttrType::FilterId, truncate(f.as_bytes()));
                 }
                 if let Some(m) = reply_message {
                     let _ = b.attr(AttrType::ReplyMessage, truncate(m.as_bytes()));
@@ -557,7 +562,11 @@ mod tests {
         assert_eq!(req.password.as_deref().map(|p| p.as_slice()), Some(&b"correct horse"[..]));
         assert_eq!(req.calling_station_id.as_deref(), Some("AA-BB-CC-00-00-01"));
         assert!(s.poll_transmit().is_none(), "nothing is sent before the decision");
-        s.handle_decision(req.id, Decision::Accept { vlan: Some("100".into()), reply_message: None, eap: None }, now);
+        s.handle_decision(
+            req.id,
+            Decision::Accept { vlan: Some("100".into()), filter_id: None, reply_message: None, eap: None },
+            now,
+        );
         let tx = s.poll_transmit().unwrap();
         assert_eq!((tx.port, tx.to), (Port::Auth, nas()));
         let p = Packet::decode(&tx.payload).unwrap();
@@ -634,7 +643,7 @@ mod tests {
         assert_eq!(s.pending(), 0);
         s.handle_decision(
             r.id,
-            Decision::Accept { vlan: None, reply_message: None, eap: None },
+            Decision::Accept { vlan: None, filter_id: None, reply_message: None, eap: None },
             now + DECISION_TIMEOUT,
         );
         assert!(s.poll_transmit().is_none(), "a late decision is ignored");

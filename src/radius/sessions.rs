@@ -38,12 +38,15 @@ pub struct Session {
     /// Names this session record in CoA outcomes: a record that ended and
     /// came back under the same key is another serial.
     pub serial: u64,
-    /// The access a request in flight asks for.
-    pub target: Option<Access>,
+    /// Its group placement as last told to the NAS (a VLAN or Filter-Id of
+    /// a dynamic group; 0: none), by the gateway's numbering.
+    pub profile: u64,
+    /// The access and placement a request in flight asks for.
+    pub target: Option<(Access, u64)>,
     /// Failed attempts in a row.
     pub failures: u32,
-    /// After a failure: when to try again, and for which access.
-    pub retry: Option<(Instant, Access)>,
+    /// After a failure: when to try again, and for which access and placement.
+    pub retry: Option<(Instant, Access, u64)>,
 }
 
 /// A session: its NAS and its Acct-Session-Id.
@@ -159,6 +162,7 @@ impl Sessions {
             id,
             mac,
             applied: access,
+            profile: 0,
             serial,
             target: None,
             failures: 0,
@@ -218,7 +222,7 @@ impl Sessions {
         self.counts[s.applied as usize] -= 1;
         self.unindex(key, s.mac, s.id.user_name.as_deref());
         self.by_serial.remove(&s.serial);
-        if let Some((at, _)) = s.retry {
+        if let Some((at, _, _)) = s.retry {
             self.retries.remove(&(at, s.serial));
         }
         Some(s)
@@ -228,24 +232,31 @@ impl Sessions {
     /// request for `desired` must go out now (and marks it in flight), or
     /// `None` when the session already has it, a request is in flight (its
     /// outcome reconciles again), or a retry for the same access is not due.
-    pub fn reconcile(&mut self, key: &Key, desired: Access, now: Instant) -> Option<u64> {
+    pub fn reconcile(&mut self, key: &Key, desired: Access, profile: u64, now: Instant) -> Option<u64> {
         let s = self.sessions.get_mut(key)?;
         if s.target.is_some() {
             return None;
         }
-        if let Some((at, wanted)) = s.retry {
-            if wanted == desired && at > now {
+        if let Some((at, wanted, placed)) = s.retry {
+            if (wanted, placed) == (desired, profile) && at > now {
                 return None;
             }
             self.retries.remove(&(at, s.serial));
             s.retry = None;
         }
-        if desired == s.applied {
+        if (desired, profile) == (s.applied, s.profile) {
             s.failures = 0;
             return None;
         }
-        s.target = Some(desired);
+        s.target = Some((desired, profile));
         Some(s.serial)
+    }
+
+    /// The group placement a new session's Access-Accept gave it.
+    pub fn place(&mut self, key: &Key, profile: u64) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.profile = profile;
+        }
     }
 
     /// The outcome of the request tagged `serial`. A session that ended
@@ -253,12 +264,13 @@ impl Sessions {
     pub fn settle(&mut self, serial: u64, outcome: Outcome, now: Instant) -> Option<Settled> {
         let key = self.by_serial.get(&serial)?.clone();
         let s = self.sessions.get_mut(&key)?;
-        let target = s.target.take()?;
+        let (target, profile) = s.target.take()?;
         match outcome {
             Outcome::Applied => {
                 self.counts[s.applied as usize] -= 1;
                 self.counts[target as usize] += 1;
                 s.applied = target;
+                s.profile = profile;
                 s.failures = 0;
                 Some(Settled::Applied(key, target))
             }
@@ -270,7 +282,7 @@ impl Sessions {
                 s.failures = s.failures.saturating_add(1);
                 let wait = FIRST_RETRY.saturating_mul(1 << (s.failures - 1).min(16)).min(MAX_RETRY);
                 let at = now + wait;
-                s.retry = Some((at, target));
+                s.retry = Some((at, target, profile));
                 self.retries.insert((at, serial));
                 Some(Settled::Retry(key, at))
             }
@@ -402,31 +414,31 @@ mod tests {
         let t0 = Instant::now();
         s.apply(&acct(AcctStatus::Start, "s1", "127.0.0.2", "aa:bb:cc:00:00:01"), Access::Quarantine);
         let key: Key = ("127.0.0.2".parse().unwrap(), "s1".into());
-        assert_eq!(s.reconcile(&key, Access::Quarantine, t0), None, "already applied");
-        let serial = s.reconcile(&key, Access::Full, t0).expect("a request");
-        assert_eq!(s.reconcile(&key, Access::Full, t0), None, "one in flight at a time");
-        assert_eq!(s.reconcile(&key, Access::Deny, t0), None, "even for another access");
+        assert_eq!(s.reconcile(&key, Access::Quarantine, 0, t0), None, "already applied");
+        let serial = s.reconcile(&key, Access::Full, 0, t0).expect("a request");
+        assert_eq!(s.reconcile(&key, Access::Full, 0, t0), None, "one in flight at a time");
+        assert_eq!(s.reconcile(&key, Access::Deny, 0, t0), None, "even for another access");
 
         // NAKed: due again after 1 s, then 2 s, for the same access.
         assert!(matches!(s.settle(serial, Outcome::Failed, t0), Some(Settled::Retry(_, _))));
         assert_eq!(s.get(&key).unwrap().applied, Access::Quarantine, "a failure applies nothing");
         assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(1)));
-        assert_eq!(s.reconcile(&key, Access::Full, t0), None, "not due yet");
+        assert_eq!(s.reconcile(&key, Access::Full, 0, t0), None, "not due yet");
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(s.due(t1), vec![key.clone()]);
-        let serial = s.reconcile(&key, Access::Full, t1).unwrap();
+        let serial = s.reconcile(&key, Access::Full, 0, t1).unwrap();
         s.settle(serial, Outcome::Failed, t1);
         assert_eq!(s.poll_timeout(), Some(t1 + Duration::from_secs(2)), "backoff doubles");
 
         // The verdict moved meanwhile: the new access goes at once.
-        let serial = s.reconcile(&key, Access::Deny, t1).expect("a different access is not held back");
+        let serial = s.reconcile(&key, Access::Deny, 0, t1).expect("a different access is not held back");
         assert_eq!(s.poll_timeout(), None, "the old retry is gone");
         assert_eq!(s.settle(serial, Outcome::Applied, t1), Some(Settled::Applied(key.clone(), Access::Deny)));
         assert_eq!(s.get(&key).unwrap().applied, Access::Deny);
         assert_eq!(s.counts(), [0, 0, 1]);
 
         // A Disconnect-ACK ends the record; a late outcome finds nothing.
-        let serial = s.reconcile(&key, Access::Full, t1).unwrap();
+        let serial = s.reconcile(&key, Access::Full, 0, t1).unwrap();
         assert_eq!(s.settle(serial, Outcome::Ended, t1), Some(Settled::Ended(key.clone())));
         assert!(s.is_empty());
         assert_eq!(s.settle(serial, Outcome::Applied, t1), None);
@@ -439,7 +451,7 @@ mod tests {
         s.apply(&acct(AcctStatus::Start, "s1", "127.0.0.2", "x"), Access::Full);
         let key: Key = ("127.0.0.2".parse().unwrap(), "s1".into());
         for _ in 0..40 {
-            let serial = s.reconcile(&key, Access::Quarantine, t).unwrap();
+            let serial = s.reconcile(&key, Access::Quarantine, 0, t).unwrap();
             s.settle(serial, Outcome::Failed, t);
             let next = s.poll_timeout().unwrap();
             assert!(next - t <= MAX_RETRY);

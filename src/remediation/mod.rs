@@ -369,6 +369,18 @@ impl Remediation {
         Ok(())
     }
 
+    /// The device left the table: its plans stop.
+    pub fn forget(&mut self, device: &str) {
+        let Some((device, state)) = self.devices.remove_entry(device) else { return };
+        if let Some(at) = state.wake {
+            self.timers.remove(&(at, Arc::clone(&device)));
+        }
+        for a in &state.plans {
+            self.events.push_back(Event::Stopped { device: Arc::clone(&device), key: a.key() });
+        }
+        self.touched.push(device);
+    }
+
     /// Runs what is due by `now`.
     pub fn handle_timeout(&mut self, now: Instant, wall: UnixMillis) {
         while let Some((at, _)) = self.timers.first()

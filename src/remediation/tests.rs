@@ -77,6 +77,8 @@ impl Sim {
             cause,
             at: now,
             wall,
+            groups: 0,
+            group_set: Arc::default(),
         };
         self.r.handle_change(&change, now, wall);
     }

@@ -109,6 +109,11 @@ pub fn vlan(out: &str) -> Option<String> {
         .find_map(|l| l.trim().strip_prefix("Tunnel-Private-Group-Id:0 = ").map(|v| v.trim_matches('"').to_string()))
 }
 
+/// The Filter-Id radclient printed.
+pub fn filter_id(out: &str) -> Option<String> {
+    out.lines().find_map(|l| l.trim().strip_prefix("Filter-Id = ").map(|v| v.trim_matches('"').to_string()))
+}
+
 /// warden's RADIUS ports.
 pub struct Ports {
     pub auth: u16,
