@@ -494,7 +494,7 @@ fn device_json(d: &Device, s: &ApiState) -> Value {
             "wg_public_key": r.wg_public_key,
             "cert_identity": r.cert_identity,
         },
-        "remediation": s.remediation.get(&d.id).map(|v| v.value().clone()),
+        "remediation": s.remediation.get(&d.id).and_then(|v| serde_json::from_str::<Value>(v.value()).ok()),
         "sessions": [],
     })
 }

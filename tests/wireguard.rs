@@ -332,6 +332,48 @@ fn a_wireguard_go_peer_is_quarantined_mid_flow_and_restored() {
     assert!(packets(&w, "from_peer", "drop_spoofed") >= spoofed + 2.0);
 }
 
+/// Remediation through the WireGuard plane (issue 14): a violating report
+/// quarantines the peer and brings the rule's fix command to the device's
+/// agent; the agent acknowledges it, a report that passes ends the plan, and
+/// the peer regains full access through the normal verdict path.
+#[test]
+fn a_remediated_device_regains_full_access_through_its_tunnel() {
+    let Some((_dir, lab, w)) = connected() else { return };
+    report(&w, 1, true);
+    w.wait_verdict("laptop-1", "compliant");
+    assert_eq!(lab.ping(&["-c", "3", "-i", "0.2", "-W", "1", ELSEWHERE]).1, 3);
+    // The device's agent, on its command topic.
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", &lab.gw, "mosquitto_sub", "-h", "127.0.0.1", "-p", &w.mqtt.to_string()])
+        .args(["-q", "1", "-t", "devices/laptop-1/commands", "-W", "15"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_sub");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(agent.stdout.take().unwrap()));
+    std::thread::sleep(Duration::from_millis(300));
+    report(&w, 2, false);
+    let command: serde_json::Value = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|c| c.get("action").is_some())
+        .expect("the fix command");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(command["action"], "enable_encryption", "{command}");
+    assert_eq!(lab.ping(&["-c", "2", "-i", "0.2", "-W", "1", ELSEWHERE]).1, 0, "quarantined");
+    assert_eq!(lab.ping(&["-c", "3", "-i", "0.2", "-W", "1", REMEDIATION]).1, 3, "remediation still reachable");
+    let ack = json!({"id": command["id"], "status": "done"}).to_string();
+    common::publish_in(w.netns.as_deref(), w.mqtt, "devices/laptop-1/acks", &ack);
+    report(&w, 3, true);
+    w.wait_verdict("laptop-1", "compliant");
+    wait_for("full access again", Duration::from_secs(5), || {
+        (lab.ping(&["-c", "1", "-W", "1", ELSEWHERE]).1 == 1).then_some(())
+    });
+    w.wait_metric("warden_remediation_seconds_count", 1.0);
+    assert_eq!(w.metric("warden_remediation_acks_total{result=\"accepted\"}"), 1.0);
+}
+
 #[test]
 fn garbage_gets_no_answer_and_a_removed_peer_stops_at_once() {
     let Some((dir, lab, w)) = connected() else { return };

@@ -11,8 +11,10 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
-/// Each device's running plans as the API shows them (absent: none).
-pub type Views = dashmap::DashMap<Arc<str>, Value, foldhash::fast::RandomState>;
+/// Each device's running plans as the API shows them (absent: none), as
+/// JSON text: a `serde_json::Value` per device cost kilobytes, and a policy
+/// change can start 100,000 plans at once.
+pub type Views = dashmap::DashMap<Arc<str>, Box<str>, foldhash::fast::RandomState>;
 
 /// Commands queued for the publisher; past this one is dropped and counted,
 /// and the plan sends it again after its `retry_every`. Room for a policy
@@ -66,7 +68,7 @@ pub fn after_batch(
         if plans.is_empty() {
             views.remove(device);
         } else {
-            views.insert(Arc::clone(device), view(r, device, plans));
+            views.insert(Arc::clone(device), view(r, device, plans).to_string().into_boxed_str());
         }
     }
     metrics.remediation_plans.set(i64::try_from(r.len()).unwrap_or(i64::MAX));

@@ -321,4 +321,33 @@ remediation = "enable_encryption"
             assert!(err.starts_with(want), "want {want}, got {err}");
         }
     }
+    /// A policy may apply to a dynamic group decided by the report alone
+    /// (and `groups.toml` is not read as a policy); one that depends on
+    /// verdicts is refused, located.
+    #[test]
+    fn applies_to_names_report_only_dynamic_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("groups.toml"),
+            "[[groups]]\nname = \"old-android\"\nwhen = { checks = [{ attr = \"os_version\", version_lt = \"14\" }] }\n\
+             [[groups]]\nname = \"stale\"\nwhen = { verdict = [\"unknown\"] }\n",
+        )
+        .unwrap();
+        let policy = "name = \"p\"\nseverity = \"major\"\napplies_to = { groups = [\"old-android\"] }\n\
+                      [[rules]]\nid = \"r\"\ncheck = { attr = \"encrypted\", eq = true }\n";
+        std::fs::write(dir.path().join("p.toml"), policy).unwrap();
+        let set = PolicySet::load_dir(dir.path()).unwrap();
+        assert_eq!(set.policies.len(), 1, "groups.toml is not a policy");
+        assert_eq!(set.groups.groups.len(), 2);
+        let report = |v: &str| -> crate::telemetry::Report {
+            serde_json::from_value(serde_json::json!({"seq": 1, "ts": "2026-12-03T10:00:00Z", "os_version": v}))
+                .unwrap()
+        };
+        assert!(set.policies[0].applies(&report("13.0"), 0));
+        assert!(!set.policies[0].applies(&report("14.1"), 0));
+        std::fs::write(dir.path().join("p.toml"), policy.replace("old-android", "stale")).unwrap();
+        let errors = PolicySet::load_dir(dir.path()).unwrap_err();
+        assert!(errors[0].to_string().contains("depends on verdicts"), "{}", errors[0]);
+        assert!(errors[0].to_string().contains("p.toml:3:"), "{}", errors[0]);
+    }
 }
