@@ -21,24 +21,15 @@ Loopback only; bounded.
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECRET = "a-long-shared-secret"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quarantine import SECRET, free_port, metrics  # noqa: E402  the same harness pieces
+
 STORM = """name = "storm"
 severity = "minor"
 [[rules]]
 id = "agent-99"
 check = { attr = "agent_version", version_gte = "99.0" }
 """
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metrics(http):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10).read().decode()
-    return {l.split(" ")[0]: float(l.split(" ")[1]) for l in text.splitlines() if l and not l.startswith("#")}
 
 
 def wait(what, limit, f):

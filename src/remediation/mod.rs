@@ -486,23 +486,13 @@ impl Out<'_> {
             if c.expires_at <= now {
                 c.state = State::Expired;
                 c.resend_at = None;
-                self.event(Event::Command {
-                    device: Arc::clone(self.device),
-                    action,
-                    key: key.clone(),
-                    state: c.state,
-                });
+                self.command(action, &key, c.state);
             } else if c.state == State::Sent && c.resend_at.is_some_and(|t| t <= now) && !*away {
                 if c.attempts >= a.plan.max_attempts {
                     c.state = State::Unanswered;
                     c.resend_at = None;
                     *away = true;
-                    self.event(Event::Command {
-                        device: Arc::clone(self.device),
-                        action,
-                        key: key.clone(),
-                        state: c.state,
-                    });
+                    self.command(action, &key, c.state);
                 } else {
                     c.attempts += 1;
                     c.resend_at = Some(now + a.plan.retry_every);
@@ -551,12 +541,7 @@ impl Out<'_> {
                 c.state = State::Skipped;
                 c.attempts = 0;
                 c.resend_at = None;
-                self.event(Event::Command {
-                    device: Arc::clone(self.device),
-                    action,
-                    key: key.clone(),
-                    state: c.state,
-                });
+                self.command(action, &key, c.state);
             } else {
                 self.send(a, &c, action);
             }
@@ -572,6 +557,10 @@ impl Out<'_> {
                 self.escalate(a, &key);
             }
         }
+    }
+
+    fn command(&mut self, action: Arc<str>, key: &str, state: State) {
+        self.event(Event::Command { device: Arc::clone(self.device), action, key: key.to_string(), state });
     }
 
     fn escalate(&mut self, a: &mut Active, key: &str) {
