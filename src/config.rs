@@ -261,12 +261,41 @@ pub struct Http {
     pub token_file: Option<PathBuf>,
     /// API tokens with names and roles (`[[tokens]]` name, role, sha256).
     pub tokens_file: Option<PathBuf>,
+    /// A request head must arrive within this (also the idle timeout of a
+    /// kept-alive connection).
+    #[serde(default = "default_header_timeout", with = "crate::diag::duration")]
+    pub header_timeout: Duration,
+    /// A whole request, body and answer, within this.
+    #[serde(default = "default_request_timeout", with = "crate::diag::duration")]
+    pub request_timeout: Duration,
+    /// Connections open at once; more are closed as they arrive.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Self { listen: default_http_listen(), token_file: None, tokens_file: None }
+        Self {
+            listen: default_http_listen(),
+            token_file: None,
+            tokens_file: None,
+            header_timeout: default_header_timeout(),
+            request_timeout: default_request_timeout(),
+            max_connections: default_max_connections(),
+        }
     }
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_connections() -> usize {
+    4096
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -443,6 +472,16 @@ impl Loaded {
         }
         if config.policy.outage_window.is_zero() {
             errors.push(Located::at(file, text, locate("outage_window"), "outage_window must be more than 0s"));
+        }
+        for (key, d) in
+            [("header_timeout", config.http.header_timeout), ("request_timeout", config.http.request_timeout)]
+        {
+            if d < Duration::from_millis(100) {
+                errors.push(Located::at(file, text, locate(key), format!("{key} must be at least 100ms")));
+            }
+        }
+        if config.http.max_connections == 0 {
+            errors.push(Located::at(file, text, locate("max_connections"), "max_connections must be at least 1"));
         }
         if config.node.snapshot_every < Duration::from_secs(1) {
             errors.push(Located::at(file, text, locate("snapshot_every"), "snapshot_every must be at least 1s"));

@@ -371,8 +371,16 @@ async fn put_override(
         Ok(name) => name.to_string(),
         Err(refused) => return *refused,
     };
-    let Ok(Json(body)) = body else {
-        return bad_request("the body is {\"mode\": \"exempt\"|\"quarantine\", \"for\": \"2h\", \"reason\": \"...\"}");
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return problem(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than 64 KiB");
+        }
+        Err(_) => {
+            return bad_request(
+                "the body is {\"mode\": \"exempt\"|\"quarantine\", \"for\": \"2h\", \"reason\": \"...\"}",
+            );
+        }
     };
     let Ok(duration) = humantime::parse_duration(&body.duration) else {
         return bad_request("\"for\" is a duration such as \"30m\" or \"2h\"");

@@ -92,7 +92,12 @@ pub struct Metrics {
     /// From the violation's start to the report that passed.
     pub remediation_seconds: Histogram,
     pub remediation_escalations: IntCounter,
+    /// HTTP connections and requests refused, by [`HTTP_REFUSALS`] reason.
+    http_refusals: [IntCounter; HTTP_REFUSALS.len()],
 }
+
+/// `reason` label values of `warden_http_refusals_total`.
+pub const HTTP_REFUSALS: [&str; 4] = ["too_many_connections", "header_timeout", "request_timeout", "body_too_large"];
 
 /// `result` label values of `warden_remediation_acks_total`.
 pub const REMEDIATION_ACKS: [&str; 3] = ["accepted", "ack_malformed", "ack_unknown"];
@@ -488,7 +493,22 @@ impl Metrics {
                 "warden_remediation_escalations_total",
                 "Remediation plans whose steps ran out with the rule still failing",
             ),
+            http_refusals: {
+                let refusals = counters(
+                    "warden_http_refusals_total",
+                    "API connections closed and requests refused, by reason",
+                    &["reason"],
+                );
+                HTTP_REFUSALS.map(|r| refusals.with_label_values(&[r]))
+            },
             registry,
+        }
+    }
+
+    /// Counts an HTTP refusal (an [`HTTP_REFUSALS`] label).
+    pub fn http_refusal(&self, reason: &str) {
+        if let Some(i) = HTTP_REFUSALS.iter().position(|r| *r == reason) {
+            self.http_refusals[i].inc();
         }
     }
 

@@ -12,6 +12,7 @@ pub use compliance_task::{Confirm, OverrideRequest};
 pub use remediation::Views as RemediationViews;
 mod current;
 mod eap_pool;
+mod http_server;
 pub(crate) mod log_limit;
 pub(crate) mod mqtt;
 mod radius_auth;
@@ -264,15 +265,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             change_sources
         },
     });
-    let mut http_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let serve = axum::serve(http_listener, api).with_graceful_shutdown(async move {
-            let _ = http_shutdown.changed().await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    let limits = http_server::Limits {
+        header_timeout: cfg.http.header_timeout,
+        request_timeout: cfg.http.request_timeout,
+        max_connections: cfg.http.max_connections,
+    };
+    tasks.spawn(http_server::serve(http_listener, api, limits, Arc::clone(&metrics), shutdown.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down");
