@@ -35,6 +35,10 @@ pub struct ApiState {
     pub table: Table,
     /// The dynamic groups in force (replaced on a policy reload).
     pub groups: tokio::sync::watch::Receiver<Arc<crate::policy::Groups>>,
+    /// Asks the RADIUS plane for a device's sessions (none without RADIUS).
+    pub sessions: Option<tokio::sync::mpsc::Sender<crate::gateway::SessionQuery>>,
+    /// The WireGuard router, for a device's peers (none without WireGuard).
+    pub wireguard: Option<Arc<crate::wireguard::router::Router>>,
     /// Each device's running remediation plans, kept by the compliance task.
     pub remediation: Arc<crate::gateway::RemediationViews>,
     pub metrics: Arc<Metrics>,
@@ -343,7 +347,13 @@ impl Ord for ById {
 
 async fn get_device(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     match s.table.get(&id) {
-        Some(d) => Json(device_json(&d, &s)).into_response(),
+        Some(d) => {
+            let mut view = device_json(&d, &s);
+            let mut all = sessions(&s, &id).await;
+            all.extend(peers(&s, &d));
+            view["sessions"] = json!(all);
+            Json(view).into_response()
+        }
         None => (StatusCode::NOT_FOUND, Json(json!({ "id": id, "verdict": "unknown", "reason": "never reported" })))
             .into_response(),
     }
@@ -442,6 +452,55 @@ async fn apply_override(
 
 fn bad_request(msg: &str) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
+}
+
+/// A device's RADIUS sessions, from the task that holds them; empty if it
+/// does not answer within 200 ms (it is busy enforcing: the view waits
+/// less than enforcement would).
+async fn sessions(s: &ApiState, id: &str) -> Vec<Value> {
+    let Some(queries) = &s.sessions else { return Vec::new() };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let query = crate::gateway::SessionQuery { device: id.to_string(), reply };
+    if queries.try_send(query).is_err() {
+        return Vec::new();
+    }
+    tokio::time::timeout(std::time::Duration::from_millis(200), answer)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
+/// A device's WireGuard peers: configured for it, or holding the key it
+/// reported.
+fn peers(s: &ApiState, d: &Device) -> Vec<Value> {
+    use base64::Engine as _;
+    let Some(router) = &s.wireguard else { return Vec::new() };
+    let mut peers = router.peers_of_device(&d.id);
+    if let Some(key) = d.report.wg_public_key.as_deref()
+        && let Ok(key) = crate::wireguard::config::parse_key(key)
+        && let Some(p) = router.peer_by_key(&key)
+        && !peers.iter().any(|q| Arc::ptr_eq(q, &p))
+    {
+        peers.push(p);
+    }
+    peers
+        .iter()
+        .map(|p| {
+            let (since, endpoint) = {
+                let session = p.session();
+                (session.tunnel.since_handshake(), session.endpoint)
+            };
+            json!({
+                "plane": "wireguard",
+                "public_key": base64::engine::general_purpose::STANDARD.encode(p.spec.public_key),
+                "allowed_ips": p.spec.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "access": p.access().label(),
+                "endpoint": endpoint.map(|e| e.to_string()),
+                "seconds_since_handshake": since.map(|t| t.as_secs()),
+            })
+        })
+        .collect()
 }
 
 /// A device as the API shows it: verdict, why, since when, and who it is.

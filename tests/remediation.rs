@@ -153,7 +153,14 @@ fn a_failing_report_brings_the_fix_and_a_passing_one_restores_access_through_the
         assert!(cmd[field].is_string(), "{field} in {cmd}");
     }
     assert!(cmd["expires"].as_str() > cmd["issued"].as_str(), "{cmd}");
-    let v = w.device("pos-0001").unwrap();
+    let v = wait_for("the session quarantined", Duration::from_secs(5), || {
+        let v = w.device("pos-0001")?;
+        (v["sessions"][0]["access"] == "quarantine").then_some(v)
+    });
+    // The device view shows its real RADIUS session.
+    let session = &v["sessions"][0];
+    assert_eq!((session["plane"].as_str(), session["acct_session_id"].as_str()), (Some("radius"), Some("sess-7")));
+    assert_eq!(session["calling_station_id"], "AA-BB-CC-00-00-01", "{v}");
     assert_eq!(v["remediation"]["plans"][0]["rule"], "disk-encrypted", "{v}");
     assert_eq!(v["remediation"]["plans"][0]["commands"][0]["state"], "sent", "{v}");
 

@@ -363,6 +363,12 @@ fn a_remediated_device_regains_full_access_through_its_tunnel() {
     assert_eq!(command["action"], "enable_encryption", "{command}");
     assert_eq!(lab.ping(&["-c", "2", "-i", "0.2", "-W", "1", ELSEWHERE]).1, 0, "quarantined");
     assert_eq!(lab.ping(&["-c", "3", "-i", "0.2", "-W", "1", REMEDIATION]).1, 3, "remediation still reachable");
+    // The device view shows its peer, as the tunnel has it.
+    let v = w.device("laptop-1").unwrap();
+    let peer = v["sessions"].as_array().unwrap().iter().find(|s| s["plane"] == "wireguard").cloned();
+    let peer = peer.unwrap_or_else(|| panic!("no WireGuard peer in {v}"));
+    assert_eq!(peer["access"], "quarantine", "{peer}");
+    assert!(peer["seconds_since_handshake"].is_u64(), "{peer}");
     let ack = json!({"id": command["id"], "status": "done"}).to_string();
     common::publish_in(w.netns.as_deref(), w.mqtt, "devices/laptop-1/acks", &ack);
     report(&w, 3, true);
@@ -372,6 +378,11 @@ fn a_remediated_device_regains_full_access_through_its_tunnel() {
     });
     w.wait_metric("warden_remediation_seconds_count", 1.0);
     assert_eq!(w.metric("warden_remediation_acks_total{result=\"accepted\"}"), 1.0);
+    let v = w.device("laptop-1").unwrap();
+    assert!(
+        v["sessions"].as_array().unwrap().iter().any(|s| s["plane"] == "wireguard" && s["access"] == "full"),
+        "{v}"
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod authorize;
 mod commit;
 mod compliance_task;
 pub use compliance_task::{Confirm, OverrideRequest};
+pub use radius_task::SessionQuery;
 pub use remediation::Views as RemediationViews;
 mod current;
 mod eap_pool;
@@ -88,6 +89,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // reconciled against the table (a policy reload).
     let (reconcile_tx, reconcile_rx) = watch::channel(0u64);
     let mut change_sources = crate::http::Changes::default();
+    let mut session_queries = None;
     let radius = match &cfg.radius {
         Some(r) => {
             let mut plane =
@@ -96,6 +98,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             let (held_tx, held_rx) = watch::channel(Vec::new());
             plane.task.held = held_tx;
             plane.task.confirms = confirm_rx;
+            let (query_tx, query_rx) = mpsc::channel(64);
+            plane.task.session_queries = query_rx;
+            session_queries = Some(query_tx);
             change_sources.sources.push(crate::http::ChangeSource { held: held_rx, confirm: confirm_tx });
             Some(plane)
         }
@@ -133,6 +138,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let wireguard_router = wireguard.as_ref().map(|w| w.router());
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (source_tx, source_rx) = watch::channel(false);
     let (confirm_tx, confirm_rx) = mpsc::channel(16);
@@ -254,6 +260,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let api = crate::http::router(ApiState {
         table,
         remediation: remediation_views,
+        sessions: session_queries,
+        wireguard: wireguard_router,
         groups: groups_rx,
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
@@ -443,6 +451,7 @@ async fn radius_plane(
         reconcile,
         held: watch::channel(Vec::new()).0,
         confirms: mpsc::channel(1).1,
+        session_queries: mpsc::channel(1).1,
         ready: None,
         shutdown,
         journal_sync,

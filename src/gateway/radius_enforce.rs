@@ -194,21 +194,48 @@ impl Enforcer {
     /// A device's verdict changed: its sessions, found by its MACs, its
     /// users and its certificate identity, are reconciled at once.
     pub fn handle_change(&mut self, change: &Change, now: Instant) {
+        let unix_time = u32::try_from(change.wall / 1000).unwrap_or(0);
+        for key in self.sessions_of(&change.device) {
+            self.reconcile(&key, Cause::Change, now, change.at, unix_time);
+        }
+    }
+
+    /// A device's sessions: by its MACs, its users and its certificate
+    /// identity.
+    fn sessions_of(&mut self, device_id: &str) -> Vec<Key> {
         self.users.refresh();
-        let device = self.table.get(&change.device);
+        let device = self.table.get(device_id);
         let macs: Vec<Mac> = device
             .iter()
             .flat_map(|d| d.report.mac_addresses.iter().flat_map(|v| v.iter()))
             .filter_map(|m| Mac::parse(m))
             .collect();
         let all = Arc::clone(self.users.get());
-        let mut users = all.names_for_device(&change.device);
+        let mut users = all.names_for_device(device_id);
         users.extend(device.as_ref().and_then(|d| d.report.cert_identity.as_deref()));
-        users.push(&change.device);
-        let unix_time = u32::try_from(change.wall / 1000).unwrap_or(0);
-        for key in self.sessions.find(&macs, &users) {
-            self.reconcile(&key, Cause::Change, now, change.at, unix_time);
-        }
+        users.push(device_id);
+        self.sessions.find(&macs, &users)
+    }
+
+    /// A device's sessions as the API shows them.
+    pub fn session_views(&mut self, device_id: &str) -> Vec<serde_json::Value> {
+        let keys = self.sessions_of(device_id);
+        keys.iter()
+            .filter_map(|k| self.sessions.get(k))
+            .map(|s| {
+                serde_json::json!({
+                    "plane": "radius",
+                    "client": &*s.client,
+                    "nas": s.nas.to_string(),
+                    "acct_session_id": s.id.acct_session_id,
+                    "calling_station_id": s.id.calling_station_id,
+                    "user_name": s.id.user_name,
+                    "nas_port": s.id.nas_port,
+                    "access": s.applied.label(),
+                    "changing_to": s.target.map(|(a, _)| a.label()),
+                })
+            })
+            .collect()
     }
 
     /// Starts a full pass as soon as possible (after lag, a reload, a restore).

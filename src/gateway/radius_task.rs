@@ -31,12 +31,20 @@ pub struct RadiusTask {
     /// The circuit breaker's held batch, for the API, and its confirmations.
     pub held: watch::Sender<Vec<crate::compliance::Held>>,
     pub confirms: tokio::sync::mpsc::Receiver<super::Confirm>,
+    /// The API asking for a device's sessions.
+    pub session_queries: tokio::sync::mpsc::Receiver<SessionQuery>,
     /// Set once the task serves its sockets, for `/readyz`.
     pub ready: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub shutdown: watch::Receiver<bool>,
     /// The journal's file, for the group commit's sync (shared with the
     /// blocking thread that runs it: no `dup` per batch).
     pub journal_sync: Arc<std::fs::File>,
+}
+
+/// A device's sessions, asked for by the API.
+pub struct SessionQuery {
+    pub device: String,
+    pub reply: tokio::sync::oneshot::Sender<Vec<serde_json::Value>>,
 }
 
 impl RadiusTask {
@@ -64,6 +72,9 @@ impl RadiusTask {
                     Ok(()) => self.enforce.sweep_soon(),
                     Err(_) => return,
                 },
+                Some(q) = self.session_queries.recv() => {
+                    let _ = q.reply.send(self.enforce.session_views(&q.device));
+                }
                 Some(confirm) = self.confirms.recv() => {
                     let done = self.enforce.confirm(confirm.id);
                     if let Some(h) = &done {

@@ -180,6 +180,11 @@ impl Grants for Verdicts {
 }
 
 impl WireGuardTask {
+    /// The router, for the API's view of a device's peers.
+    pub fn router(&self) -> Arc<Router> {
+        Arc::clone(&self.router)
+    }
+
     /// Binds the socket, creates the TUN and installs the configured peers
     /// with the access their devices' verdicts give them now.
     pub async fn new(
