@@ -3,6 +3,7 @@
 //! validated (and every secret file read) before any port is bound.
 
 use crate::diag::Located;
+pub use crate::radius::config::{CoaMode, Noncompliant, Radius, RadiusClient};
 pub use crate::telemetry::config::{Broker, Mqtt};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -27,106 +28,6 @@ pub struct Config {
     pub wireguard: Option<crate::wireguard::config::WireGuard>,
     /// 802.1X (EAP-TLS) for the RADIUS server; absent: EAP is refused.
     pub eap: Option<crate::eap::config::Eap>,
-}
-
-/// What to do with a noncompliant device whose violation is enforced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Noncompliant {
-    #[default]
-    Quarantine,
-    Reject,
-}
-
-/// How a NAS is told about a verdict change (RFC 5176).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CoaMode {
-    Coa,
-    #[default]
-    Disconnect,
-    CoaThenDisconnect,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Radius {
-    #[serde(default = "default_auth_listen")]
-    pub auth_listen: SocketAddr,
-    #[serde(default = "default_acct_listen")]
-    pub acct_listen: SocketAddr,
-    #[serde(default = "default_compliant_vlan")]
-    pub compliant_vlan: String,
-    #[serde(default = "default_quarantine_vlan")]
-    pub quarantine_vlan: String,
-    #[serde(default)]
-    pub noncompliant: Noncompliant,
-    /// Local credentials for PAP (and PEAP-MSCHAPv2).
-    pub users_file: Option<PathBuf>,
-    /// Auth shards (sockets on the auth port, one task each); 0: one per core.
-    #[serde(default)]
-    pub workers: usize,
-    #[serde(default)]
-    pub clients: Vec<RadiusClient>,
-}
-
-/// Auth shards at most: each is a socket, a task and a duplicate cache.
-const MAX_WORKERS: usize = 256;
-
-impl Radius {
-    /// The number of auth shards: `workers`, or one per core.
-    pub fn shards(&self) -> usize {
-        match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-            n => n,
-        }
-    }
-}
-
-fn default_auth_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 1812))
-}
-fn default_acct_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 1813))
-}
-fn default_compliant_vlan() -> String {
-    "100".into()
-}
-fn default_quarantine_vlan() -> String {
-    "999".into()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_coa_port() -> u16 {
-    3799
-}
-
-/// A NAS (switch, Wi-Fi controller) allowed to use warden.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RadiusClient {
-    pub name: String,
-    /// An IP or a CIDR.
-    pub address: toml::Spanned<String>,
-    pub secret: Option<String>,
-    pub secret_file: Option<PathBuf>,
-    #[serde(default = "default_true")]
-    pub require_message_authenticator: bool,
-    #[serde(default = "default_coa_port")]
-    pub coa_port: u16,
-    #[serde(default)]
-    pub coa_mode: CoaMode,
-}
-
-impl RadiusClient {
-    /// The address as a network (a bare IP is a /32 or /128).
-    pub fn net(&self) -> Result<ipnet::IpNet, String> {
-        let a = self.address.get_ref().trim();
-        a.parse::<ipnet::IpNet>()
-            .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| format!("client {:?}: address {a:?} is not an IP or CIDR", self.name))
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,24 +251,7 @@ impl Loaded {
                 "RADIUS for trying warden only: clients 127.0.0.0/8 on 127.0.0.1:1812/1813 with shared secret {secret}"
             ));
             secrets.radius.push(("loopback".into(), secret.clone().into_bytes()));
-            config.radius = Some(Radius {
-                auth_listen: SocketAddr::from(([127, 0, 0, 1], 1812)),
-                acct_listen: SocketAddr::from(([127, 0, 0, 1], 1813)),
-                compliant_vlan: default_compliant_vlan(),
-                quarantine_vlan: default_quarantine_vlan(),
-                noncompliant: Noncompliant::default(),
-                users_file: None,
-                workers: 0,
-                clients: vec![RadiusClient {
-                    name: "loopback".into(),
-                    address: toml::Spanned::new(0..0, "127.0.0.0/8".into()),
-                    secret: Some(secret),
-                    secret_file: None,
-                    require_message_authenticator: true,
-                    coa_port: default_coa_port(),
-                    coa_mode: CoaMode::default(),
-                }],
-            });
+            config.radius = Some(Radius::loopback(secret));
         }
         // Anyone on this machine may publish for any device: fine for
         // trying warden, said out loud.
@@ -421,9 +305,7 @@ impl Loaded {
             e.rebase(base);
         }
         if let Some(r) = &mut config.radius {
-            for p in r.users_file.iter_mut().chain(r.clients.iter_mut().filter_map(|c| c.secret_file.as_mut())) {
-                rebase(p);
-            }
+            r.rebase(&rebase);
         }
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
@@ -496,77 +378,7 @@ impl Loaded {
             ));
         }
         if let Some(r) = &config.radius {
-            if r.workers > MAX_WORKERS {
-                errors.push(Located::at(
-                    file,
-                    text,
-                    locate("workers"),
-                    format!("radius.workers must be at most {MAX_WORKERS} (0: one per core)"),
-                ));
-            }
-            if r.clients.is_empty() {
-                errors.push(Located::at(
-                    file,
-                    text,
-                    locate("[radius]"),
-                    "[radius] needs at least one [[radius.clients]]",
-                ));
-            }
-            for (i, c) in r.clients.iter().enumerate() {
-                if let Err(e) = c.net() {
-                    errors.push(Located::at(file, text, c.address.span().start, e));
-                }
-                if r.clients[..i].iter().any(|o| o.name == c.name) {
-                    errors.push(Located::at(
-                        file,
-                        text,
-                        c.address.span().start,
-                        format!("duplicate client name {:?}", c.name),
-                    ));
-                }
-                let secret = match (&c.secret, &c.secret_file) {
-                    (Some(_), Some(_)) => Err(format!("client {:?}: give secret or secret_file, not both", c.name)),
-                    (None, None) => Err(format!("client {:?}: a secret or secret_file is required", c.name)),
-                    (Some(s), None) => Ok(s.clone()),
-                    (None, Some(p)) => read_secret(p),
-                };
-                match secret {
-                    Ok(s) if s.is_empty() => errors.push(Located::at(
-                        file,
-                        text,
-                        c.address.span().start,
-                        format!("client {:?}: empty secret", c.name),
-                    )),
-                    Ok(s) => {
-                        if s.len() < 12 {
-                            warnings.push(format!("{}: RADIUS client {:?}: a secret shorter than 12 bytes is easy to brute-force from one captured packet", file.display(), c.name));
-                        }
-                        if !c.require_message_authenticator {
-                            warnings.push(format!("{}: RADIUS client {:?}: require_message_authenticator = false leaves it open to BlastRADIUS (CVE-2024-3596)", file.display(), c.name));
-                        }
-                        secrets.radius.push((c.name.clone(), s.into_bytes()));
-                    }
-                    Err(e) => errors.push(Located::at(file, text, c.address.span().start, e)),
-                }
-            }
-            if r.compliant_vlan.is_empty()
-                || r.quarantine_vlan.is_empty()
-                || r.compliant_vlan.len() > 252
-                || r.quarantine_vlan.len() > 252
-            {
-                errors.push(Located::at(
-                    file,
-                    text,
-                    locate("vlan"),
-                    "compliant_vlan and quarantine_vlan must be 1 to 252 characters",
-                ));
-            }
-            if let Some(u) = &r.users_file {
-                match crate::users::Users::load(u) {
-                    Ok(users) => warnings.extend(users.warnings()),
-                    Err(e) => errors.push(e),
-                }
-            }
+            r.check(file, text, &mut errors, &mut warnings, &mut secrets);
         }
         let wireguard = match &config.wireguard {
             Some(w) => match w.check(file, text, &mut warnings) {

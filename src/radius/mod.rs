@@ -7,6 +7,7 @@
 
 pub mod builder;
 pub mod coa;
+pub mod config;
 pub mod crypto;
 pub mod dictionary;
 pub mod journal;
