@@ -1,5 +1,9 @@
 //! Prometheus metrics. Every handle is created once here and cached, so the
 //! hot paths pay an atomic add, never a lookup by name or label.
+//!
+//! Long because it is one list: every metric warden exports, its help text
+//! and its label values, registered in one place so a name is never
+//! registered twice and the whole set can be read at a glance.
 
 use crate::compliance::Verdict;
 use crate::telemetry::Refusal;

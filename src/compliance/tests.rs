@@ -1,5 +1,6 @@
 //! The engine in simulated time: grace, enforcement modes, indexes, restore,
-//! and a property test against a reference model.
+//! and a property test against a reference model. One file because every
+//! test drives the same simulated clock and fixtures.
 
 use super::*;
 use crate::mac::Mac;

@@ -4,6 +4,9 @@
 //! it asks for a decision ([`Event::AccessRequest`]) and is told one
 //! ([`Server::handle_decision`]).
 //!
+//! About 500 lines of core and its tests beside it (as the house keeps
+//! them); the codec, builder and dictionary are their own modules.
+//!
 //! Drive it: `handle_datagram` / `handle_decision` / `handle_timeout` with
 //! `now`, then drain `poll_transmit` and `poll_event` until both are `None`,
 //! then sleep until `poll_timeout` or the next input.
