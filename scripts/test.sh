@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # (freeradius-utils: the NAS side of the RADIUS tests), python3 (the test
 # NAS answering CoA), wireguard-go + wg + ip + ping (the remote peer of the
 # WireGuard tests, in network namespaces they create), eapol_test (eapoltest:
-# the 802.1X supplicant of the EAP tests). Installed only when missing.
-packages=(mosquitto mosquitto-clients openssl freeradius-utils python3 wireguard-go wireguard-tools iproute2 iputils-ping eapoltest)
+# the 802.1X supplicant of the EAP tests), promtool (prometheus: checks the
+# alerting rules in docs/prometheus). Installed only when missing.
+packages=(mosquitto mosquitto-clients openssl freeradius-utils python3 wireguard-go wireguard-tools iproute2 iputils-ping eapoltest prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -21,8 +22,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The Debian package starts a system mosquitto on 1883; the tests start their
-# own brokers on free ports and do not need it.
+# The Debian packages start a system mosquitto on 1883 and, where systemd
+# runs, a prometheus on 9090 (warden's default API port); the tests need
+# neither (they use free ports), and the prometheus server is stopped.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+  ${sudo:-} systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
