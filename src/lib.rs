@@ -8,6 +8,7 @@
 //! - [`http`] and [`metrics`]: what operators and Prometheus read.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod broker;
 pub mod certs;
 pub mod cli;
