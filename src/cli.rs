@@ -44,6 +44,11 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Overrides on one device, through the API of a running warden (an admin token).
     Device {
         #[command(subcommand)]
@@ -107,6 +112,21 @@ pub enum PolicyCommand {
         /// The policy directory.
         #[arg(long, default_value = "policies")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Re-check the whole chain and every checkpoint; exits non-zero at the
+    /// first edited, removed, reordered or cut entry, naming it.
+    Verify {
+        /// The trail's directory (`state_dir/audit`).
+        #[arg(long, default_value = "state/audit")]
+        dir: PathBuf,
+        /// The signing key (its public half checks the checkpoints); without
+        /// it, the chain alone is checked.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 

@@ -104,7 +104,7 @@ pub fn policy_test(dir: &Path) -> ExitCode {
 /// existing file is overwritten.
 pub fn certs_init(dir: &Path, device: &str, server_name: &str) -> ExitCode {
     let run = || -> Result<Vec<String>, String> {
-        let files = ["ca.pem", "ca.key", "server.pem", "server.key", "device.pem", "device.key"];
+        let files = ["ca.pem", "ca.key", "server.pem", "server.key", "device.pem", "device.key", "audit.key"];
         if let Some(f) = files.iter().find(|f| dir.join(f).exists()) {
             return Err(format!("{} exists; not overwriting (remove it or pick another --dir)", dir.join(f).display()));
         }
@@ -112,8 +112,16 @@ pub fn certs_init(dir: &Path, device: &str, server_name: &str) -> ExitCode {
         let ca = crate::certs::Ca::new("warden dev CA").map_err(|e| e.to_string())?;
         let server = ca.server(server_name).map_err(|e| e.to_string())?;
         let dev = ca.device_now(device).map_err(|e| e.to_string())?;
-        let contents =
-            [ca.cert_pem(), ca.key_pem().to_string(), server.cert_pem, server.key_pem, dev.cert_pem, dev.key_pem];
+        let audit = crate::audit::key_pem(&crate::audit::generate_key()?);
+        let contents = [
+            ca.cert_pem(),
+            ca.key_pem().to_string(),
+            server.cert_pem,
+            server.key_pem,
+            dev.cert_pem,
+            dev.key_pem,
+            audit,
+        ];
         let mut written = Vec::new();
         for (name, text) in files.iter().zip(contents) {
             let path = dir.join(name);
@@ -138,7 +146,8 @@ pub fn certs_init(dir: &Path, device: &str, server_name: &str) -> ExitCode {
             }
             println!(
                 "For [eap]: server_cert = \"{d}/server.pem\", server_key = \"{d}/server.key\", client_ca = \"{d}/ca.pem\".\n\
-                 The device certificate names {device:?} (cn, san_dns, san_uri). These are for trying warden only.",
+                 The device certificate names {device:?} (cn, san_dns, san_uri). These are for trying warden only.\n\
+                 For [audit]: signing_key_file = \"{d}/audit.key\" (Ed25519, signs the audit trail's checkpoints).",
                 d = dir.display()
             );
             ExitCode::SUCCESS
@@ -231,4 +240,63 @@ fn api_client(args: &crate::cli::ApiArgs) -> Result<crate::client::Api, String> 
         None => loaded.secrets.api_token.clone(),
     };
     crate::client::Api::new(&url, token)
+}
+
+/// `warden audit verify`: every `audit-N.jsonl` in `dir`, in order, as one
+/// chain.
+pub fn audit_verify(dir: &Path, key: Option<&Path>) -> ExitCode {
+    let public = match key.map(std::fs::read_to_string) {
+        None => None,
+        Some(Ok(text)) => match crate::audit::read_key(&text) {
+            Ok((_, public)) => Some(public),
+            Err(e) => {
+                eprintln!("{}: {e}", key.map(Path::display).map(|d| d.to_string()).unwrap_or_default());
+                return ExitCode::from(2);
+            }
+        },
+        Some(Err(e)) => {
+            eprintln!("{}: {e}", key.map(Path::display).map(|d| d.to_string()).unwrap_or_default());
+            return ExitCode::from(2);
+        }
+    };
+    let files = match crate::audit::files(dir) {
+        Ok(f) if !f.is_empty() => f,
+        Ok(_) => {
+            eprintln!("{}: no audit-N.jsonl files", dir.display());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut texts = Vec::new();
+    for (_, path) in &files {
+        match std::fs::read_to_string(path) {
+            Ok(t) => texts.push((path.display().to_string(), t)),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let lines =
+        texts.iter().flat_map(|(name, t)| t.lines().enumerate().map(move |(i, l)| (format!("{name}:{}", i + 1), l)));
+    match crate::audit::verify(lines, public.as_deref()) {
+        Ok(v) => {
+            println!(
+                "{}: OK ({} entries, {} checkpoints, {} signed, {} files)",
+                dir.display(),
+                v.entries,
+                v.checkpoints,
+                v.signed,
+                files.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(t) => {
+            eprintln!("TAMPERED {t}");
+            ExitCode::FAILURE
+        }
+    }
 }

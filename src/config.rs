@@ -28,6 +28,9 @@ pub struct Config {
     pub wireguard: Option<crate::wireguard::config::WireGuard>,
     /// 802.1X (EAP-TLS) for the RADIUS server; absent: EAP is refused.
     pub eap: Option<crate::eap::config::Eap>,
+    /// The audit trail in `state_dir/audit`.
+    #[serde(default)]
+    pub audit: crate::audit::config::Audit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,6 +310,9 @@ impl Loaded {
         if let Some(r) = &mut config.radius {
             r.rebase(&rebase);
         }
+        if let Some(p) = &mut config.audit.signing_key_file {
+            rebase(p);
+        }
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let locate = |needle: &str| text.find(needle).unwrap_or(0);
@@ -379,6 +385,15 @@ impl Loaded {
         }
         if let Some(r) = &config.radius {
             r.check(file, text, &mut errors, &mut warnings, &mut secrets);
+        }
+        if let Some(p) = &config.audit.signing_key_file
+            && let Err(e) =
+                std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| crate::audit::read_key(&t))
+        {
+            errors.push(Located::at(file, text, locate("signing_key_file"), format!("{}: {e}", p.display())));
+        }
+        if config.audit.checkpoint_every.is_zero() {
+            errors.push(Located::at(file, text, locate("checkpoint_every"), "checkpoint_every must be more than 0s"));
         }
         let wireguard = match &config.wireguard {
             Some(w) => match w.check(file, text, &mut warnings) {

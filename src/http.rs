@@ -430,7 +430,7 @@ async fn apply_override(
 ) -> Response {
     let what = o.as_ref().map_or("cleared", |o| o.mode.label());
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let request = crate::gateway::OverrideRequest { device: id.clone(), set: o, reply };
+    let request = crate::gateway::OverrideRequest { device: id.clone(), set: o, by: by.to_string(), reply };
     if s.overrides.send(request).await.is_err() {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }

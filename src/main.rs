@@ -22,6 +22,9 @@ fn main() -> ExitCode {
             warden::commands::certs_init(&dir, &device, &server_name)
         }
         Command::Changes { command, api } => warden::commands::changes(&command, &api),
+        Command::Audit { command: warden::cli::AuditCommand::Verify { dir, key } } => {
+            warden::commands::audit_verify(&dir, key.as_deref())
+        }
         Command::Device { command, api } => warden::commands::device(&command, &api),
     }
 }

@@ -14,6 +14,8 @@
 //! the newest file, if the whole lines are removed. Checkpoints bound that
 //! window; shipping them elsewhere (the event stream) closes it.
 
+pub mod config;
+
 use crate::telemetry::UnixMillis;
 use crate::telemetry::report::format_rfc3339;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -225,6 +227,41 @@ pub fn load_key(pkcs8: &[u8]) -> Result<(Ed25519KeyPair, Vec<u8>), String> {
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
     let public = pair.public_key().as_ref().to_vec();
     Ok((pair, public))
+}
+
+/// The trail's files in `dir`, `audit-N.jsonl`, by N.
+pub fn files(dir: &std::path::Path) -> std::io::Result<Vec<(u64, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        let n = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("audit-"))
+            .and_then(|n| n.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = n {
+            out.push((n, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A PKCS#8 key as PEM (`PRIVATE KEY`).
+pub fn key_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let body: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", body.join("\n"))
+}
+
+/// The key pair in a PEM file written by [`key_pem`], and its public half.
+pub fn read_key(text: &str) -> Result<(Ed25519KeyPair, Vec<u8>), String> {
+    use base64::Engine as _;
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body.trim()).map_err(|_| "not a PEM key".to_string())?;
+    load_key(&der)
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ use tokio::sync::{broadcast, mpsc};
 pub struct Commit {
     /// The journal records it produced (possibly none).
     pub records: journal::Batch,
+    /// The audit trail's lines recording what it did (written with the
+    /// records, before the planes are told).
+    pub audit: Option<journal::Batch>,
     /// The acknowledgements the batch owes, in arrival order.
     pub acks: Vec<Ack>,
     /// The verdict changes it made, for the planes and the status topic,
@@ -170,12 +173,12 @@ fn write_stage(
         let (mut changes, mut restated, mut acks) = (Vec::new(), Vec::new(), Vec::new());
         let mut stored = Ok(());
         for c in batch.drain(..) {
-            if !c.records.bytes.is_empty() {
-                if !files.iter().any(|f| Arc::ptr_eq(f, &c.records.file)) {
-                    files.push(Arc::clone(&c.records.file));
+            for records in std::iter::once(&c.records).chain(c.audit.as_ref()).filter(|r| !r.bytes.is_empty()) {
+                if !files.iter().any(|f| Arc::ptr_eq(f, &records.file)) {
+                    files.push(Arc::clone(&records.file));
                 }
                 if stored.is_ok() {
-                    stored = c.records.write();
+                    stored = records.write();
                 }
             }
             changes.extend(c.changes);
@@ -224,6 +227,9 @@ async fn sync_stage(
             },
         };
         if received == 0 {
+            // Stopping: what was written is synced before the process ends.
+            let last = std::mem::take(&mut unsynced);
+            let _ = tokio::task::spawn_blocking(move || last.iter().try_for_each(|f| f.sync_data())).await;
             break;
         }
         let owes = batch.iter().any(|w: &Written| !w.acks.is_empty());
@@ -316,9 +322,15 @@ mod tests {
             for pkid in 1..=(QUEUE as u16 * 4) {
                 let acks =
                     (0..8).map(|i| Ack::Client { connection: 1, pkid: pkid.wrapping_mul(8).wrapping_add(i) }).collect();
-                tx.send(Commit { records: writer.take(), acks, changes: Vec::new(), restated: Vec::new() })
-                    .await
-                    .unwrap();
+                tx.send(Commit {
+                    records: writer.take(),
+                    audit: None,
+                    acks,
+                    changes: Vec::new(),
+                    restated: Vec::new(),
+                })
+                .await
+                .unwrap();
             }
         };
         tokio::time::timeout(std::time::Duration::from_secs(10), sent).await.expect("commits keep flowing");
@@ -364,7 +376,9 @@ mod tests {
             let record = format!("record {round}\n").into_bytes();
             let records = journal::Batch { file: Arc::clone(&shared), bytes: record.clone() };
             let change = quarantined(&format!("d{round}"));
-            tx.send(Commit { records, acks: Vec::new(), changes: vec![change], restated: Vec::new() }).await.unwrap();
+            tx.send(Commit { records, audit: None, acks: Vec::new(), changes: vec![change], restated: Vec::new() })
+                .await
+                .unwrap();
             let told = rx.recv().await.unwrap();
             assert_eq!(&*told.device, format!("d{round}"));
             let text = std::fs::read_to_string(dir.path().join("journal")).unwrap();
@@ -391,7 +405,9 @@ mod tests {
         let (ack, acked) = tokio::sync::oneshot::channel();
         let records = journal::Batch { file, bytes: b"record\n".to_vec() };
         let changes = vec![quarantined("d")];
-        tx.send(Commit { records, acks: vec![Ack::Hook(ack)], changes, restated: Vec::new() }).await.unwrap();
+        tx.send(Commit { records, audit: None, acks: vec![Ack::Hook(ack)], changes, restated: Vec::new() })
+            .await
+            .unwrap();
         assert_eq!(&*rx.recv().await.unwrap().device, "d");
         assert!(acked.await.is_err(), "nothing durable, nothing acknowledged");
         assert!(durability.degraded());

@@ -30,6 +30,8 @@ pub struct Confirm {
 pub struct OverrideRequest {
     pub device: String,
     pub set: Option<crate::compliance::overrides::Override>,
+    /// The API token's name that asked.
+    pub by: String,
     pub reply: tokio::sync::oneshot::Sender<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
@@ -93,6 +95,10 @@ pub struct ComplianceTask {
     pub remediation_views: Arc<super::remediation::Views>,
     /// The dynamic groups in force, for the API.
     pub groups: watch::Sender<Arc<crate::policy::Groups>>,
+    /// Remediation's log lines, limited.
+    pub remediation_log: LogLimiter,
+    /// The audit trail (`None`: `audit.enabled = false`).
+    pub audit: Option<super::audit_trail::AuditTrail>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -120,7 +126,9 @@ impl ComplianceTask {
                 _ = self.shutdown.changed() => break,
                 Some(set) = self.policies.recv() => {
                     let started = Instant::now();
+                    let files = policy_files(&set);
                     self.engine.handle_policies(set, Instant::now(), wall_now());
+                    self.audit_record(None, "warden.policy.reloaded", serde_json::json!({"files": files}));
                     self.groups.send_replace(Arc::clone(&self.engine.policies().groups));
                     self.reconcile.send_modify(|n| *n += 1);
                     reevaluated = true;
@@ -180,6 +188,12 @@ impl ComplianceTask {
                 }
             }
         }
+        // The audit trail's last checkpoint goes with the last batch, after
+        // every entry before it.
+        if let Some(a) = &mut self.audit {
+            a.stopping(wall_now());
+        }
+        self.commit(&mut acks).await;
         // A last snapshot on the way out, waited for: it holds everything,
         // so the journal is no longer needed.
         let table = self.engine.table().clone();
@@ -274,6 +288,8 @@ impl ComplianceTask {
             &self.commands,
             &self.remediation_views,
             &self.metrics,
+            &mut self.remediation_log,
+            self.audit.as_mut(),
         );
         let (now, wall) = (Instant::now(), wall_now());
         let before = self.engine.generation();
@@ -349,6 +365,7 @@ impl ComplianceTask {
                     let failed: Vec<String> = change.failures.iter().map(|f| f.key()).collect();
                     tracing::info!(device = %change.device, from = change.old.label(), to = change.new.label(), cause = change.cause.label(), ?failed, quarantine = change.enforce.quarantine, "verdict changed");
                 }
+                self.audit_change(&change);
                 // Told to the planes once its record is written (commit.rs).
                 self.outgoing.push(Arc::new(change));
             }
@@ -368,12 +385,42 @@ impl ComplianceTask {
         }
     }
 
+    /// The audit entry of a verdict change (before anything it causes).
+    fn audit_change(&mut self, change: &Change) {
+        let Some(a) = &mut self.audit else { return };
+        let failed: Vec<String> = change.failures.iter().map(|f| f.key()).collect();
+        let data = serde_json::json!({
+            "from": change.old.label(),
+            "to": change.new.label(),
+            "cause": change.cause.label(),
+            "failed_rules": failed,
+            "quarantine": change.enforce.quarantine,
+            "member_of": change.group_names(),
+        });
+        a.record(change.wall, "warden.verdict.changed", Some(&change.device), data);
+    }
+
+    /// Records an audit entry now (nothing when the trail is off).
+    fn audit_record(&mut self, device: Option<&str>, kind: &str, data: serde_json::Value) {
+        if let Some(a) = &mut self.audit {
+            a.record(wall_now(), kind, device, data);
+        }
+    }
+
     /// Reports what the circuit breaker did and publishes what it holds.
     fn breaker(&mut self) {
         use crate::compliance::BreakerEvent;
         let mut any = false;
         while let Some(event) = self.engine.poll_breaker() {
             any = true;
+            let audited = match &event {
+                BreakerEvent::Held(h) => Some(("warden.changes.held", h.id, h.restricting)),
+                BreakerEvent::Confirmed(h) => Some(("warden.changes.confirmed", h.id, h.restricting)),
+                BreakerEvent::Superseded(_) => None,
+            };
+            if let Some((kind, id, restricting)) = audited {
+                self.audit_record(None, kind, serde_json::json!({"change": id, "restricting": restricting}));
+            }
             match event {
                 BreakerEvent::Held(h) => tracing::warn!(
                     change = h.id,
@@ -431,10 +478,18 @@ impl ComplianceTask {
     /// the acknowledgement the commit task fires once that is durable.
     fn handle_override(&mut self, request: OverrideRequest, acks: &mut Vec<crate::gateway::mqtt::Ack>) {
         let (now, wall) = (Instant::now(), wall_now());
+        let data = match &request.set {
+            Some(o) => {
+                serde_json::json!({"mode": o.mode.label(), "reason": o.reason, "by": request.by, "until": crate::telemetry::report::format_rfc3339(o.until)})
+            }
+            None => serde_json::json!({"by": request.by}),
+        };
+        let kind = if request.set.is_some() { "warden.override.set" } else { "warden.override.cleared" };
         if !self.engine.set_override(&request.device, request.set, now, wall) {
             let _ = request.reply.send(None);
             return;
         }
+        self.audit_record(Some(&request.device), kind, data);
         if let Some(d) = self.engine.table().get(&request.device) {
             self.journal.report(&d);
         }
@@ -479,11 +534,18 @@ impl ComplianceTask {
     /// batch owes, to the commit task.
     async fn commit(&mut self, acks: &mut Vec<crate::gateway::mqtt::Ack>) {
         let records = self.journal.take();
-        if acks.is_empty() && records.bytes.is_empty() && self.outgoing.is_empty() && self.restated.is_empty() {
+        let audit = self.audit.as_mut().and_then(super::audit_trail::AuditTrail::take);
+        if acks.is_empty()
+            && records.bytes.is_empty()
+            && self.outgoing.is_empty()
+            && self.restated.is_empty()
+            && audit.is_none()
+        {
             return;
         }
         let commit = Commit {
             records,
+            audit,
             acks: std::mem::take(acks),
             changes: std::mem::take(&mut self.outgoing),
             restated: std::mem::take(&mut self.restated),
@@ -508,7 +570,13 @@ impl ComplianceTask {
                 if !rest.bytes.is_empty()
                     && self
                         .commits
-                        .try_send(Commit { records: rest, acks: Vec::new(), changes: Vec::new(), restated: Vec::new() })
+                        .try_send(Commit {
+                            records: rest,
+                            audit: None,
+                            acks: Vec::new(),
+                            changes: Vec::new(),
+                            restated: Vec::new(),
+                        })
                         .is_err()
                 {
                     self.durability.failed();
@@ -553,4 +621,25 @@ impl ComplianceTask {
         });
         true
     }
+}
+
+/// Each policy file of `set` (and groups.toml) with the SHA-256 of its
+/// content, for the audit trail's record of a reload.
+fn policy_files(set: &PolicySet) -> Vec<serde_json::Value> {
+    let mut paths: Vec<std::path::PathBuf> = set.policies.iter().map(|p| p.source.clone()).collect();
+    let groups = set.policies.first().and_then(|p| p.source.parent()).map(|d| d.join(crate::policy::groups::FILE));
+    paths.extend(groups.filter(|g| g.exists()));
+    paths
+        .iter()
+        .map(|p| {
+            let sha = std::fs::read(p).map(|b| {
+                ring::digest::digest(&ring::digest::SHA256, &b)
+                    .as_ref()
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<String>()
+            });
+            serde_json::json!({"file": p.display().to_string(), "sha256": sha.ok()})
+        })
+        .collect()
 }

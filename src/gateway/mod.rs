@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod admissions;
+mod audit_trail;
 mod authorize;
 mod commit;
 mod compliance_task;
@@ -182,6 +183,18 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         ));
         Some(client)
     };
+    let audit = if cfg.audit.enabled {
+        let key = match &cfg.audit.signing_key_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                Some(crate::audit::read_key(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?.0)
+            }
+            None => None,
+        };
+        Some(audit_trail::AuditTrail::open(&cfg.node.state_dir.join("audit"), key, cfg.audit.checkpoint_every)?)
+    } else {
+        None
+    };
     let (command_tx, command_rx) = mpsc::channel(remediation::QUEUE);
     tasks.spawn(remediation::publish(
         status_client.clone(),
@@ -226,6 +239,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             commands: command_tx,
             remediation_views: Arc::clone(&remediation_views),
             groups: groups_tx,
+            remediation_log: log_limit::LogLimiter::new(),
+            audit,
             reconcile: reconcile_tx,
             metrics: Arc::clone(&metrics),
             state_dir: cfg.node.state_dir.clone(),

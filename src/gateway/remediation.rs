@@ -3,8 +3,12 @@
 //! API's view of each device's plans. The compliance task drives the core
 //! itself (it sees the verdict changes, reports and acknowledgements).
 
+// A shell: it reads the clock for its log limiter and the audit trail.
+#![allow(clippy::disallowed_methods)]
+
+use super::log_limit::LogLimiter;
 use crate::metrics::Metrics;
-use crate::remediation::{Active, Command, Event, Remediation};
+use crate::remediation::{Active, Command, Event, Remediation, State};
 use crate::telemetry::report::format_rfc3339;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
@@ -51,6 +55,8 @@ pub fn after_batch(
     commands: &mpsc::Sender<Command>,
     views: &Views,
     metrics: &Metrics,
+    log: &mut LogLimiter,
+    mut audit: Option<&mut super::audit_trail::AuditTrail>,
 ) -> Vec<Arc<str>> {
     while let Some(c) = r.poll_transmit() {
         if let Err(mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c)) = commands.try_send(c) {
@@ -58,7 +64,10 @@ pub fn after_batch(
         }
     }
     while let Some(e) = r.poll_event() {
-        report(&e, metrics);
+        report(&e, metrics, log);
+        if let Some(a) = audit.as_deref_mut() {
+            record(a, &e);
+        }
     }
     let mut touched = r.take_touched();
     touched.sort_unstable();
@@ -75,23 +84,36 @@ pub fn after_batch(
     touched
 }
 
-fn report(e: &Event, metrics: &Metrics) {
+/// Counts every event; logs the ones people act on, at most 20 lines per
+/// 10 s (a policy change can start 100,000 plans at once; the metrics
+/// carry the totals).
+fn report(e: &Event, metrics: &Metrics, log: &mut LogLimiter) {
+    let now = std::time::Instant::now();
     match e {
         Event::Sent { device, action, key, attempt } => {
             metrics.remediation_command(action, if *attempt > 1 { "resent" } else { "sent" });
-            tracing::debug!(%device, %action, rule = %key, attempt, "remediation command sent");
+            tracing::trace!(%device, %action, rule = %key, attempt, "remediation command sent");
         }
         Event::Command { device, action, key, state } => {
             metrics.remediation_command(action, state.label());
-            tracing::info!(%device, %action, rule = %key, state = state.label(), "remediation command");
+            let trouble = matches!(state, State::Failed | State::Expired | State::Unanswered);
+            if trouble && log.allow(now) {
+                tracing::info!(%device, %action, rule = %key, state = state.label(), suppressed = log.take_suppressed(), "remediation command did not succeed");
+            } else {
+                tracing::debug!(%device, %action, rule = %key, state = state.label(), "remediation command");
+            }
         }
         Event::Remediated { device, key, took, escalated } => {
             metrics.remediation_seconds.observe(took.as_secs_f64());
-            tracing::info!(%device, rule = %key, took_s = took.as_secs(), escalated, "remediated: a fresh report passes the rule");
+            if log.allow(now) {
+                tracing::info!(%device, rule = %key, took_s = took.as_secs(), escalated, suppressed = log.take_suppressed(), "remediated: a fresh report passes the rule");
+            }
         }
         Event::Escalated { device, key } => {
             metrics.remediation_escalations.inc();
-            tracing::warn!(%device, rule = %key, "remediation escalated: the plan's steps ran out and the rule still fails");
+            if log.allow(now) {
+                tracing::warn!(%device, rule = %key, suppressed = log.take_suppressed(), "remediation escalated: the plan's steps ran out and the rule still fails");
+            }
         }
         Event::Stopped { device, key } => {
             tracing::debug!(%device, rule = %key, "remediation plan stopped: the rule no longer applies");
@@ -138,4 +160,38 @@ fn view(r: &Remediation, device: &str, plans: &[Active]) -> Value {
         })
         .collect();
     json!({"away": r.away(device), "plans": plans})
+}
+
+/// The audit trail's entry for a remediation event people answer for: a
+/// command sent (the first time) or ended, a plan remediated or escalated.
+fn record(a: &mut super::audit_trail::AuditTrail, e: &Event) {
+    let at = super::mqtt::wall_now();
+    match e {
+        Event::Sent { device, action, key, attempt: 1 } => {
+            a.record(
+                at,
+                "warden.remediation.command",
+                Some(device),
+                json!({"action": &**action, "rule": key, "state": "sent"}),
+            );
+        }
+        Event::Command { device, action, key, state } if state.is_final() => {
+            a.record(
+                at,
+                "warden.remediation.command",
+                Some(device),
+                json!({"action": &**action, "rule": key, "state": state.label()}),
+            );
+        }
+        Event::Remediated { device, key, took, escalated } => a.record(
+            at,
+            "warden.remediation.completed",
+            Some(device),
+            json!({"rule": key, "took_s": took.as_secs(), "escalated": escalated}),
+        ),
+        Event::Escalated { device, key } => {
+            a.record(at, "warden.remediation.escalated", Some(device), json!({"rule": key}))
+        }
+        _ => {}
+    }
 }

@@ -1,0 +1,116 @@
+//! The audit trail as a compliance officer uses it (issue 15), with the real
+//! binary: a drift → quarantine → exemption → remediation → restore
+//! sequence leaves its entries in order, across a restart; `warden audit
+//! verify` passes with the signing key from `warden certs init`, and fails
+//! naming the entry once a byte of the file is changed.
+
+// A test or bench harness: real time is its input.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Command, Output};
+
+const ADMIN: &str = "an-admin-token-0123456789";
+
+fn warden(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_warden")).current_dir(dir).args(args).output().unwrap()
+}
+
+/// Waits for a verdict through the API, with the admin token.
+fn wait_verdict(w: &Warden, id: &str, verdict: &str) {
+    let auth = format!("Bearer {ADMIN}");
+    wait_for(&format!("{id} {verdict}"), std::time::Duration::from_secs(10), || {
+        let (code, body) = http_get_with(w.http, &format!("/api/v1/devices/{id}"), &[("Authorization", &auth)])?;
+        (code == 200 && serde_json::from_str::<Value>(&body).ok()?["verdict"] == verdict).then_some(())
+    });
+}
+
+fn entries(dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("state/audit/audit-1.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn a_drift_and_its_remediation_leave_a_verifiable_trail_and_tampering_is_named() {
+    let dir = Warden::workdir();
+    let out = warden(&dir, &["certs", "init", "--dir", "certs"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.join("admin.token"), ADMIN).unwrap();
+    let mqtt = free_port();
+    let config = format!(
+        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nallow_anonymous = true\n\
+         [policy]\ndir = \"policies\"\n[audit]\nsigning_key_file = \"certs/audit.key\"\ncheckpoint_every = \"1ms\"\n"
+    );
+    let mut w = Warden::launch(&dir, &config, mqtt, "token_file = \"admin.token\"\n");
+    w.wait_ready();
+    publish(mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
+    wait_verdict(&w, "pos-0001", "compliant");
+    publish(mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({"rooted": true})));
+    wait_verdict(&w, "pos-0001", "noncompliant");
+    let api = format!("http://127.0.0.1:{}", w.http);
+    let out = warden(
+        &dir,
+        &[
+            "device",
+            "exempt",
+            "pos-0001",
+            "--for",
+            "1h",
+            "--reason",
+            "repair ticket 7",
+            "--api",
+            &api,
+            "--token-file",
+            "admin.token",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    publish(mqtt, "devices/pos-0001/telemetry", &pos_report(3, json!({})));
+    wait_verdict(&w, "pos-0001", "compliant");
+    w.stop();
+
+    // Restarted, the chain goes on in the same file.
+    let mut w = Warden::launch(&dir, &config, mqtt, "token_file = \"admin.token\"\n");
+    w.wait_ready();
+    publish(mqtt, "devices/pos-0001/telemetry", &pos_report(4, json!({"encrypted": false})));
+    wait_verdict(&w, "pos-0001", "noncompliant");
+    w.stop();
+
+    let all = entries(&dir);
+    let kinds: Vec<(&str, &str)> = all
+        .iter()
+        .filter(|e| e["kind"].is_string())
+        .map(|e| (e["kind"].as_str().unwrap(), e["data"]["to"].as_str().or(e["data"]["state"].as_str()).unwrap_or("")))
+        .collect();
+    let at = |k: (&str, &str)| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("no {k:?} in {kinds:?}"));
+    let drift = at(("warden.verdict.changed", "noncompliant"));
+    assert!(at(("warden.verdict.changed", "compliant")) < drift, "{kinds:?}");
+    assert!(drift < at(("warden.remediation.command", "sent")), "{kinds:?}");
+    assert!(drift < at(("warden.override.set", "")), "{kinds:?}");
+    assert!(at(("warden.override.set", "")) < at(("warden.remediation.completed", "")), "{kinds:?}");
+    let set = &all.iter().find(|e| e["kind"] == "warden.override.set").unwrap()["data"];
+    assert_eq!((set["by"].as_str(), set["reason"].as_str()), (Some("admin"), Some("repair ticket 7")), "{set}");
+    assert!(all.iter().any(|e| e["checkpoint"].is_u64() && e["sig"].is_string()), "signed checkpoints");
+    let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one chain across the restart");
+
+    let out = warden(&dir, &["audit", "verify", "--dir", "state/audit", "--key", "certs/audit.key"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("OK ({} entries", seqs.len())), "{text}");
+
+    // One byte changed in the drift's entry: named, non-zero.
+    let path = dir.join("state/audit/audit-1.jsonl");
+    let mut lines: Vec<String> = std::fs::read_to_string(&path).unwrap().lines().map(String::from).collect();
+    let i = lines.iter().position(|l| l.contains("\"to\":\"noncompliant\"")).unwrap();
+    lines[i] = lines[i].replacen("\"rooted", "\"r00ted", 1).replacen("not-rooted", "not-r00ted", 1);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let out = warden(&dir, &["audit", "verify", "--dir", "state/audit", "--key", "certs/audit.key"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("audit-1.jsonl:{}", i + 1)) && err.contains("edited"), "{err}");
+}
