@@ -80,6 +80,27 @@ fn a_drift_and_its_remediation_leave_a_verifiable_trail_and_tampering_is_named()
     wait_verdict(&w, "pos-0001", "noncompliant");
     w.stop();
 
+    // The API pages through it with filters (admin token).
+    let mut w = Warden::launch(&dir, &config, mqtt, "token_file = \"admin.token\"\n");
+    w.wait_ready();
+    let auth = format!("Bearer {ADMIN}");
+    let get = |path: &str| -> Value {
+        let (code, body) = http_get_with(w.http, path, &[("Authorization", &auth)]).unwrap();
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let overrides = get("/api/v1/audit?kind=warden.override.set");
+    assert_eq!(overrides["entries"].as_array().unwrap().len(), 1, "{overrides}");
+    assert_eq!(overrides["entries"][0]["device"], "pos-0001");
+    let first = get("/api/v1/audit?device=pos-0001&limit=2");
+    assert_eq!(first["entries"].as_array().unwrap().len(), 2);
+    let next = first["next"].as_u64().expect("a cursor");
+    let rest = get(&format!("/api/v1/audit?device=pos-0001&after={next}"));
+    assert!(rest["entries"][0]["seq"].as_u64().unwrap() > next, "{rest}");
+    assert_eq!(get("/api/v1/audit?since=2999-01-01T00:00:00Z")["entries"], json!([]));
+    assert_eq!(http_get(w.http, "/api/v1/audit").unwrap().0, 401, "no token, no trail");
+    w.stop();
+
     let all = entries(&dir);
     let kinds: Vec<(&str, &str)> = all
         .iter()

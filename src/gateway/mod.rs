@@ -276,6 +276,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         table,
         remediation: remediation_views,
         sessions: session_queries,
+        audit_dir: cfg.audit.enabled.then(|| cfg.node.state_dir.join("audit")),
         wireguard: wireguard_router,
         groups: groups_rx,
         metrics: Arc::clone(&metrics),

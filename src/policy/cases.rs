@@ -100,8 +100,5 @@ fn run_case(set: &PolicySet, file: &Path, case: Case, wall_now: UnixMillis) -> O
 }
 
 fn parse_rfc3339(s: &str) -> Result<UnixMillis, String> {
-    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
-    OffsetDateTime::parse(s, &Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| format!("now = {s:?} is not an RFC 3339 timestamp"))
+    crate::telemetry::report::parse_rfc3339(s).map_err(|e| format!("now = {e}"))
 }

@@ -86,6 +86,14 @@ mod rfc3339_millis {
     }
 }
 
+/// Parses an RFC 3339 time into Unix milliseconds.
+pub fn parse_rfc3339(s: &str) -> Result<UnixMillis, String> {
+    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        .map_err(|_| format!("{s:?} is not an RFC 3339 timestamp"))
+}
+
 /// Formats Unix milliseconds as RFC 3339 UTC (`2026-11-22T10:15:00.000Z`).
 pub fn format_rfc3339(ms: UnixMillis) -> String {
     use time::{OffsetDateTime, format_description::well_known::Rfc3339};
