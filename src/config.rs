@@ -31,6 +31,9 @@ pub struct Config {
     /// The audit trail in `state_dir/audit`.
     #[serde(default)]
     pub audit: crate::audit::config::Audit,
+    /// The event stream's webhooks.
+    #[serde(default)]
+    pub events: crate::events::config::Events,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +239,8 @@ pub struct Loaded {
     pub wireguard: Option<crate::wireguard::config::Checked>,
     /// The `[eap]` section loaded: TLS config, identity field, limits.
     pub eap: Option<crate::eap::config::Checked>,
+    /// `[[events.webhooks]]` checked, with their secrets.
+    pub webhooks: Vec<crate::events::config::Webhook>,
 }
 
 impl Loaded {
@@ -263,7 +268,7 @@ impl Loaded {
             "embedded MQTT broker on {} allows anonymous clients (loopback only; set mqtt.credentials_file or tls_listen for devices)",
             config.mqtt.listen
         ));
-        Self { config, secrets, file: None, warnings, wireguard: None, eap: None }
+        Self { config, secrets, file: None, warnings, wireguard: None, eap: None, webhooks: Vec::new() }
     }
 
     /// Reads and validates `file`. Relative paths inside it are taken
@@ -313,6 +318,7 @@ impl Loaded {
         if let Some(p) = &mut config.audit.signing_key_file {
             rebase(p);
         }
+        config.events.rebase(&rebase);
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let locate = |needle: &str| text.find(needle).unwrap_or(0);
@@ -395,6 +401,7 @@ impl Loaded {
         if config.audit.checkpoint_every.is_zero() {
             errors.push(Located::at(file, text, locate("checkpoint_every"), "checkpoint_every must be more than 0s"));
         }
+        let webhooks = config.events.check(file, text, config.audit.enabled, &mut errors);
         let wireguard = match &config.wireguard {
             Some(w) => match w.check(file, text, &mut warnings) {
                 Ok(checked) => Some(checked),
@@ -419,7 +426,7 @@ impl Loaded {
             errors.push(Located::at(file, text, text.find("[eap]").unwrap_or(0), "[eap] needs a [radius] section"));
         }
         if errors.is_empty() {
-            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings, wireguard, eap })
+            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings, wireguard, eap, webhooks })
         } else {
             Err(errors)
         }

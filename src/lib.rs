@@ -18,6 +18,7 @@ pub mod compliance;
 pub mod config;
 pub mod diag;
 pub mod eap;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

@@ -98,6 +98,36 @@ pub struct Metrics {
     pub remediation_escalations: IntCounter,
     /// HTTP connections and requests refused, by [`HTTP_REFUSALS`] reason.
     http_refusals: [IntCounter; HTTP_REFUSALS.len()],
+    /// Entries appended to the audit trail.
+    pub audit_entries: IntCounter,
+    /// Webhook deliveries by [`WebhookResult`].
+    webhook_deliveries: [IntCounter; WebhookResult::ALL.len()],
+    /// Trail entries each webhook sink has yet to take.
+    pub webhook_backlog: IntGaugeVec,
+}
+
+/// `result` label values of `warden_webhook_deliveries_total`: events
+/// taken by a sink, attempts that failed, events given up after
+/// `events.retry_for`, trail entries skipped past `events.max_backlog`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookResult {
+    Delivered,
+    Failed,
+    Expired,
+    Skipped,
+}
+
+impl WebhookResult {
+    pub const ALL: [Self; 4] = [Self::Delivered, Self::Failed, Self::Expired, Self::Skipped];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::Skipped => "skipped",
+        }
+    }
 }
 
 /// `reason` label values of `warden_http_refusals_total`.
@@ -505,8 +535,30 @@ impl Metrics {
                 );
                 HTTP_REFUSALS.map(|r| refusals.with_label_values(&[r]))
             },
+            audit_entries: counter("warden_audit_entries_total", "Entries appended to the audit trail"),
+            webhook_deliveries: {
+                let d = counters(
+                    "warden_webhook_deliveries_total",
+                    "Webhook events delivered and given up, and failed attempts, by result",
+                    &["result"],
+                );
+                WebhookResult::ALL.map(|r| d.with_label_values(&[r.label()]))
+            },
+            webhook_backlog: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("warden_webhook_backlog", "Audit trail entries a webhook sink has yet to take, by sink"),
+                    &["sink"],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
             registry,
         }
+    }
+
+    /// Counts webhook events (or attempts, for `Failed`) by result.
+    pub fn webhook(&self, result: WebhookResult, n: u64) {
+        self.webhook_deliveries[result as usize].inc_by(n);
     }
 
     /// Counts an HTTP refusal (an [`HTTP_REFUSALS`] label).

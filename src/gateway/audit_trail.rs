@@ -36,11 +36,17 @@ pub struct AuditTrail {
     since_checkpoint: u64,
     last_checkpoint: UnixMillis,
     buf: Vec<u8>,
+    entries: prometheus::IntCounter,
 }
 
 impl AuditTrail {
     /// Opens (or starts) the trail in `dir`, resuming its chain.
-    pub fn open(dir: &Path, key: Option<Ed25519KeyPair>, every: std::time::Duration) -> anyhow::Result<Self> {
+    pub fn open(
+        dir: &Path,
+        key: Option<Ed25519KeyPair>,
+        every: std::time::Duration,
+        entries: prometheus::IntCounter,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let files = crate::audit::files(dir).with_context(|| format!("listing {}", dir.display()))?;
@@ -68,12 +74,14 @@ impl AuditTrail {
             since_checkpoint: 0,
             last_checkpoint: 0,
             buf: Vec::new(),
+            entries,
         })
     }
 
     /// Adds an entry (and a checkpoint when one is due).
     pub fn record(&mut self, at: UnixMillis, kind: &str, device: Option<&str>, data: Value) {
         let line = self.chain.append(at, kind, device, data);
+        self.entries.inc();
         self.buf.extend_from_slice(line.as_bytes());
         self.buf.push(b'\n');
         self.since_checkpoint += 1;
@@ -90,8 +98,14 @@ impl AuditTrail {
         self.last_checkpoint = at;
     }
 
-    /// The lines recorded since the last call, for the commit task to write.
-    pub fn take(&mut self) -> Option<journal::Batch> {
+    /// The last entry's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.chain.seq
+    }
+
+    /// The lines recorded since the last call, for the commit task to
+    /// write, and the sequence number of the last.
+    pub fn take(&mut self) -> Option<(journal::Batch, u64)> {
         if self.buf.is_empty() {
             return None;
         }
@@ -108,7 +122,7 @@ impl AuditTrail {
                 Err(e) => tracing::error!(error = %e, "audit trail: could not start a new file; the current one grows"),
             }
         }
-        Some(batch)
+        Some((batch, self.chain.seq))
     }
 
     /// At a stop: a last checkpoint, handed over with the last batch (so it

@@ -44,8 +44,9 @@ pub struct Commit {
     /// The journal records it produced (possibly none).
     pub records: journal::Batch,
     /// The audit trail's lines recording what it did (written with the
-    /// records, before the planes are told).
-    pub audit: Option<journal::Batch>,
+    /// records, before the planes are told), and the sequence number of
+    /// its last entry.
+    pub audit: Option<(journal::Batch, u64)>,
     /// The acknowledgements the batch owes, in arrival order.
     pub acks: Vec<Ack>,
     /// The verdict changes it made, for the planes and the status topic,
@@ -63,6 +64,9 @@ pub struct Outbox {
     /// The status topic, coalesced per device.
     pub status: Arc<status::Pending>,
     pub metrics: Arc<Metrics>,
+    /// The audit trail's last durable entry, told once it is synced (the
+    /// event stream reads up to it).
+    pub audit_durable: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Outbox {
@@ -126,6 +130,8 @@ struct Written {
     /// The segments it wrote to.
     files: Vec<Arc<std::fs::File>>,
     acks: Vec<Ack>,
+    /// The last audit entry written (0: none in this batch).
+    audit_seq: u64,
 }
 
 /// Runs until the compliance task drops its sender.
@@ -137,6 +143,7 @@ pub async fn run(
     outbox: Outbox,
 ) {
     let metrics = Arc::clone(&outbox.metrics);
+    let audit_durable = Arc::clone(&outbox.audit_durable);
     let (written_tx, written_rx) = mpsc::channel(QUEUE);
     let writer_durability = Arc::clone(&durability);
     // Its own thread, blocked on the channel: a change then costs one
@@ -150,7 +157,7 @@ pub async fn run(
         tracing::error!(error = %e, "could not start the journal writer thread; nothing is written or acknowledged");
         return;
     }
-    sync_stage(client, connection, durability, written_rx, metrics).await;
+    sync_stage(client, connection, durability, written_rx, metrics, audit_durable).await;
 }
 
 /// Writes each batch's records, then tells the outbox what it changed.
@@ -172,8 +179,14 @@ fn write_stage(
         let mut files: Vec<Arc<std::fs::File>> = Vec::new();
         let (mut changes, mut restated, mut acks) = (Vec::new(), Vec::new(), Vec::new());
         let mut stored = Ok(());
+        let mut audit_seq = 0;
         for c in batch.drain(..) {
-            for records in std::iter::once(&c.records).chain(c.audit.as_ref()).filter(|r| !r.bytes.is_empty()) {
+            if let Some((_, seq)) = &c.audit {
+                audit_seq = audit_seq.max(*seq);
+            }
+            for records in
+                std::iter::once(&c.records).chain(c.audit.as_ref().map(|a| &a.0)).filter(|r| !r.bytes.is_empty())
+            {
                 if !files.iter().any(|f| Arc::ptr_eq(f, &records.file)) {
                     files.push(Arc::clone(&records.file));
                 }
@@ -191,7 +204,11 @@ fn write_stage(
             outbox.metrics.journal_failures.inc();
             tracing::error!(error = %e, "compliance journal write failed; reports are not acknowledged until a snapshot holds them");
         }
-        if (!files.is_empty() || !acks.is_empty()) && written.blocking_send(Written { files, acks }).is_err() {
+        if stored.is_err() {
+            audit_seq = 0; // not told as durable; the snapshot that covers the failure does not hold the trail
+        }
+        if (!files.is_empty() || !acks.is_empty()) && written.blocking_send(Written { files, acks, audit_seq }).is_err()
+        {
             break;
         }
     }
@@ -204,8 +221,11 @@ async fn sync_stage(
     durability: Arc<Durability>,
     mut written: mpsc::Receiver<Written>,
     metrics: Arc<Metrics>,
+    audit_durable: Arc<tokio::sync::watch::Sender<u64>>,
 ) {
     let mut owed_redelivery = false;
+    // The last audit entry written and not yet synced.
+    let mut audit_written = 0u64;
     let mut batch = Vec::new();
     // Segments written since the last sync.
     let mut unsynced: Vec<Arc<std::fs::File>> = Vec::new();
@@ -233,6 +253,7 @@ async fn sync_stage(
             break;
         }
         let owes = batch.iter().any(|w: &Written| !w.acks.is_empty());
+        audit_written = batch.iter().map(|w| w.audit_seq).fold(audit_written, u64::max);
         for f in batch.iter().flat_map(|w| &w.files) {
             if !unsynced.iter().any(|u| Arc::ptr_eq(u, f)) {
                 unsynced.push(Arc::clone(f));
@@ -250,6 +271,12 @@ async fn sync_stage(
                 durability.failed();
                 metrics.journal_failures.inc();
                 tracing::error!(error = %e, "compliance journal sync failed; reports are not acknowledged until a snapshot holds them");
+            } else if audit_written > 0 {
+                audit_durable.send_if_modified(|d| {
+                    let newer = audit_written > *d;
+                    *d = (*d).max(audit_written);
+                    newer
+                });
             }
         }
         let acks = batch.drain(..).flat_map(|w| w.acks);
@@ -340,7 +367,8 @@ mod tests {
 
     fn outbox() -> (Outbox, broadcast::Receiver<Arc<Change>>) {
         let (changes, rx) = broadcast::channel(16);
-        (Outbox { changes, status: Arc::default(), metrics: Arc::new(Metrics::new()) }, rx)
+        let audit_durable = Arc::new(tokio::sync::watch::channel(0).0);
+        (Outbox { changes, status: Arc::default(), metrics: Arc::new(Metrics::new()), audit_durable }, rx)
     }
 
     fn quarantined(device: &str) -> Arc<Change> {

@@ -5,10 +5,12 @@
 #![allow(clippy::disallowed_methods)]
 
 mod admissions;
+pub mod audit_reader;
 mod audit_trail;
 mod authorize;
 mod commit;
 mod compliance_task;
+pub mod webhooks;
 pub use compliance_task::{Confirm, OverrideRequest};
 pub use radius_task::SessionQuery;
 pub use remediation::Views as RemediationViews;
@@ -191,10 +193,29 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             }
             None => None,
         };
-        Some(audit_trail::AuditTrail::open(&cfg.node.state_dir.join("audit"), key, cfg.audit.checkpoint_every)?)
+        Some(audit_trail::AuditTrail::open(
+            &cfg.node.state_dir.join("audit"),
+            key,
+            cfg.audit.checkpoint_every,
+            metrics.audit_entries.clone(),
+        )?)
     } else {
         None
     };
+    // The trail's last durable entry: the event stream reads up to it.
+    let (audit_durable, audit_durable_rx) = watch::channel(audit.as_ref().map_or(0, audit_trail::AuditTrail::seq));
+    for hook in &loaded.webhooks {
+        let sink = webhooks::Sink {
+            hook: hook.clone(),
+            settings: cfg.events.settings(hook.batch),
+            source: cfg.events.source.clone(),
+            trail: cfg.node.state_dir.join("audit"),
+            cursors: cfg.node.state_dir.join("events"),
+            durable: audit_durable_rx.clone(),
+            metrics: Arc::clone(&metrics),
+        };
+        tasks.spawn(sink.run(shutdown.clone()));
+    }
     let (command_tx, command_rx) = mpsc::channel(remediation::QUEUE);
     tasks.spawn(remediation::publish(
         status_client.clone(),
@@ -208,6 +229,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         changes: changes_tx.clone(),
         status: Arc::clone(&status_pending),
         metrics: Arc::clone(&metrics),
+        audit_durable: Arc::new(audit_durable),
     };
     tasks.spawn(commit::run(client, connection, Arc::clone(&durability), commit_rx, outbox));
     tasks.spawn(status::run(
@@ -277,6 +299,13 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         remediation: remediation_views,
         sessions: session_queries,
         audit_dir: cfg.audit.enabled.then(|| cfg.node.state_dir.join("audit")),
+        audit_durable: audit_durable_rx,
+        events_source: cfg.events.source.clone(),
+        long_poll: cfg
+            .http
+            .request_timeout
+            .saturating_sub(std::time::Duration::from_secs(1))
+            .min(std::time::Duration::from_secs(25)),
         wireguard: wireguard_router,
         groups: groups_rx,
         metrics: Arc::clone(&metrics),

@@ -254,9 +254,13 @@ impl Warden {
 
     /// Waits until a metric reaches at least `want`.
     pub fn wait_metric(&self, series: &str, want: f64) {
-        wait_for(&format!("{series} >= {want}"), Duration::from_secs(10), || {
-            (self.sample(series)? >= want).then_some(())
-        });
+        self.wait_metric_for(series, want, Duration::from_secs(10));
+    }
+
+    /// [`Warden::wait_metric`] with its own bound (fleet-sized work on a
+    /// shared CI machine).
+    pub fn wait_metric_for(&self, series: &str, want: f64, limit: Duration) {
+        wait_for(&format!("{series} >= {want}"), limit, || (self.sample(series)? >= want).then_some(()));
     }
 }
 

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+mod trail;
+
 /// What `/readyz` checks: every configured plane is up. (The compliance
 /// state is restored before the HTTP listener is bound, so it is never
 /// asked about before then.)
@@ -39,6 +41,13 @@ pub struct ApiState {
     pub sessions: Option<tokio::sync::mpsc::Sender<crate::gateway::SessionQuery>>,
     /// The audit trail's directory (none: the trail is off).
     pub audit_dir: Option<std::path::PathBuf>,
+    /// The trail's last durable entry (what `/api/v1/events` may give).
+    pub audit_durable: tokio::sync::watch::Receiver<u64>,
+    /// The CloudEvents `source` of the events.
+    pub events_source: String,
+    /// How long `/api/v1/events` waits for an event (below the server's
+    /// request timeout).
+    pub long_poll: std::time::Duration,
     /// The WireGuard router, for a device's peers (none without WireGuard).
     pub wireguard: Option<Arc<crate::wireguard::router::Router>>,
     /// Each device's running remediation plans, kept by the compliance task.
@@ -54,11 +63,11 @@ pub struct ApiState {
 
 /// Who is calling, from the bearer token (none when no tokens are set).
 #[derive(Clone, Debug)]
-struct Caller(Option<crate::tokens::Token>);
+pub(crate) struct Caller(Option<crate::tokens::Token>);
 
 impl Caller {
     /// A write needs an admin token: `Err` is the answer to give.
-    fn admin(&self) -> Result<&str, Box<Response>> {
+    pub(crate) fn admin(&self) -> Result<&str, Box<Response>> {
         match &self.0 {
             Some(t) if t.role == crate::tokens::Role::Admin => Ok(&t.name),
             Some(t) => Err(Box::new(problem(
@@ -73,7 +82,7 @@ impl Caller {
     }
 }
 
-fn problem(code: StatusCode, msg: &str) -> Response {
+pub(crate) fn problem(code: StatusCode, msg: &str) -> Response {
     (code, Json(json!({ "error": msg }))).into_response()
 }
 
@@ -97,7 +106,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}/override", axum::routing::put(put_override).delete(delete_override))
         .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/groups/{name}", get(get_group))
-        .route("/api/v1/audit", get(list_audit))
+        .route("/api/v1/audit", get(trail::list_audit))
+        .route("/api/v1/events", get(trail::list_events))
         .route("/api/v1/changes", get(list_changes))
         .route("/api/v1/changes/{id}/confirm", axum::routing::post(confirm_change))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -164,77 +174,6 @@ fn held_json(h: &crate::compliance::Held) -> Value {
         "devices": h.live,
         "held_since": format_rfc3339(h.since),
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditQuery {
-    device: Option<String>,
-    kind: Option<String>,
-    /// RFC 3339 bounds on the entry's time.
-    since: Option<String>,
-    until: Option<String>,
-    /// Entries after this sequence number (the previous page's `next`).
-    after: Option<u64>,
-    limit: Option<usize>,
-}
-
-/// `GET /api/v1/audit` (admin token): a page of the audit trail's entries,
-/// filtered by device, kind and time, in sequence order. Checkpoints are
-/// not listed; `warden audit verify` checks them.
-async fn list_audit(
-    State(s): State<ApiState>,
-    axum::Extension(caller): axum::Extension<Caller>,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(refused) = caller.admin() {
-        return *refused;
-    }
-    let Ok(Query(q)) = query else {
-        return bad_request("unknown or malformed query parameter (device, kind, since, until, after, limit)");
-    };
-    let Some(dir) = s.audit_dir.clone() else {
-        return problem(StatusCode::NOT_FOUND, "the audit trail is off (audit.enabled = false)");
-    };
-    let bound = |t: &Option<String>| t.as_deref().map(crate::telemetry::report::parse_rfc3339).transpose();
-    let (Ok(since), Ok(until)) = (bound(&q.since), bound(&q.until)) else {
-        return bad_request("since and until are RFC 3339 times");
-    };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<Value>, Option<u64>)> {
-        let mut page = Vec::new();
-        let mut more = false;
-        for (_, path) in crate::audit::files(&dir)? {
-            let text = std::fs::read_to_string(path)?;
-            for line in text.lines() {
-                let Ok(e) = serde_json::from_str::<Value>(line) else { continue };
-                let Some(seq) = e["seq"].as_u64() else { continue };
-                let at = e["at"].as_str().and_then(|t| crate::telemetry::report::parse_rfc3339(t).ok());
-                let keep = q.after.is_none_or(|a| seq > a)
-                    && q.device.as_deref().is_none_or(|d| e["device"] == d)
-                    && q.kind.as_deref().is_none_or(|k| e["kind"] == k)
-                    && since.is_none_or(|s| at.is_some_and(|t| t >= s))
-                    && until.is_none_or(|u| at.is_some_and(|t| t <= u));
-                if keep {
-                    if page.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    page.push(e);
-                }
-            }
-            if more {
-                break;
-            }
-        }
-        let next = more.then(|| page.last().and_then(|e| e["seq"].as_u64())).flatten();
-        Ok((page, next))
-    })
-    .await;
-    match read {
-        Ok(Ok((entries, next))) => Json(json!({ "entries": entries, "next": next })).into_response(),
-        _ => problem(StatusCode::INTERNAL_SERVER_ERROR, "the audit trail could not be read"),
-    }
 }
 
 /// `GET /api/v1/changes`: the batches the circuit breaker holds.
@@ -524,7 +463,7 @@ async fn apply_override(
     }
 }
 
-fn bad_request(msg: &str) -> Response {
+pub(crate) fn bad_request(msg: &str) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
 }
 

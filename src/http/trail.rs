@@ -1,0 +1,191 @@
+//! The audit trail over HTTP: `GET /api/v1/audit` pages through its
+//! entries (admin token); `GET /api/v1/events` is the event stream for
+//! consumers that pull, a long poll over the same entries as CloudEvents.
+
+use super::{ApiState, Caller, bad_request, problem};
+use crate::gateway::audit_reader::Reader;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Entries read per step while filtering.
+const CHUNK: usize = 1024;
+/// The most entries one page scans (a filter matching nothing must not
+/// read the whole trail in one request): the page ends there with a
+/// `next` to go on from.
+const SCAN: usize = 100_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditQuery {
+    device: Option<String>,
+    kind: Option<String>,
+    /// RFC 3339 bounds on the entry's time.
+    since: Option<String>,
+    until: Option<String>,
+    /// Entries after this sequence number (the previous page's `next`).
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/audit` (admin token): a page of the audit trail's entries,
+/// filtered by device, kind and time, in sequence order. Checkpoints are
+/// not listed; `warden audit verify` checks them. `next` is where the next
+/// page starts (`after=next`), absent at the end.
+pub(super) async fn list_audit(
+    State(s): State<ApiState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(refused) = caller.admin() {
+        return *refused;
+    }
+    let Ok(Query(q)) = query else {
+        return bad_request("unknown or malformed query parameter (device, kind, since, until, after, limit)");
+    };
+    let Some(dir) = s.audit_dir.clone() else {
+        return problem(StatusCode::NOT_FOUND, "the audit trail is off (audit.enabled = false)");
+    };
+    let bound = |t: &Option<String>| t.as_deref().map(crate::telemetry::report::parse_rfc3339).transpose();
+    let (Ok(since), Ok(until)) = (bound(&q.since), bound(&q.until)) else {
+        return bad_request("since and until are RFC 3339 times");
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let head = *s.audit_durable.borrow();
+    let keep = move |e: &Value| {
+        let at = e["at"].as_str().and_then(|t| crate::telemetry::report::parse_rfc3339(t).ok());
+        q.device.as_deref().is_none_or(|d| e["device"] == d)
+            && q.kind.as_deref().is_none_or(|k| e["kind"] == k)
+            && since.is_none_or(|s| at.is_some_and(|t| t >= s))
+            && until.is_none_or(|u| at.is_some_and(|t| t <= u))
+    };
+    let after = q.after.unwrap_or(0);
+    match tokio::task::spawn_blocking(move || page(&dir, after, head, limit, keep)).await {
+        Ok(Ok((entries, scanned))) => {
+            // More may follow when the page is full or the scan stopped
+            // short of the trail's end.
+            let next = (scanned < head).then_some(scanned);
+            Json(json!({ "entries": entries, "next": next })).into_response()
+        }
+        _ => problem(StatusCode::INTERNAL_SERVER_ERROR, "the audit trail could not be read"),
+    }
+}
+
+/// Up to `limit` entries after `after` (up to `head`) that `keep` takes,
+/// and the last entry scanned.
+fn page(
+    dir: &std::path::Path,
+    after: u64,
+    head: u64,
+    limit: usize,
+    keep: impl Fn(&Value) -> bool,
+) -> std::io::Result<(Vec<Value>, u64)> {
+    let mut reader = Reader::seek(dir, after)?;
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut scanned = 0;
+    'scan: while scanned < SCAN {
+        chunk.clear();
+        let before = reader.after();
+        reader.read(head, CHUNK.min(SCAN - scanned), &mut chunk)?;
+        if reader.after() == before {
+            break;
+        }
+        scanned += chunk.len();
+        for e in chunk.drain(..) {
+            if keep(&e) {
+                out.push(e);
+                if out.len() == limit {
+                    // The page ends at this entry: the next starts after it.
+                    let last = out.last().and_then(|e| e["seq"].as_u64()).unwrap_or(before);
+                    return Ok((out, last));
+                }
+            }
+        }
+        if reader.after() >= head {
+            break 'scan;
+        }
+    }
+    Ok((out, reader.after()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsQuery {
+    /// Events after this cursor (the previous answer's `next`); absent:
+    /// from now on.
+    after: Option<u64>,
+    /// Event types, comma-separated (absent: all).
+    types: Option<String>,
+    limit: Option<usize>,
+    /// How long to wait for an event when there is none (e.g. `10s`; at
+    /// most the server's long-poll bound, 25 s by default).
+    wait: Option<String>,
+}
+
+/// `GET /api/v1/events?after=CURSOR` (read token): the event stream as a
+/// long poll. Answers at once when events after the cursor are durable,
+/// else waits for one up to `wait`. The answer is
+/// `{"events": [CloudEvent...], "next": CURSOR}`; `next` goes in the next
+/// request's `after` (it moves past filtered-out entries too).
+pub(super) async fn list_events(
+    State(s): State<ApiState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return bad_request("unknown or malformed query parameter (after, types, limit, wait)");
+    };
+    let Some(dir) = s.audit_dir.clone() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "the event stream is the audit trail, which is off (audit.enabled = false)",
+        );
+    };
+    let types: Option<Vec<String>> = q.types.as_deref().map(|t| t.split(',').map(str::to_string).collect());
+    if let Some(unknown) = types.iter().flatten().find(|t| !crate::events::config::KINDS.contains(&t.as_str())) {
+        return bad_request(&format!("unknown event type {unknown:?}"));
+    }
+    let wait = match q.wait.as_deref().map(crate::diag::parse_duration).transpose() {
+        Ok(w) => w.unwrap_or(s.long_poll).min(s.long_poll),
+        Err(e) => return bad_request(&e),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let mut durable = s.audit_durable.clone();
+    let mut after = q.after.unwrap_or_else(|| *durable.borrow());
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let head = *durable.borrow_and_update();
+        if head > after {
+            let (dir, types, source) = (dir.clone(), types.clone(), s.events_source.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                page(&dir, after, head, limit, |e| {
+                    types.as_ref().is_none_or(|t| e["kind"].as_str().is_some_and(|k| t.iter().any(|x| x == k)))
+                })
+                .map(|(entries, scanned)| {
+                    let events: Vec<Value> = entries
+                        .iter()
+                        .filter_map(|e| crate::events::from_entry(e, &source))
+                        .filter_map(|ev| serde_json::from_slice(&ev.body).ok())
+                        .collect();
+                    (events, scanned)
+                })
+            })
+            .await;
+            let Ok(Ok((events, scanned))) = read else {
+                return problem(StatusCode::INTERNAL_SERVER_ERROR, "the audit trail could not be read");
+            };
+            after = after.max(scanned);
+            if !events.is_empty() {
+                return Json(json!({ "events": events, "next": after })).into_response();
+            }
+        }
+        match tokio::time::timeout_at(deadline, durable.changed()).await {
+            Ok(Ok(())) => {}
+            // The time is up (or warden is stopping): nothing yet.
+            _ => return Json(json!({ "events": [], "next": after })).into_response(),
+        }
+    }
+}
