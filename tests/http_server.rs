@@ -137,3 +137,34 @@ fn a_body_too_large_is_refused_and_a_body_that_never_ends_times_out() {
     w.wait_metric("warden_http_refusals_total{reason=\"request_timeout\"}", 1.0);
     responsive(&w);
 }
+
+/// Every error is RFC 9457 problem details: `application/problem+json`
+/// with `type`, `title`, `status` and `detail`.
+#[test]
+fn errors_are_problem_details() {
+    let w = launch("");
+    let auth = format!("Bearer {ADMIN}");
+    for (path, headers, status) in [
+        ("/api/v1/devices", vec![], 401),
+        ("/api/v1/devices/nobody", vec![("Authorization", auth.as_str())], 404),
+        ("/api/v1/groups/nope", vec![("Authorization", auth.as_str())], 404),
+        ("/api/v1/devices?bogus=1", vec![("Authorization", auth.as_str())], 400),
+        ("/api/v1/events?types=warden.nope", vec![("Authorization", auth.as_str())], 400),
+        ("/no/such/route", vec![], 404),
+    ] {
+        let mut s = connect(&w);
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: warden\r\n{extra}Connection: close\r\n\r\n").unwrap();
+        let answer = String::from_utf8_lossy(&until_closed(&mut s)).into_owned();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {head}");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{path}: {head}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["status"], status, "{path}: {v}");
+        assert_eq!(v["type"], "about:blank");
+        assert!(v["title"].is_string() && v["detail"].is_string(), "{path}: {v}");
+    }
+    // A device never heard of is still `unknown`, as an extension member.
+    let (_, body) = http_get_with(w.http, "/api/v1/devices/nobody", &[("Authorization", &auth)]).unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["verdict"], "unknown");
+}

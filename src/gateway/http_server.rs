@@ -95,8 +95,10 @@ pub async fn serve(
                         Ok(Err(never)) => match never {},
                         Err(_) => {
                             metrics.http_refusal("request_timeout");
-                            let mut r = Response::new(Body::from("request timed out\n"));
-                            *r.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                            let mut r = crate::http::problem(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "the request was not answered within http.request_timeout",
+                            );
                             let close = axum::http::HeaderValue::from_static("close");
                             r.headers_mut().insert(axum::http::header::CONNECTION, close);
                             r

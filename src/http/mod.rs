@@ -82,8 +82,22 @@ impl Caller {
     }
 }
 
-pub(crate) fn problem(code: StatusCode, msg: &str) -> Response {
-    (code, Json(json!({ "error": msg }))).into_response()
+/// An error answer as RFC 9457 problem details (`application/problem+json`):
+/// the status, its standard title, and what went wrong.
+pub(crate) fn problem(code: StatusCode, detail: &str) -> Response {
+    problem_with(code, detail, serde_json::Map::new())
+}
+
+/// [`problem`] with extension members (RFC 9457 §3.2).
+pub(crate) fn problem_with(code: StatusCode, detail: &str, extensions: serde_json::Map<String, Value>) -> Response {
+    let mut body = serde_json::Map::from_iter([
+        ("type".to_string(), json!("about:blank")),
+        ("title".to_string(), json!(code.canonical_reason().unwrap_or("Error"))),
+        ("status".to_string(), json!(code.as_u16())),
+        ("detail".to_string(), json!(detail)),
+    ]);
+    body.extend(extensions);
+    (code, [(header::CONTENT_TYPE, "application/problem+json")], Value::Object(body).to_string()).into_response()
 }
 
 /// The circuit breaker's held batches, and the way to confirm one: one
@@ -116,6 +130,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
+        .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+        })
         .with_state(state)
 }
 
@@ -153,12 +171,9 @@ async fn require_token(State(s): State<ApiState>, mut req: Request, next: Next) 
         match s.tokens.check(given) {
             Some(t) => Caller(Some(t.clone())),
             None => {
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    [(header::WWW_AUTHENTICATE, "Bearer")],
-                    Json(json!({"error": "missing or wrong bearer token"})),
-                )
-                    .into_response();
+                let mut r = problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+                return r;
             }
         }
     };
@@ -195,19 +210,19 @@ async fn confirm_change(
     }
     let Ok(id) = id.parse::<u64>() else { return bad_request("a change id is a number") };
     let Some(source) = s.changes.sources.iter().find(|src| src.held.borrow().iter().any(|h| h.id == id)) else {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": "no held change with that id"}))).into_response();
+        return problem(StatusCode::NOT_FOUND, "no held change with that id");
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     if source.confirm.send(crate::gateway::Confirm { id, reply }).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "shutting down"}))).into_response();
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     match answer.await {
         Ok(Some(h)) => {
             tracing::info!(change = h.id, "held change confirmed through the API");
             Json(json!({ "confirmed": held_json(&h) })).into_response()
         }
-        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({"error": "no held change with that id"}))).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "shutting down"}))).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "no held change with that id"),
+        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
 }
 
@@ -367,8 +382,12 @@ async fn get_device(State(s): State<ApiState>, Path(id): Path<String>) -> Respon
             view["sessions"] = json!(all);
             Json(view).into_response()
         }
-        None => (StatusCode::NOT_FOUND, Json(json!({ "id": id, "verdict": "unknown", "reason": "never reported" })))
-            .into_response(),
+        // Still a verdict: a device never heard of is `unknown`.
+        None => problem_with(
+            StatusCode::NOT_FOUND,
+            "never reported",
+            serde_json::Map::from_iter([("id".to_string(), json!(id)), ("verdict".to_string(), json!("unknown"))]),
+        ),
     }
 }
 
@@ -464,7 +483,7 @@ async fn apply_override(
 }
 
 pub(crate) fn bad_request(msg: &str) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
+    problem(StatusCode::BAD_REQUEST, msg)
 }
 
 /// A device's RADIUS sessions, from the task that holds them; empty if it
