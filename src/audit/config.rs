@@ -17,16 +17,29 @@ pub struct Audit {
     /// next entry (and after every 1,000 entries, and at every stop).
     #[serde(default = "default_checkpoint_every", with = "crate::diag::duration")]
     pub checkpoint_every: Duration,
+    /// Whole files whose newest entry is older than this are removed (at
+    /// start and whenever a new file begins), and the removal recorded.
+    #[serde(default = "default_retain", with = "crate::diag::duration")]
+    pub retain: Duration,
 }
 
 impl Default for Audit {
     fn default() -> Self {
-        Self { enabled: true, signing_key_file: None, checkpoint_every: default_checkpoint_every() }
+        Self {
+            enabled: true,
+            signing_key_file: None,
+            checkpoint_every: default_checkpoint_every(),
+            retain: default_retain(),
+        }
     }
 }
 
 fn default_true() -> bool {
     true
+}
+
+fn default_retain() -> Duration {
+    Duration::from_secs(400 * 24 * 3600)
 }
 
 fn default_checkpoint_every() -> Duration {

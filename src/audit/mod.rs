@@ -159,20 +159,55 @@ pub struct Verified {
     pub signed: u64,
 }
 
+/// The kind of the entry recording that files older than `audit.retain`
+/// were removed; its `data.kept_from` is the first entry kept.
+pub const PRUNED: &str = "warden.audit.pruned";
+
 /// Re-checks a whole trail, line by line (`(location, text)` in order),
 /// against the checkpoint key's public half if given (then every
 /// checkpoint must carry a valid signature).
+///
+/// A trail whose oldest files were removed by retention starts mid-chain:
+/// its first line anchors the chain, and the newest [`PRUNED`] entry must
+/// name exactly that first entry as the first kept. So removing more than
+/// retention did, or starting a trail over, is still caught.
 pub fn verify<'a>(
     lines: impl IntoIterator<Item = (String, &'a str)>,
     public_key: Option<&[u8]>,
 ) -> Result<Verified, Tampered> {
     let mut chain = Chain::default();
     let mut out = Verified::default();
+    // Where the trail starts (its first entry's seq), and what the newest
+    // pruning record says it should.
+    let mut first: Option<(String, u64)> = None;
+    let mut kept_from: Option<u64> = None;
     for (at, text) in lines {
+        let line = Line::parse(text).map_err(|e| Tampered {
+            at: at.clone(),
+            seq: chain.seq + 1,
+            what: format!("not an audit line ({e}): cut or edited"),
+        })?;
+        if out.entries == 0 && out.checkpoints == 0 {
+            // The first line anchors a trail that starts mid-chain.
+            match &line {
+                Line::Entry { entry, .. } if entry.seq > 1 => {
+                    chain = Chain { seq: entry.seq - 1, head: entry.prev.clone() };
+                }
+                Line::Checkpoint(c) => chain = Chain { seq: c.checkpoint, head: c.head.clone() },
+                Line::Entry { .. } => {}
+            }
+        }
+        if first.is_none()
+            && let Line::Entry { entry, .. } = &line
+        {
+            first = Some((at.clone(), entry.seq));
+        }
         let fail = |what: String| Tampered { at: at.clone(), seq: chain.seq + 1, what };
-        let line = Line::parse(text).map_err(|e| fail(format!("not an audit line ({e}): cut or edited")))?;
         match line {
             Line::Entry { entry, hash: claimed } => {
+                if entry.kind == PRUNED {
+                    kept_from = entry.data.get("kept_from").and_then(Value::as_u64);
+                }
                 if entry.seq != chain.seq + 1 {
                     return Err(fail(format!("found entry {} here: entries removed or reordered", entry.seq)));
                 }
@@ -212,6 +247,18 @@ pub fn verify<'a>(
                 out.checkpoints += 1;
             }
         }
+    }
+    if let Some((at, seq)) = first
+        && seq > 1
+        && kept_from != Some(seq)
+    {
+        let what = match kept_from {
+            None => "the trail starts here, after entries no pruning record accounts for: its start was removed".into(),
+            Some(k) => {
+                format!("the trail starts here, but the last pruning record kept entries from {k}: entries removed")
+            }
+        };
+        return Err(Tampered { at, seq, what });
     }
     Ok(out)
 }

@@ -118,3 +118,51 @@ fn a_replaced_checkpoint_is_caught() {
     let e = check(&lines, Some(&public)).unwrap_err();
     assert!(e.what.contains("does not match the chain"), "{e}");
 }
+
+/// `lines` with its start removed up to (not including) entry `from`, and a
+/// pruning record appended that names `kept_from`.
+fn pruned(from: u64, kept_from: Option<u64>) -> (Vec<String>, Vec<u8>) {
+    let (key, public) = load_key(&generate_key().unwrap()).unwrap();
+    let mut chain = Chain::default();
+    let mut lines = Vec::new();
+    for i in 1..=10i64 {
+        lines.push(chain.append(T + i, "warden.verdict.changed", Some(&format!("d-{i}")), serde_json::json!({"n": i})));
+        if i % 4 == 0 {
+            lines.push(chain.checkpoint(T + i, Some(&key)));
+        }
+    }
+    if let Some(k) = kept_from {
+        lines.push(chain.append(T + 20, PRUNED, None, serde_json::json!({"files": ["audit-1.jsonl"], "kept_from": k})));
+    }
+    lines.push(chain.checkpoint(T + 21, Some(&key)));
+    let start = lines.iter().position(|l| l.starts_with(&format!("{{\"seq\":{from},"))).unwrap();
+    // Keep the checkpoint just before it, if there is one (a file may start with one).
+    let start = if start > 0 && lines[start - 1].contains("\"checkpoint\"") { start - 1 } else { start };
+    (lines[start..].to_vec(), public)
+}
+
+#[test]
+fn a_trail_pruned_by_retention_verifies_from_where_it_starts() {
+    let (lines, public) = pruned(5, Some(5));
+    assert!(lines[0].contains("\"checkpoint\":4"), "starts at a checkpoint: {}", lines[0]);
+    assert_eq!(check(&lines, Some(&public)).unwrap().entries, 7);
+    let (lines, public) = pruned(7, Some(7));
+    assert_eq!(check(&lines, Some(&public)).unwrap().entries, 5);
+}
+
+#[test]
+fn a_start_removed_without_a_pruning_record_is_caught() {
+    let (lines, public) = pruned(7, None);
+    let e = check(&lines, Some(&public)).unwrap_err();
+    assert_eq!((e.seq, e.at.as_str()), (7, "audit-0.jsonl:1"), "{e}");
+    assert!(e.what.contains("no pruning record"), "{e}");
+}
+
+#[test]
+fn more_removed_than_retention_did_is_caught() {
+    // Retention kept entries from 5; someone also removed 5 and 6.
+    let (lines, public) = pruned(7, Some(5));
+    let e = check(&lines, Some(&public)).unwrap_err();
+    assert_eq!(e.seq, 7, "{e}");
+    assert!(e.what.contains("kept entries from 5"), "{e}");
+}

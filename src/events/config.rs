@@ -31,6 +31,7 @@ pub const KINDS: &[&str] = &[
     "warden.changes.confirmed",
     "warden.device.forgotten",
     "warden.identity.conflict",
+    "warden.audit.pruned",
 ];
 
 #[derive(Debug, Deserialize)]

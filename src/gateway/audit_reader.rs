@@ -62,7 +62,17 @@ impl Reader {
             let path = self.dir.join(format!("audit-{}.jsonl", self.segment));
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Removed by retention while this read it: on to the
+                    // oldest file left after it.
+                    match crate::audit::files(&self.dir)?.into_iter().find(|(n, _)| *n > self.segment) {
+                        Some((n, _)) => {
+                            (self.segment, self.offset) = (n, 0);
+                            continue;
+                        }
+                        None => return Ok(()),
+                    }
+                }
                 Err(e) => return Err(e),
             };
             file.seek(SeekFrom::Start(self.offset))?;

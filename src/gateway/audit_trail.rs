@@ -37,6 +37,8 @@ pub struct AuditTrail {
     last_checkpoint: UnixMillis,
     buf: Vec<u8>,
     entries: prometheus::IntCounter,
+    /// How long whole files are kept.
+    retain: UnixMillis,
 }
 
 impl AuditTrail {
@@ -45,6 +47,7 @@ impl AuditTrail {
         dir: &Path,
         key: Option<Ed25519KeyPair>,
         every: std::time::Duration,
+        retain: std::time::Duration,
         entries: prometheus::IntCounter,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
@@ -63,7 +66,7 @@ impl AuditTrail {
             }
         };
         let file = open_segment(dir, segment)?;
-        Ok(Self {
+        let mut trail = Self {
             dir: dir.to_path_buf(),
             segment,
             file: Arc::new(file),
@@ -75,7 +78,45 @@ impl AuditTrail {
             last_checkpoint: 0,
             buf: Vec::new(),
             entries,
-        })
+            retain: UnixMillis::try_from(retain.as_millis()).unwrap_or(UnixMillis::MAX),
+        };
+        trail.prune(crate::gateway::mqtt::wall_now());
+        Ok(trail)
+    }
+
+    /// Removes the oldest files while their newest line is older than
+    /// `audit.retain` (never the file being written), and records the
+    /// removal with the first entry kept, which `warden audit verify`
+    /// holds the trail's start to.
+    fn prune(&mut self, now: UnixMillis) {
+        let Ok(files) = crate::audit::files(&self.dir) else { return };
+        let cutoff = now.saturating_sub(self.retain);
+        let mut removed = Vec::new();
+        for (n, path) in files.iter().filter(|(n, _)| *n < self.segment) {
+            match newest_at(path) {
+                Some(at) if at < cutoff => {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        tracing::error!(file = %path.display(), error = %e, "audit trail: an expired file could not be removed");
+                        break;
+                    }
+                    removed.push(format!("audit-{n}.jsonl"));
+                }
+                _ => break,
+            }
+        }
+        if removed.is_empty() {
+            return;
+        }
+        let _ = std::fs::File::open(&self.dir).and_then(|d| d.sync_all());
+        // The first entry left; none left: the pruning record is the first.
+        let kept_from = crate::audit::files(&self.dir)
+            .ok()
+            .into_iter()
+            .flatten()
+            .find_map(|(_, p)| first_seq(&p))
+            .unwrap_or(self.chain.seq + 1);
+        tracing::info!(files = removed.len(), kept_from, "audit trail: files older than audit.retain removed");
+        self.record(now, crate::audit::PRUNED, None, serde_json::json!({"files": removed, "kept_from": kept_from}));
     }
 
     /// Adds an entry (and a checkpoint when one is due).
@@ -118,6 +159,8 @@ impl AuditTrail {
                     self.segment += 1;
                     self.file = Arc::new(f);
                     self.size = 0;
+                    // Its record goes with the next batch.
+                    self.prune(crate::gateway::mqtt::wall_now());
                 }
                 Err(e) => tracing::error!(error = %e, "audit trail: could not start a new file; the current one grows"),
             }
@@ -132,6 +175,29 @@ impl AuditTrail {
             self.checkpoint(at);
         }
     }
+}
+
+/// The time of a file's newest line (read from its last 64 KiB).
+fn newest_at(path: &Path) -> Option<UnixMillis> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 << 10))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    tail.split(|b| *b == b'\n').rev().find_map(|line| {
+        let v: Value = serde_json::from_slice(line).ok()?;
+        crate::telemetry::report::parse_rfc3339(v.get("at")?.as_str()?).ok()
+    })
+}
+
+/// The sequence number of a file's first entry.
+fn first_seq(path: &Path) -> Option<u64> {
+    use std::io::BufRead as _;
+    let f = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+    f.split(b'\n')
+        .map_while(Result::ok)
+        .find_map(|line| serde_json::from_slice::<Value>(&line).ok()?.get("seq")?.as_u64())
 }
 
 fn open_segment(dir: &Path, n: u64) -> std::io::Result<std::fs::File> {
@@ -163,4 +229,87 @@ fn resume(path: &Path) -> std::io::Result<(Chain, u64)> {
         good = at as u64;
     }
     Ok((chain, good))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: UnixMillis = 24 * 3600 * 1000;
+
+    /// Files 1 and 2 hold entries from 30 days ago, file 3 recent ones.
+    fn aged_trail(dir: &Path) {
+        let now = crate::gateway::mqtt::wall_now();
+        let mut chain = Chain::default();
+        for (n, seqs, at) in [(1, 1..=3, now - 30 * DAY), (2, 4..=6, now - 29 * DAY), (3, 7..=8, now - DAY / 2)] {
+            let mut text = String::new();
+            for i in seqs {
+                text += &chain.append(at + i, "warden.verdict.changed", Some("d"), serde_json::json!({"n": i}));
+                text.push('\n');
+            }
+            text += &chain.checkpoint(at + 10, None);
+            text.push('\n');
+            std::fs::write(dir.join(format!("audit-{n}.jsonl")), text).unwrap();
+        }
+    }
+
+    fn verify_dir(dir: &Path) -> Result<crate::audit::Verified, crate::audit::Tampered> {
+        let texts: Vec<(u64, String)> = crate::audit::files(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(n, p)| (n, std::fs::read_to_string(p).unwrap()))
+            .collect();
+        let lines = texts
+            .iter()
+            .flat_map(|(n, t)| t.lines().enumerate().map(move |(i, l)| (format!("audit-{n}.jsonl:{}", i + 1), l)));
+        crate::audit::verify(lines, None)
+    }
+
+    #[test]
+    fn files_past_retain_are_removed_recorded_and_the_rest_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        aged_trail(dir.path());
+        let entries = prometheus::IntCounter::new("t", "t").unwrap();
+        let retain = std::time::Duration::from_secs(7 * 24 * 3600);
+        let mut trail =
+            AuditTrail::open(dir.path(), None, std::time::Duration::from_secs(60), retain, entries).unwrap();
+        let left: Vec<u64> = crate::audit::files(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(left, vec![3], "the month-old files went, the current one stays");
+        let (batch, seq) = trail.take().unwrap();
+        assert_eq!(seq, 9);
+        batch.write().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("audit-3.jsonl")).unwrap();
+        let record: serde_json::Value = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["seq"] == 9)
+            .unwrap();
+        assert_eq!(record["kind"], crate::audit::PRUNED);
+        assert_eq!(record["data"]["kept_from"], 7);
+        assert_eq!(record["data"]["files"], serde_json::json!(["audit-1.jsonl", "audit-2.jsonl"]));
+        assert_eq!(verify_dir(dir.path()).unwrap().entries, 3);
+
+        // Removing more by hand (the first entry kept) is caught there.
+        let cut: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        std::fs::write(dir.path().join("audit-3.jsonl"), cut).unwrap();
+        let e = verify_dir(dir.path()).unwrap_err();
+        assert_eq!((e.seq, e.at.as_str()), (8, "audit-3.jsonl:1"), "{e}");
+    }
+
+    #[test]
+    fn a_short_retain_keeps_the_file_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        aged_trail(dir.path());
+        let entries = prometheus::IntCounter::new("t", "t").unwrap();
+        let trail = AuditTrail::open(
+            dir.path(),
+            None,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(1),
+            entries,
+        )
+        .unwrap();
+        assert_eq!(trail.seq(), 9, "the pruning record");
+        assert_eq!(crate::audit::files(dir.path()).unwrap().len(), 1);
+    }
 }

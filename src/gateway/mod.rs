@@ -197,6 +197,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             &cfg.node.state_dir.join("audit"),
             key,
             cfg.audit.checkpoint_every,
+            cfg.audit.retain,
             metrics.audit_entries.clone(),
         )?)
     } else {
