@@ -100,6 +100,8 @@ pub struct Metrics {
     http_refusals: [IntCounter; HTTP_REFUSALS.len()],
     /// Entries appended to the audit trail.
     pub audit_entries: IntCounter,
+    /// Enforcement entries that found the trail's queue full.
+    pub audit_dropped: IntCounter,
     /// Webhook deliveries by [`WebhookResult`].
     webhook_deliveries: [IntCounter; WebhookResult::ALL.len()],
     /// Trail entries each webhook sink has yet to take.
@@ -536,6 +538,10 @@ impl Metrics {
                 HTTP_REFUSALS.map(|r| refusals.with_label_values(&[r]))
             },
             audit_entries: counter("warden_audit_entries_total", "Entries appended to the audit trail"),
+            audit_dropped: counter(
+                "warden_audit_dropped_total",
+                "Enforcement outcomes not recorded in the audit trail: its queue was full",
+            ),
             webhook_deliveries: {
                 let d = counters(
                     "warden_webhook_deliveries_total",

@@ -115,6 +115,7 @@ fn a_drift_and_its_remediation_leave_a_verifiable_trail_and_tampering_is_named()
     assert!(at(("warden.override.set", "")) < at(("warden.remediation.completed", "")), "{kinds:?}");
     let set = &all.iter().find(|e| e["kind"] == "warden.override.set").unwrap()["data"];
     assert_eq!((set["by"].as_str(), set["reason"].as_str()), (Some("admin"), Some("repair ticket 7")), "{set}");
+    assert_eq!(set["from"], "127.0.0.1", "where the write came from: {set}");
     assert!(all.iter().any(|e| e["checkpoint"].is_u64() && e["sig"].is_string()), "signed checkpoints");
     let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one chain across the restart");

@@ -74,4 +74,13 @@ fn a_reload_that_would_quarantine_half_the_fleet_waits_for_confirmation() {
     });
     assert_eq!(w.device_with("pos-1000", &auth)["failed_rules"][0]["rule"], "min-os");
     assert_eq!(w.metric("warden_changes_pending"), 0.0);
+
+    // The trail says who held and who confirmed, from where.
+    let text = std::fs::read_to_string(dir.join("state/audit/audit-1.jsonl")).unwrap();
+    let entries: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let held = entries.iter().position(|e| e["kind"] == "warden.changes.held").expect("held");
+    let confirmed = entries.iter().position(|e| e["kind"] == "warden.changes.confirmed").expect("confirmed");
+    assert!(held < confirmed);
+    assert_eq!(entries[confirmed]["data"]["from"], "127.0.0.1", "{}", entries[confirmed]);
+    assert!(entries[confirmed]["data"]["by"].is_string(), "{}", entries[confirmed]);
 }

@@ -132,6 +132,28 @@ fn coa_then_disconnect_falls_back_when_the_nas_refuses() {
     assert_authentic(&disconnect, "Disconnect-Request");
     w.wait_metric("warden_coa_requests_total{kind=\"coa\",result=\"nak\"}", 1.0);
     w.wait_metric("warden_coa_requests_total{kind=\"disconnect\",result=\"ack\"}", 1.0);
+
+    // The audit trail says what was enforced where: the drift, the NAS's
+    // NAK of the CoA (with its cause), then its ACK of the Disconnect.
+    let trail = wait_for("the enforcement outcomes in the audit trail", Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(w.dir.join("state/audit/audit-1.jsonl")).ok()?;
+        let entries: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let applied = entries.iter().filter(|e| e["kind"] == "warden.enforcement.applied").count();
+        (applied >= 2).then_some(entries)
+    });
+    let at = |kind: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        trail
+            .iter()
+            .position(|e| e["kind"] == kind && f(&e["data"]))
+            .unwrap_or_else(|| panic!("no {kind} in {trail:?}"))
+    };
+    let drift = at("warden.verdict.changed", &|d| d["to"] == "noncompliant");
+    let nak = at("warden.enforcement.applied", &|d| d["action"] == "coa" && d["result"] == "nak");
+    let ack = at("warden.enforcement.applied", &|d| d["action"] == "disconnect" && d["result"] == "ack");
+    assert!(drift < nak && nak < ack, "{trail:?}");
+    assert_eq!(trail[nak]["device"], "pos-0001");
+    assert_eq!(trail[nak]["data"]["plane"], "radius");
+    assert!(trail[nak]["data"]["cause"].is_string(), "{}", trail[nak]);
 }
 
 #[test]

@@ -325,6 +325,19 @@ fn a_wireguard_go_peer_is_quarantined_mid_flow_and_restored() {
     assert_eq!(lab.ping(&["-c", "3", "-i", "0.2", "-W", "1", ELSEWHERE]).1, 3, "restored");
     assert_eq!(lab.latest_handshake(), handshake, "still no reconnect");
 
+    // Each flip is in the audit trail: quarantine → full → quarantine → full.
+    let flips = wait_for("three flips in the audit trail", Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(w.dir.join("state/audit/audit-1.jsonl")).ok()?;
+        let flips: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["kind"] == "warden.enforcement.applied" && e["data"]["plane"] == "wireguard")
+            .map(|e| format!("{}>{}", e["data"]["from"].as_str().unwrap_or(""), e["data"]["to"].as_str().unwrap_or("")))
+            .collect();
+        (flips.len() >= 3).then_some(flips)
+    });
+    assert_eq!(flips, ["quarantine>full", "full>quarantine", "quarantine>full"]);
+
     // A spoofed inner source (an address not in the peer's allowed IPs).
     ok(&["ip", "-n", &lab.peer, "addr", "add", "10.99.0.3/32", "dev", &lab.wg]);
     let spoofed = packets(&w, "from_peer", "drop_spoofed");

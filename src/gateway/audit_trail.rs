@@ -25,6 +25,42 @@ const ROTATE_BYTES: u64 = 64 << 20;
 /// A checkpoint after this many entries at the latest.
 const CHECKPOINT_ENTRIES: u64 = 1000;
 
+/// An entry from a task that does not own the trail (the enforcement
+/// planes): the compliance task records it with its next batch.
+#[derive(Debug)]
+pub struct Foreign {
+    pub at: UnixMillis,
+    pub kind: &'static str,
+    pub device: Option<String>,
+    pub data: Value,
+}
+
+/// How many foreign entries may wait for the compliance task.
+pub const FOREIGN_QUEUE: usize = 65_536;
+
+/// The enforcement planes' handle on the trail. Never waits: a plane must
+/// not slow down because the trail's owner is busy; an entry that finds
+/// the queue full is counted (`warden_audit_dropped_total`) and logged.
+#[derive(Clone, Debug)]
+pub struct AuditSender {
+    tx: tokio::sync::mpsc::Sender<Foreign>,
+    dropped: prometheus::IntCounter,
+}
+
+impl AuditSender {
+    pub fn new(tx: tokio::sync::mpsc::Sender<Foreign>, dropped: prometheus::IntCounter) -> Self {
+        Self { tx, dropped }
+    }
+
+    pub fn record(&self, kind: &'static str, device: &str, data: Value) {
+        let entry = Foreign { at: crate::gateway::mqtt::wall_now(), kind, device: Some(device.to_string()), data };
+        if self.tx.try_send(entry).is_err() {
+            self.dropped.inc();
+            tracing::warn!(kind, device, "audit trail queue full: an enforcement entry was not recorded");
+        }
+    }
+}
+
 pub struct AuditTrail {
     dir: PathBuf,
     segment: u64,

@@ -21,6 +21,9 @@ use tokio::sync::{mpsc, watch};
 /// applied, or `None` when no batch has that id.
 pub struct Confirm {
     pub id: u64,
+    /// The API token's name, and the client's address.
+    pub by: String,
+    pub from: Option<String>,
     pub reply: tokio::sync::oneshot::Sender<Option<Held>>,
 }
 
@@ -30,8 +33,9 @@ pub struct Confirm {
 pub struct OverrideRequest {
     pub device: String,
     pub set: Option<crate::compliance::overrides::Override>,
-    /// The API token's name that asked.
+    /// The API token's name that asked, and the client's address.
     pub by: String,
+    pub from: Option<String>,
     pub reply: tokio::sync::oneshot::Sender<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
@@ -99,6 +103,10 @@ pub struct ComplianceTask {
     pub remediation_log: LogLimiter,
     /// The audit trail (`None`: `audit.enabled = false`).
     pub audit: Option<super::audit_trail::AuditTrail>,
+    /// Who confirmed the held change being applied (for its audit entry).
+    pub confirmed_by: Option<(String, Option<String>)>,
+    /// Entries from the enforcement planes, for the trail.
+    pub foreign: mpsc::Receiver<super::audit_trail::Foreign>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -150,7 +158,19 @@ impl ComplianceTask {
                     self.remediation.handle_timeout(now, wall);
                 }
                 Some(request) = self.overrides.recv() => self.handle_override(request, &mut acks),
+                Some(entry) = self.foreign.recv() => {
+                    let mut more = vec![entry];
+                    while more.len() < BATCH && let Ok(e) = self.foreign.try_recv() {
+                        more.push(e);
+                    }
+                    if let Some(a) = &mut self.audit {
+                        for e in more {
+                            a.record(e.at, e.kind, e.device.as_deref(), e.data);
+                        }
+                    }
+                }
                 Some(confirm) = self.confirms.recv() => {
+                    self.confirmed_by = Some((confirm.by.clone(), confirm.from.clone()));
                     let done = self.engine.confirm(confirm.id, Instant::now(), wall_now());
                     if done.is_some() {
                         self.reconcile.send_modify(|n| *n += 1);
@@ -419,7 +439,13 @@ impl ComplianceTask {
                 BreakerEvent::Superseded(_) => None,
             };
             if let Some((kind, id, restricting)) = audited {
-                self.audit_record(None, kind, serde_json::json!({"change": id, "restricting": restricting}));
+                let mut data = serde_json::json!({"change": id, "restricting": restricting});
+                if kind == "warden.changes.confirmed"
+                    && let Some((by, from)) = self.confirmed_by.take()
+                {
+                    (data["by"], data["from"]) = (by.into(), from.into());
+                }
+                self.audit_record(None, kind, data);
             }
             match event {
                 BreakerEvent::Held(h) => tracing::warn!(
@@ -480,9 +506,9 @@ impl ComplianceTask {
         let (now, wall) = (Instant::now(), wall_now());
         let data = match &request.set {
             Some(o) => {
-                serde_json::json!({"mode": o.mode.label(), "reason": o.reason, "by": request.by, "until": crate::telemetry::report::format_rfc3339(o.until)})
+                serde_json::json!({"mode": o.mode.label(), "reason": o.reason, "by": request.by, "from": request.from, "until": crate::telemetry::report::format_rfc3339(o.until)})
             }
-            None => serde_json::json!({"by": request.by}),
+            None => serde_json::json!({"by": request.by, "from": request.from}),
         };
         let kind = if request.set.is_some() { "warden.override.set" } else { "warden.override.cleared" };
         if !self.engine.set_override(&request.device, request.set, now, wall) {

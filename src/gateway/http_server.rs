@@ -66,7 +66,7 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         while connections.try_join_next().is_some() {}
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors, typically: wait a moment rather
@@ -86,8 +86,10 @@ pub async fn serve(
         connections.spawn(async move {
             let _slot = slot;
             let for_requests = Arc::clone(&metrics);
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 let (app, metrics) = (app.clone(), Arc::clone(&for_requests));
+                // Who is asking, for the audit trail's record of writes.
+                req.extensions_mut().insert(crate::http::Peer(peer));
                 async move {
                     let answer = tokio::time::timeout(limits.request_timeout, app.oneshot(req.map(Body::new))).await;
                     Ok::<_, std::convert::Infallible>(match answer {

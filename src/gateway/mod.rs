@@ -203,6 +203,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Entries from the enforcement planes, recorded by the compliance task.
+    let (foreign_tx, foreign_rx) = mpsc::channel(audit_trail::FOREIGN_QUEUE);
+    let audit_sender =
+        audit.is_some().then(|| audit_trail::AuditSender::new(foreign_tx, metrics.audit_dropped.clone()));
     // The trail's last durable entry: the event stream reads up to it.
     let (audit_durable, audit_durable_rx) = watch::channel(audit.as_ref().map_or(0, audit_trail::AuditTrail::seq));
     for hook in &loaded.webhooks {
@@ -264,6 +268,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             groups: groups_tx,
             remediation_log: log_limit::LogLimiter::new(),
             audit,
+            foreign: foreign_rx,
+            confirmed_by: None,
             reconcile: reconcile_tx,
             metrics: Arc::clone(&metrics),
             state_dir: cfg.node.state_dir.clone(),
@@ -281,6 +287,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     if let Some(plane) = radius {
         let mut task = plane.task;
         task.shutdown = shutdown.clone();
+        task.enforce.audit = audit_sender.clone();
         task.ready = ready.radius.clone();
         tasks.spawn(task.run());
         for mut shard in plane.shards {
@@ -291,7 +298,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             tasks.spawn(users_reload::run(path, users, Arc::clone(&metrics), shutdown.clone()));
         }
     }
-    if let Some(task) = wireguard {
+    if let Some(mut task) = wireguard {
+        task.audit = audit_sender.clone();
         tasks.spawn(task.run(shutdown.clone(), ready.wireguard.clone()));
     }
     tasks.spawn(reload::run(cfg.policy.dir.clone(), policy_tx, Arc::clone(&metrics), shutdown.clone()));

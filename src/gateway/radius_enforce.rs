@@ -88,6 +88,8 @@ pub struct Enforcer {
     appended: usize,
     /// [`REWRITE_AFTER`], smaller in tests.
     rewrite_after: usize,
+    /// Where CoA outcomes are recorded (none: the audit trail is off).
+    pub audit: Option<crate::gateway::audit_trail::AuditSender>,
 }
 
 /// The accounting journal is rewritten from the live sessions once it
@@ -128,6 +130,7 @@ impl Enforcer {
             next_held: HELD_IDS,
             appended: 0,
             rewrite_after: REWRITE_AFTER,
+            audit: None,
         }
     }
 
@@ -382,6 +385,17 @@ impl Enforcer {
         true
     }
 
+    /// Records a CoA or Disconnect's outcome in the audit trail.
+    fn audit_outcome(&self, kind: Kind, device: &str, result: CoaResult, cause: Option<String>) {
+        if let Some(a) = &self.audit {
+            let mut data = serde_json::json!({"plane": "radius", "action": kind.label(), "result": result.label()});
+            if let Some(c) = cause {
+                data["cause"] = c.into();
+            }
+            a.record("warden.enforcement.applied", device, data);
+        }
+    }
+
     /// Takes the CoA client's outcomes: counts and logs them, records what
     /// NASes acknowledged, and reconciles again where that is due.
     pub fn drain_coa_events(&mut self, now: Instant) {
@@ -393,11 +407,13 @@ impl Enforcer {
                 }
                 coa::Event::Ack { kind, device, tag } => {
                     self.metrics.coa_request(kind, CoaResult::Ack);
+                    self.audit_outcome(kind, &device, CoaResult::Ack, None);
                     tracing::info!(%device, kind = kind.label(), "NAS acknowledged");
                     (tag, if kind == Kind::Disconnect { Outcome::Ended } else { Outcome::Applied })
                 }
                 coa::Event::Nak { kind, device, cause, tag, fell_back } => {
                     self.metrics.coa_request(kind, CoaResult::Nak);
+                    self.audit_outcome(kind, &device, CoaResult::Nak, Some(format!("{cause:?}")));
                     tracing::warn!(%device, kind = kind.label(), ?cause, fell_back, "NAS refused");
                     if fell_back {
                         continue; // the Disconnect's outcome settles it
@@ -406,11 +422,13 @@ impl Enforcer {
                 }
                 coa::Event::Timeout { kind, device, tag } => {
                     self.metrics.coa_request(kind, CoaResult::Timeout);
+                    self.audit_outcome(kind, &device, CoaResult::Timeout, None);
                     tracing::warn!(%device, kind = kind.label(), "NAS did not answer; retried later");
                     (tag, Outcome::Failed)
                 }
                 coa::Event::Dropped { kind, device, tag } => {
                     self.metrics.coa_request(kind, CoaResult::Dropped);
+                    self.audit_outcome(kind, &device, CoaResult::Dropped, None);
                     tracing::warn!(%device, kind = kind.label(), "CoA queue full; retried later");
                     (tag, Outcome::Failed)
                 }

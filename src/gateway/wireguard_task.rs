@@ -97,6 +97,8 @@ pub struct WireGuardTask {
     configured: std::collections::HashSet<[u8; 32]>,
     pool: Option<Arc<std::sync::Mutex<Pool>>>,
     pool_file: PathBuf,
+    /// Where access flips are recorded (none: the audit trail is off).
+    pub audit: Option<crate::gateway::audit_trail::AuditSender>,
 }
 
 /// Lets in a device that reported its WireGuard key in telemetry: it gets
@@ -265,6 +267,7 @@ impl WireGuardTask {
             configured,
             pool,
             pool_file,
+            audit: None,
         })
     }
 
@@ -360,7 +363,15 @@ impl WireGuardTask {
         let desired = self.verdicts.running(&peer.spec, applied);
         // A concurrent handshake may have set it meanwhile: only replace
         // what was read, so an admission's decision is not overwritten.
-        (desired != applied && peer.replace_access(applied, desired)).then_some((applied, desired))
+        let flipped = desired != applied && peer.replace_access(applied, desired);
+        if flipped && let Some(a) = &self.audit {
+            use base64::Engine as _;
+            let key = base64::engine::general_purpose::STANDARD.encode(peer.spec.public_key);
+            let data =
+                serde_json::json!({"plane": "wireguard", "from": applied.label(), "to": desired.label(), "peer": key});
+            a.record("warden.enforcement.applied", &peer.spec.device_id, data);
+        }
+        flipped.then_some((applied, desired))
     }
 
     /// Reconciles every peer (after lag, a reload, and every 10 s): a

@@ -63,10 +63,19 @@ pub struct ApiState {
 
 /// Who is calling, from the bearer token (none when no tokens are set).
 #[derive(Clone, Debug)]
-pub(crate) struct Caller(Option<crate::tokens::Token>);
+pub(crate) struct Caller(Option<crate::tokens::Token>, Option<std::net::SocketAddr>);
+
+/// The address a request came from (set by the server for each connection).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
 
 impl Caller {
     /// A write needs an admin token: `Err` is the answer to give.
+    /// The client's IP address, as text (for the audit trail).
+    pub(crate) fn from(&self) -> Option<String> {
+        self.1.map(|a| a.ip().to_string())
+    }
+
     pub(crate) fn admin(&self) -> Result<&str, Box<Response>> {
         match &self.0 {
             Some(t) if t.role == crate::tokens::Role::Admin => Ok(&t.name),
@@ -159,8 +168,9 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 /// `token_file`), checked against their hashes in constant time; the
 /// caller's name and role go with the request.
 async fn require_token(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
     let caller = if s.tokens.is_empty() {
-        Caller(None)
+        Caller(None, peer)
     } else {
         let given = req
             .headers()
@@ -169,7 +179,7 @@ async fn require_token(State(s): State<ApiState>, mut req: Request, next: Next) 
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         match s.tokens.check(given) {
-            Some(t) => Caller(Some(t.clone())),
+            Some(t) => Caller(Some(t.clone()), peer),
             None => {
                 let mut r = problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
@@ -205,15 +215,16 @@ async fn confirm_change(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refused) = caller.admin() {
-        return *refused;
-    }
+    let by = match caller.admin() {
+        Ok(name) => name.to_string(),
+        Err(refused) => return *refused,
+    };
     let Ok(id) = id.parse::<u64>() else { return bad_request("a change id is a number") };
     let Some(source) = s.changes.sources.iter().find(|src| src.held.borrow().iter().any(|h| h.id == id)) else {
         return problem(StatusCode::NOT_FOUND, "no held change with that id");
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    if source.confirm.send(crate::gateway::Confirm { id, reply }).await.is_err() {
+    if source.confirm.send(crate::gateway::Confirm { id, by, from: caller.from(), reply }).await.is_err() {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     match answer.await {
@@ -438,7 +449,7 @@ async fn put_override(
         Ok(o) => o,
         Err(e) => return bad_request(&e.to_string()),
     };
-    apply_override(&s, id, Some(o), &by).await
+    apply_override(&s, id, Some(o), &by, caller.from()).await
 }
 
 /// `DELETE /api/v1/devices/{id}/override`: back to what reports say.
@@ -451,7 +462,7 @@ async fn delete_override(
         Ok(name) => name.to_string(),
         Err(refused) => return *refused,
     };
-    apply_override(&s, id, None, &by).await
+    apply_override(&s, id, None, &by, caller.from()).await
 }
 
 async fn apply_override(
@@ -459,10 +470,11 @@ async fn apply_override(
     id: String,
     o: Option<crate::compliance::overrides::Override>,
     by: &str,
+    from: Option<String>,
 ) -> Response {
     let what = o.as_ref().map_or("cleared", |o| o.mode.label());
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let request = crate::gateway::OverrideRequest { device: id.clone(), set: o, by: by.to_string(), reply };
+    let request = crate::gateway::OverrideRequest { device: id.clone(), set: o, by: by.to_string(), from, reply };
     if s.overrides.send(request).await.is_err() {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
