@@ -119,6 +119,18 @@ fn an_exemption_lifts_a_quarantine_at_once_and_expires_by_itself() {
     assert_eq!(vlan(&mab(auth, SECRET, "AA-BB-CC-00-00-01")).as_deref(), Some("999"));
     assert!(w.log_text().contains("override expired"));
     w.stop();
+    // And the trail says so, with whose it was and why.
+    let text = std::fs::read_to_string(dir.join("state/audit/audit-1.jsonl")).unwrap();
+    let expired: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["kind"] == "warden.override.expired")
+        .collect();
+    assert_eq!(expired.len(), 1, "{text}");
+    assert_eq!(
+        (expired[0]["device"].as_str(), expired[0]["data"]["mode"].as_str()),
+        (Some("pos-0001"), Some("exempt"))
+    );
 }
 
 #[test]

@@ -99,6 +99,8 @@ pub struct Engine {
     /// and each device's entry in it, to remove it exactly.
     override_expiries: BTreeSet<(Instant, Arc<str>)>,
     override_at: std::collections::HashMap<Arc<str>, Instant, foldhash::fast::RandomState>,
+    /// Overrides that ended by themselves, for the audit trail.
+    expired_overrides: VecDeque<(Arc<str>, Arc<crate::compliance::overrides::Override>)>,
     events: VecDeque<Change>,
     /// Identity claims refused, for the shell to count and log.
     conflicts: VecDeque<Conflict>,
@@ -199,6 +201,7 @@ impl Engine {
             deadlines: BTreeSet::new(),
             override_expiries: BTreeSet::new(),
             override_at: Default::default(),
+            expired_overrides: VecDeque::new(),
             events: VecDeque::new(),
             conflicts: VecDeque::new(),
             identity_policy: identity::policy(),
@@ -467,6 +470,12 @@ impl Engine {
         self.store(device, Some(old), cause, now, wall, None);
     }
 
+    /// The next override that ended at its expiry (whether or not the
+    /// device's access changed with it).
+    pub fn poll_override_expired(&mut self) -> Option<(Arc<str>, Arc<crate::compliance::overrides::Override>)> {
+        self.expired_overrides.pop_front()
+    }
+
     /// Expires stale devices and ends grace periods due by `now`; applies
     /// the outage grace and the mass-silence window.
     pub fn handle_timeout(&mut self, now: Instant, wall: UnixMillis) {
@@ -476,8 +485,9 @@ impl Engine {
             let Some((_, id)) = self.override_expiries.pop_first() else { break };
             self.override_at.remove(&id);
             if let Some(old) = self.table.get(&id)
-                && old.admin_override.is_some()
+                && let Some(ended) = &old.admin_override
             {
+                self.expired_overrides.push_back((Arc::clone(&id), Arc::clone(ended)));
                 let mut device = (*old).clone();
                 device.admin_override = None;
                 self.store(device, Some(&old), Cause::OverrideExpired, now, wall, None);

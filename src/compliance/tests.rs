@@ -568,6 +568,9 @@ fn an_exemption_lifts_a_quarantine_at_once_and_expires_by_itself() {
     let ev = drain(&mut e);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].cause, Cause::OverrideExpired);
+    let (device, ended) = e.poll_override_expired().expect("the expiry, for the audit trail");
+    assert_eq!((&*device, ended.reason.as_str(), ended.by.as_str()), ("d", "shorter", "bob"));
+    assert!(e.poll_override_expired().is_none(), "the replaced override did not expire: it was replaced");
     assert_eq!(admission(&e, "d").access, Access::Quarantine, "back to what the reports say");
     assert!(e.table().get("d").unwrap().admin_override.is_none());
     c.advance(60_000);

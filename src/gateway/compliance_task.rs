@@ -155,6 +155,11 @@ impl ComplianceTask {
                 _ = timer.fired() => {
                     let (now, wall) = (Instant::now(), wall_now());
                     self.engine.handle_timeout(now, wall);
+                    while let Some((device, o)) = self.engine.poll_override_expired() {
+                        let data = serde_json::json!({"mode": o.mode.label(), "reason": o.reason, "by": o.by,
+                            "set": crate::telemetry::report::format_rfc3339(o.set), "until": crate::telemetry::report::format_rfc3339(o.until)});
+                        self.audit_record(Some(&device), "warden.override.expired", data);
+                    }
                     self.remediation.handle_timeout(now, wall);
                 }
                 Some(request) = self.overrides.recv() => self.handle_override(request, &mut acks),
