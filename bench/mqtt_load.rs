@@ -7,6 +7,7 @@
 //!   mqtt_load quarantine MQTT ACCT NAS SECRET FLIPS       # publish → Disconnect received
 //!   mqtt_load udpsend ADDR RATE                           # a steady UDP flow (WireGuard bench)
 //!   mqtt_load wgflip MQTT LISTEN DEVICE FLIPS             # publish → flow cut by the WireGuard ACL
+//!   mqtt_load flap PORT RATE SECONDS DEVICES FIRST_SEQ     # RATE verdict changes/s, paced
 //!
 //! `publish` prints the time it took to hand every message to the broker
 //! (QoS 1: until every PUBACK). `latency` flips one device between compliant
@@ -91,6 +92,45 @@ async fn publish(port: u16, count: u64, publishers: u64, qos: QoS, devices: u64)
         t.await.expect("publisher");
     }
     println!("published {count} in {:.3} s", start.elapsed().as_secs_f64());
+}
+
+/// Reports at `rate` per second for `seconds`, QoS 1, each one flipping a
+/// device of `dev-0..devices` (the `publish` fleet) between compliant and
+/// noncompliant (the first round makes them noncompliant, the next
+/// compliant again...): `first_seq` must be above every seq those devices
+/// sent. Paced per millisecond; prints the rate it kept.
+async fn flap(port: u16, rate: u64, seconds: u64, devices: u64, first_seq: u64) {
+    let ts = now_rfc3339();
+    let (client, mut el) = connect(&format!("bench-flap-{}", std::process::id()), port, 100_000);
+    let total = rate * seconds;
+    let acks = tokio::spawn(async move {
+        let mut acked = 0u64;
+        while acked < total {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("flap connection failed: {e}"),
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        let due = (start.elapsed().as_micros() as u64 * rate / 1_000_000).min(total);
+        while sent < due {
+            let device = sent % devices;
+            let seq = first_seq + sent / devices;
+            // Odd rounds noncompliant, even rounds compliant again.
+            let encrypted = (seq - first_seq) % 2 == 1;
+            let topic = format!("devices/dev-{device}/telemetry");
+            client.publish(topic, QoS::AtLeastOnce, false, report(seq, encrypted, &ts)).await.expect("queue publish");
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let paced = start.elapsed().as_secs_f64();
+    acks.await.expect("acks");
+    println!("flap: {sent} reports in {paced:.3} s ({:.0}/s), all acknowledged after {:.3} s", sent as f64 / paced, start.elapsed().as_secs_f64());
 }
 
 async fn latency(port: u16, flips: u32) {
@@ -394,6 +434,7 @@ fn main() {
             rt.block_on(publish(arg(2) as u16, arg(3), arg(4), qos, arg(6)));
         }
         Some("latency") => rt.block_on(latency(arg(2) as u16, arg(3) as u32)),
+        Some("flap") => rt.block_on(flap(arg(2) as u16, arg(3), arg(4), arg(5), arg(6))),
         Some("quarantine") => {
             let secret = args.get(5).cloned().expect("secret");
             rt.block_on(quarantine(arg(2) as u16, arg(3) as u16, arg(4) as u16, secret, arg(6) as u32));
