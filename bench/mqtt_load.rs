@@ -130,7 +130,11 @@ async fn flap(port: u16, rate: u64, seconds: u64, devices: u64, first_seq: u64) 
     }
     let paced = start.elapsed().as_secs_f64();
     acks.await.expect("acks");
-    println!("flap: {sent} reports in {paced:.3} s ({:.0}/s), all acknowledged after {:.3} s", sent as f64 / paced, start.elapsed().as_secs_f64());
+    println!(
+        "flap: {sent} reports in {paced:.3} s ({:.0}/s), all acknowledged after {:.3} s",
+        sent as f64 / paced,
+        start.elapsed().as_secs_f64()
+    );
 }
 
 async fn latency(port: u16, flips: u32) {

@@ -16,9 +16,9 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
@@ -26,7 +26,15 @@ fi
 # runs, a prometheus on 9090 (warden's default API port); the tests need
 # neither (they use free ports), and the prometheus server is stopped.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
-  ${sudo:-} systemctl disable --now prometheus >/dev/null 2>&1 || true
+  $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
+# The OpenAPI test's independent validator, from PyPI: openapi-spec-validator
+# (with jsonschema). Debian's python3 is externally managed (PEP 668).
+if ! python3 -c "import openapi_spec_validator, jsonschema" 2>/dev/null; then
+  python3 -m pip --version >/dev/null 2>&1 || { $sudo apt-get update -qq; DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip; }
+  python3 -m pip install --quiet openapi-spec-validator 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages openapi-spec-validator
 fi
 
 cargo fmt --all -- --check

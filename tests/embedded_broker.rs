@@ -337,6 +337,11 @@ fn retained_verdicts_are_back_after_a_restart() {
         (v["verdict"].as_str().unwrap().to_string(), v["cause"].as_str().unwrap().to_string())
     };
     assert_eq!(verdict("keep-1"), ("compliant".into(), "restart".into()));
-    assert_eq!(verdict("keep-2"), ("noncompliant".into(), "restart".into()));
+    // keep-2's rooted rule resumes its remediation at start, which may move
+    // it into a remediation group after its verdict was restated: then the
+    // newer status (cause `remediation`) is the retained one, as it should.
+    let (v, cause) = verdict("keep-2");
+    assert_eq!(v, "noncompliant");
+    assert!(cause == "restart" || cause == "remediation", "{cause}");
     w.stop();
 }

@@ -5,7 +5,6 @@
 
 use crate::compliance::{Device, Table, Verdict};
 use crate::metrics::Metrics;
-use crate::telemetry::report::format_rfc3339;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -18,6 +17,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod trail;
+pub mod views;
+
+use views::{ChangeList, Confirmed, DevicePage, DeviceView, GroupList, GroupPage, GroupView, HeldView, Problem};
+
+/// The OpenAPI document's frame; the paths come from the handlers as the
+/// router registers them.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "warden API", description = "Device compliance, overrides, groups, the audit trail and its events. Read tokens may GET; writes need an admin token."),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// Every `/api/v1` route takes a bearer token (when tokens are configured).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
 
 /// What `/readyz` checks: every configured plane is up. (The compliance
 /// state is restored before the HTTP listener is bound, so it is never
@@ -122,17 +145,48 @@ pub struct ChangeSource {
     pub confirm: tokio::sync::mpsc::Sender<crate::gateway::Confirm>,
 }
 
+/// The `/api/v1` routes, and the OpenAPI document describing exactly them.
+fn api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_devices))
+        .routes(routes!(get_device))
+        .routes(routes!(put_override, delete_override))
+        .routes(routes!(list_groups))
+        .routes(routes!(get_group))
+        .routes(routes!(trail::list_audit))
+        .routes(routes!(trail::list_events))
+        .routes(routes!(list_changes))
+        .routes(routes!(confirm_change))
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 document of `/api/v1` (as served at
+/// `/api/v1/openapi.json` and checked in as docs/openapi.json).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = api().1;
+    // The document itself is a route too.
+    let op = utoipa::openapi::path::OperationBuilder::new()
+        .summary(Some("This document (OpenAPI 3.1)"))
+        .operation_id(Some("openapi"))
+        .response("200", utoipa::openapi::Response::new("The OpenAPI document"))
+        .build();
+    doc.paths.add_path_operation("/api/v1/openapi.json", vec![utoipa::openapi::HttpMethod::Get], op);
+    doc
+}
+
 pub fn router(state: ApiState) -> Router {
-    let api = Router::new()
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}", get(get_device))
-        .route("/api/v1/devices/{id}/override", axum::routing::put(put_override).delete(delete_override))
-        .route("/api/v1/groups", get(list_groups))
-        .route("/api/v1/groups/{name}", get(get_group))
-        .route("/api/v1/audit", get(trail::list_audit))
-        .route("/api/v1/events", get(trail::list_events))
-        .route("/api/v1/changes", get(list_changes))
-        .route("/api/v1/changes/{id}/confirm", axum::routing::post(confirm_change))
+    let document = Arc::new(openapi().to_json().unwrap_or_default());
+    let api = api()
+        .0
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let document = Arc::clone(&document);
+                async move { ([(header::CONTENT_TYPE, "application/json")], (*document).clone()).into_response() }
+            }),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -191,25 +245,28 @@ async fn require_token(State(s): State<ApiState>, mut req: Request, next: Next) 
     next.run(req).await
 }
 
-fn held_json(h: &crate::compliance::Held) -> Value {
-    json!({
-        "id": h.id,
-        "cause": h.cause.label(),
-        "restricting": h.restricting,
-        "devices": h.live,
-        "held_since": format_rfc3339(h.since),
-    })
-}
-
-/// `GET /api/v1/changes`: the batches the circuit breaker holds.
+/// The batches the circuit breaker holds.
+#[utoipa::path(get, path = "/api/v1/changes", tag = "changes",
+    responses((status = 200, description = "The answer", body = ChangeList), (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json")))]
 async fn list_changes(State(s): State<ApiState>) -> Response {
-    let held: Vec<Value> =
-        s.changes.sources.iter().flat_map(|src| src.held.borrow().iter().map(held_json).collect::<Vec<_>>()).collect();
-    Json(json!({ "changes": held })).into_response()
+    let changes: Vec<HeldView> = s
+        .changes
+        .sources
+        .iter()
+        .flat_map(|src| src.held.borrow().iter().map(HeldView::of).collect::<Vec<_>>())
+        .collect();
+    Json(ChangeList { changes }).into_response()
 }
 
-/// `POST /api/v1/changes/{id}/confirm`: applies a held batch. A write: it
-/// needs an admin token (checked by the layer in front).
+/// Confirm a held batch (admin token).
+///
+/// The batch is applied (admin token; who and from where
+/// are recorded in the audit trail).
+#[utoipa::path(post, path = "/api/v1/changes/{id}/confirm", tag = "changes",
+    params(("id" = u64, Path, description = "The held batch's id")),
+    responses((status = 200, description = "The answer", body = Confirmed), (status = 400, description = "A malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json"), (status = 403, description = "A read token where an admin token is needed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Stopping, or not stored: try again", body = Problem, content_type = "application/problem+json")))]
 async fn confirm_change(
     State(s): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -230,17 +287,20 @@ async fn confirm_change(
     match answer.await {
         Ok(Some(h)) => {
             tracing::info!(change = h.id, "held change confirmed through the API");
-            Json(json!({ "confirmed": held_json(&h) })).into_response()
+            Json(Confirmed { confirmed: HeldView::of(&h) }).into_response()
         }
         Ok(None) => problem(StatusCode::NOT_FOUND, "no held change with that id"),
         Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// `compliant`, `noncompliant` or `unknown`.
     verdict: Option<String>,
+    /// A reported group or a dynamic group.
     group: Option<String>,
     /// Page size, default 100, at most 1000.
     limit: Option<usize>,
@@ -248,6 +308,11 @@ struct ListQuery {
     after: Option<String>,
 }
 
+/// A page of devices.
+///
+/// Sorted by id, filtered by verdict and group.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(ListQuery),
+    responses((status = 200, description = "The answer", body = DevicePage), (status = 400, description = "A malformed request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json")))]
 async fn list_devices(
     State(s): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -268,14 +333,13 @@ async fn list_devices(
                     || member_of(d).any(|m| m == g)
             })
     });
-    let devices: Vec<Value> = page.iter().map(|d| device_json(d, &s)).collect();
-    let next =
-        (devices.len() == limit).then(|| devices.last().and_then(|d| d["id"].as_str().map(str::to_string))).flatten();
-    Json(json!({ "devices": devices, "matched": matched, "next": next })).into_response()
+    let devices: Vec<DeviceView> = page.iter().map(|d| DeviceView::of(d, &s)).collect();
+    let next = (devices.len() == limit).then(|| devices.last().map(|d| d.id.clone())).flatten();
+    Json(DevicePage { devices, matched, next }).into_response()
 }
 
 /// The dynamic groups a device is in.
-fn member_of(d: &Device) -> impl Iterator<Item = &str> {
+pub(crate) fn member_of(d: &Device) -> impl Iterator<Item = &str> {
     d.group_set.names(d.groups)
 }
 
@@ -306,18 +370,11 @@ fn page_of(
     (page.into_sorted_vec().into_iter().map(|ById(d)| d).collect(), matched)
 }
 
-/// A group as the API shows it.
-fn group_json(g: &crate::policy::Group, members: usize) -> Value {
-    json!({
-        "name": g.name,
-        "description": g.description,
-        "members": members,
-        "vlan": g.vlan,
-        "filter_id": g.filter_id,
-    })
-}
-
-/// `GET /api/v1/groups`: every dynamic group and how many devices are in it.
+/// Every dynamic group.
+///
+/// With how many devices are in each now.
+#[utoipa::path(get, path = "/api/v1/groups", tag = "groups",
+    responses((status = 200, description = "The answer", body = GroupList), (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json")))]
 async fn list_groups(State(s): State<ApiState>) -> Response {
     let groups = Arc::clone(&s.groups.borrow());
     let mut counts = vec![0usize; groups.groups.len()];
@@ -328,18 +385,27 @@ async fn list_groups(State(s): State<ApiState>) -> Response {
             }
         }
     });
-    let list: Vec<Value> = groups.groups.iter().zip(counts).map(|(g, n)| group_json(g, n)).collect();
-    Json(json!({ "groups": list })).into_response()
+    let groups = groups.groups.iter().zip(counts).map(|(g, n)| GroupView::of(g, n)).collect();
+    Json(GroupList { groups }).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Page size, default 100, at most 1000.
     limit: Option<usize>,
+    /// Members whose id sorts after this one (the previous page's `next`).
     after: Option<String>,
 }
 
-/// `GET /api/v1/groups/{name}`: the group and a page of its members' ids.
+/// A dynamic group and a page of its members.
+///
+/// Member ids sorted.
+#[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "groups",
+    params(("name" = String, Path, description = "The group's name"), PageQuery),
+    responses((status = 200, description = "The answer", body = GroupPage), (status = 400, description = "A malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 async fn get_group(
     State(s): State<ApiState>,
     Path(name): Path<String>,
@@ -356,12 +422,9 @@ async fn get_group(
     let (page, matched) = page_of(&s.table, limit, q.after.as_deref(), |d| {
         d.groups & (1 << bit) != 0 && Arc::ptr_eq(&d.group_set, &groups)
     });
-    let members: Vec<&str> = page.iter().map(|d| &*d.id).collect();
-    let next = (members.len() == limit).then(|| members.last().map(|m| m.to_string())).flatten();
-    let mut body = group_json(g, matched);
-    body["devices"] = json!(members);
-    body["next"] = json!(next);
-    Json(body).into_response()
+    let devices: Vec<String> = page.iter().map(|d| d.id.to_string()).collect();
+    let next = (devices.len() == limit).then(|| devices.last().cloned()).flatten();
+    Json(GroupPage { group: GroupView::of(g, matched), devices, next }).into_response()
 }
 
 /// A device ordered by its id, for the page heap.
@@ -384,13 +447,20 @@ impl Ord for ById {
     }
 }
 
+/// One device.
+///
+/// Its verdict and failed rules, override, remediation, and
+/// its live RADIUS sessions and WireGuard peers. A device never heard of
+/// answers 404 with `"verdict": "unknown"`.
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "The answer", body = DeviceView), (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 async fn get_device(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     match s.table.get(&id) {
         Some(d) => {
-            let mut view = device_json(&d, &s);
-            let mut all = sessions(&s, &id).await;
-            all.extend(peers(&s, &d));
-            view["sessions"] = json!(all);
+            let mut view = DeviceView::of(&d, &s);
+            view.sessions = sessions(&s, &id).await;
+            view.sessions.extend(peers(&s, &d));
             Json(view).into_response()
         }
         // Still a verdict: a device never heard of is `unknown`.
@@ -402,18 +472,30 @@ async fn get_device(State(s): State<ApiState>, Path(id): Path<String>) -> Respon
     }
 }
 
-#[derive(Deserialize)]
+/// An override to set.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideBody {
+    /// `exempt` (treated as compliant) or `quarantine` (treated as noncompliant).
+    #[schema(value_type = String, example = "exempt")]
     mode: crate::compliance::overrides::Mode,
-    /// How long, e.g. "2h".
+    /// How long, e.g. `2h` (at most 90 days).
     #[serde(rename = "for")]
+    #[schema(example = "2h")]
     duration: String,
+    /// Why (kept, at most 500 bytes).
     reason: String,
 }
 
-/// `PUT /api/v1/devices/{id}/override`: exempt or quarantine a device for
-/// a while (admin token; its name is recorded). Answered once durable.
+/// Set a device's override (admin token).
+///
+/// Exempts or quarantines the device for a while; the token's name and
+/// the client's address are recorded. Answered once the override is on disk.
+#[utoipa::path(put, path = "/api/v1/devices/{id}/override", tag = "devices",
+    params(("id" = String, Path, description = "The device id")), request_body = OverrideBody,
+    responses((status = 200, description = "The answer", body = DeviceView), (status = 400, description = "A malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json"), (status = 403, description = "A read token where an admin token is needed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 413, description = "A body over 64 KiB", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Stopping, or not stored: try again", body = Problem, content_type = "application/problem+json")))]
 async fn put_override(
     State(s): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -452,7 +534,13 @@ async fn put_override(
     apply_override(&s, id, Some(o), &by, caller.from()).await
 }
 
-/// `DELETE /api/v1/devices/{id}/override`: back to what reports say.
+/// End a device's override (admin token).
+///
+/// Back to what its reports say.
+#[utoipa::path(delete, path = "/api/v1/devices/{id}/override", tag = "devices",
+    params(("id" = String, Path, description = "The device id")),
+    responses((status = 200, description = "The answer", body = DeviceView), (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json"), (status = 403, description = "A read token where an admin token is needed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Stopping, or not stored: try again", body = Problem, content_type = "application/problem+json")))]
 async fn delete_override(
     State(s): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -485,7 +573,7 @@ async fn apply_override(
             }
             tracing::info!(device = %id, override = what, by, "override set through the API");
             match s.table.get(&id) {
-                Some(d) => Json(device_json(&d, s)).into_response(),
+                Some(d) => Json(DeviceView::of(&d, s)).into_response(),
                 None => problem(StatusCode::NOT_FOUND, "the device was forgotten meanwhile"),
             }
         }
@@ -547,65 +635,23 @@ fn peers(s: &ApiState, d: &Device) -> Vec<Value> {
         .collect()
 }
 
-/// A device as the API shows it: verdict, why, since when, and who it is.
-fn device_json(d: &Device, s: &ApiState) -> Value {
-    let stale_after = s.stale_after;
-    let mut failed: Vec<Value> = d
-        .failures
-        .iter()
-        .map(|f| {
-            let rule = f.rule();
-            json!({
-                "policy": f.policy.name,
-                "rule": rule.id,
-                "observed": &*f.observed,
-                "expected": if f.policy.source.as_os_str() == crate::compliance::identity::BUILT_IN {
-                    json!("no identity bound to another live device")
-                } else {
-                    json!(rule.check.expected())
-                },
-                "severity": f.policy.severity,
-                "enforcement": f.policy.enforcement,
-                "remediation": rule.remediation,
-                "failing_since": format_rfc3339(f.since),
-            })
-        })
-        .collect();
-    if d.verdict == Verdict::Unknown {
-        failed.push(json!({
-            "policy": "warden",
-            "rule": "inactive",
-            "observed": format!("last seen {}", format_rfc3339(d.last_seen)),
-            "expected": format!("a report within {}", humantime::format_duration(stale_after)),
-        }));
+#[cfg(test)]
+mod tests {
+    /// docs/openapi.json is the document the server serves. After a change
+    /// to the API, `WARDEN_BLESS=1 cargo test --lib openapi` writes it anew.
+    #[test]
+    fn the_checked_in_openapi_document_is_the_served_one() {
+        let served = super::openapi().to_pretty_json().unwrap() + "\n";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+        if std::env::var_os("WARDEN_BLESS").is_some() {
+            std::fs::write(&path, &served).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == served,
+            "docs/openapi.json differs from the API's document: run WARDEN_BLESS=1 cargo test --lib openapi"
+        );
+        let doc: serde_json::Value = serde_json::from_str(&served).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "OpenAPI 3.1");
     }
-    let r = &d.report;
-    json!({
-        "id": &*d.id,
-        "verdict": d.verdict,
-        "held": d.held,
-        "failed_rules": failed,
-        "enforce": d.enforce,
-        "override": d.admin_override.as_deref().map(|o| json!({
-            "mode": o.mode,
-            "reason": o.reason,
-            "by": o.by,
-            "set": format_rfc3339(o.set),
-            "until": format_rfc3339(o.until),
-        })),
-        "since": format_rfc3339(d.since),
-        "last_seen": format_rfc3339(d.last_seen),
-        "seq": r.seq,
-        "groups": r.groups,
-        "member_of": member_of(d).collect::<Vec<_>>(),
-        "os": r.os,
-        "os_version": r.os_version,
-        "identities": {
-            "mac_addresses": r.mac_addresses,
-            "wg_public_key": r.wg_public_key,
-            "cert_identity": r.cert_identity,
-        },
-        "remediation": s.remediation.get(&d.id).and_then(|v| serde_json::from_str::<Value>(v.value()).ok()),
-        "sessions": [],
-    })
 }

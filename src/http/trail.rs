@@ -2,6 +2,7 @@
 //! entries (admin token); `GET /api/v1/events` is the event stream for
 //! consumers that pull, a long poll over the same entries as CloudEvents.
 
+use super::views::{AuditPage, EventsPage, Problem};
 use super::{ApiState, Caller, bad_request, problem};
 use crate::gateway::audit_reader::Reader;
 use axum::Json;
@@ -9,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Entries read per step while filtering.
 const CHUNK: usize = 1024;
@@ -18,23 +19,32 @@ const CHUNK: usize = 1024;
 /// `next` to go on from.
 const SCAN: usize = 100_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
+    /// Only this device's entries.
     device: Option<String>,
+    /// Only entries of this kind, e.g. `warden.override.set`.
     kind: Option<String>,
-    /// RFC 3339 bounds on the entry's time.
+    /// RFC 3339: entries at or after this time.
     since: Option<String>,
+    /// RFC 3339: entries at or before this time.
     until: Option<String>,
     /// Entries after this sequence number (the previous page's `next`).
     after: Option<u64>,
+    /// Page size, default 100, at most 1000.
     limit: Option<usize>,
 }
 
-/// `GET /api/v1/audit` (admin token): a page of the audit trail's entries,
-/// filtered by device, kind and time, in sequence order. Checkpoints are
-/// not listed; `warden audit verify` checks them. `next` is where the next
-/// page starts (`after=next`), absent at the end.
+/// A page of the audit trail (admin token).
+///
+/// Entries filtered by device, kind and time, in sequence order. Checkpoints are not listed (`warden
+/// audit verify` checks them). `next` is where the next page starts
+/// (`after=next`), absent at the end.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, description = "The answer", body = AuditPage), (status = 400, description = "A malformed request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A read token where an admin token is needed", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn list_audit(
     State(s): State<ApiState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -68,7 +78,7 @@ pub(super) async fn list_audit(
             // More may follow when the page is full or the scan stopped
             // short of the trail's end.
             let next = (scanned < head).then_some(scanned);
-            Json(json!({ "entries": entries, "next": next })).into_response()
+            Json(AuditPage { entries, next }).into_response()
         }
         _ => problem(StatusCode::INTERNAL_SERVER_ERROR, "the audit trail could not be read"),
     }
@@ -112,25 +122,30 @@ fn page(
     Ok((out, reader.after()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
     /// Events after this cursor (the previous answer's `next`); absent:
     /// from now on.
     after: Option<u64>,
     /// Event types, comma-separated (absent: all).
     types: Option<String>,
+    /// Page size, default 100, at most 1000.
     limit: Option<usize>,
     /// How long to wait for an event when there is none (e.g. `10s`; at
     /// most the server's long-poll bound, 25 s by default).
     wait: Option<String>,
 }
 
-/// `GET /api/v1/events?after=CURSOR` (read token): the event stream as a
-/// long poll. Answers at once when events after the cursor are durable,
-/// else waits for one up to `wait`. The answer is
-/// `{"events": [CloudEvent...], "next": CURSOR}`; `next` goes in the next
-/// request's `after` (it moves past filtered-out entries too).
+/// The event stream, as a long poll (read token).
+///
+/// CloudEvents after the cursor, at once when some are durable, else as soon as one is, up to
+/// `wait`. `next` goes in the next request's `after` (it moves past
+/// filtered-out entries too).
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery),
+    responses((status = 200, description = "The answer", body = EventsPage), (status = 400, description = "A malformed request", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No bearer token, or a wrong one", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn list_events(
     State(s): State<ApiState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
@@ -179,13 +194,13 @@ pub(super) async fn list_events(
             };
             after = after.max(scanned);
             if !events.is_empty() {
-                return Json(json!({ "events": events, "next": after })).into_response();
+                return Json(EventsPage { events, next: after }).into_response();
             }
         }
         match tokio::time::timeout_at(deadline, durable.changed()).await {
             Ok(Ok(())) => {}
             // The time is up (or warden is stopping): nothing yet.
-            _ => return Json(json!({ "events": [], "next": after })).into_response(),
+            _ => return Json(EventsPage { events: Vec::new(), next: after }).into_response(),
         }
     }
 }
