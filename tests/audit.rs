@@ -71,6 +71,9 @@ fn a_drift_and_its_remediation_leave_a_verifiable_trail_and_tampering_is_named()
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     publish(mqtt, "devices/pos-0001/telemetry", &pos_report(3, json!({})));
     wait_verdict(&w, "pos-0001", "compliant");
+    // A second device claiming pos-0001's MAC and certificate.
+    publish(mqtt, "devices/pos-0002/telemetry", &pos_report(1, json!({})));
+    wait_verdict(&w, "pos-0002", "noncompliant");
     w.stop();
 
     // Restarted, the chain goes on in the same file.
@@ -116,6 +119,8 @@ fn a_drift_and_its_remediation_leave_a_verifiable_trail_and_tampering_is_named()
     let set = &all.iter().find(|e| e["kind"] == "warden.override.set").unwrap()["data"];
     assert_eq!((set["by"].as_str(), set["reason"].as_str()), (Some("admin"), Some("repair ticket 7")), "{set}");
     assert_eq!(set["from"], "127.0.0.1", "where the write came from: {set}");
+    let conflict = all.iter().find(|e| e["kind"] == "warden.identity.conflict").expect("the identity conflict");
+    assert_eq!((conflict["device"].as_str(), conflict["data"]["owner"].as_str()), (Some("pos-0002"), Some("pos-0001")));
     assert!(all.iter().any(|e| e["checkpoint"].is_u64() && e["sig"].is_string()), "signed checkpoints");
     let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one chain across the restart");

@@ -339,6 +339,7 @@ impl ComplianceTask {
             forgotten += 1;
             self.journal.forgotten(&id);
             self.remediation.forget(&id);
+            self.audit_record(Some(&id), "warden.device.forgotten", serde_json::json!({"after": "forget_after"}));
             tracing::debug!(device = %id, "device forgotten");
         }
         if forgotten > 0 {
@@ -348,6 +349,11 @@ impl ComplianceTask {
         }
         while let Some(c) = self.engine.poll_conflict() {
             self.metrics.identity_conflict(c.kind.label());
+            self.audit_record(
+                Some(&c.claimant),
+                "warden.identity.conflict",
+                serde_json::json!({"kind": c.kind.label(), "owner": &*c.owner, "identity": &*c.identity}),
+            );
             tracing::info!(device = %c.claimant, owner = %c.owner, kind = c.kind.label(), "identity claim refused: bound to another live device");
             tracing::debug!(identity = %c.identity, "refused identity");
         }
