@@ -49,6 +49,8 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// A drift report computed from the audit trail.
+    Report(ReportArgs),
     /// Overrides on one device, through the API of a running warden (an admin token).
     Device {
         #[command(subcommand)]
@@ -113,6 +115,35 @@ pub enum PolicyCommand {
         #[arg(long, default_value = "policies")]
         dir: PathBuf,
     },
+}
+
+/// `warden report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The window: this long before `--until`, e.g. 7d, 24h.
+    #[arg(long, default_value = "7d")]
+    pub since: String,
+    /// The window's end (RFC 3339; default: now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this policy's rules.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Only devices in this group (reported or dynamic).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// html, csv or json.
+    #[arg(long, default_value = "html")]
+    pub format: String,
+    /// Write here (atomically) instead of to standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The trail's directory (default: the config's state_dir/audit).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The configuration the trail's place comes from (default: the embedded one).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -300,3 +300,82 @@ pub fn audit_verify(dir: &Path, key: Option<&Path>) -> ExitCode {
         }
     }
 }
+
+/// `warden report`: the drift report over the audit trail, in one pass.
+pub fn report(args: &crate::cli::ReportArgs) -> ExitCode {
+    use crate::report::{Builder, DAY, Options, render};
+    let fail = |msg: String| {
+        eprintln!("{msg}");
+        ExitCode::from(2)
+    };
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => match args.config.as_deref().map(Loaded::from_file).unwrap_or_else(|| Ok(Loaded::embedded_default())) {
+            Ok(l) => l.config.node.state_dir.join("audit"),
+            Err(errors) => return fail(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
+        },
+    };
+    let until = match args.until.as_deref().map(crate::telemetry::report::parse_rfc3339) {
+        None => crate::gateway::mqtt::wall_now(),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return fail(format!("--until: {e}")),
+    };
+    let since = match crate::diag::parse_duration(&args.since) {
+        Ok(d) => until - i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(until),
+        Err(e) => return fail(format!("--since: {e}")),
+    };
+    let render: fn(&crate::report::Report) -> String = match args.format.as_str() {
+        "html" => render::html,
+        "csv" => render::csv,
+        "json" => render::json,
+        other => return fail(format!("--format {other:?}: html, csv or json")),
+    };
+    let files = match crate::audit::files(&dir) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    };
+    let step = if until - since > 90 * DAY { 7 * DAY } else { DAY };
+    let mut builder =
+        Builder::new(Options { since, until, policy: args.policy.clone(), group: args.group.clone(), step });
+    for (_, path) in &files {
+        use std::io::BufRead as _;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        };
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => builder.line(&line),
+                Err(e) => return fail(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+    let text = render(&builder.finish());
+    match &args.out {
+        None => {
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(text.as_bytes());
+        }
+        Some(out) => {
+            if let Err(e) = write_atomically(out, text.as_bytes()) {
+                return fail(format!("{}: {e}", out.display()));
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Writes `path` whole or not at all: a temporary file beside it, synced,
+/// then renamed over it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

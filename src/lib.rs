@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod policy;
 pub mod radius;
 pub mod remediation;
+pub mod report;
 pub mod telemetry;
 pub mod tokens;
 pub mod users;

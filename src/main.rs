@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             warden::commands::audit_verify(&dir, key.as_deref())
         }
         Command::Device { command, api } => warden::commands::device(&command, &api),
+        Command::Report(args) => warden::commands::report(&args),
     }
 }
 

@@ -125,6 +125,23 @@ fn a_drift_and_its_remediation_leave_a_verifiable_trail_and_tampering_is_named()
     let seqs: Vec<u64> = all.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "one chain across the restart");
 
+    // The drift report over the same trail, as a compliance officer runs it.
+    let out = warden(&dir, &["report", "--dir", "state/audit", "--since", "1h", "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rule =
+        |k: &str| report["rules"].as_array().unwrap().iter().find(|r| r["rule"] == k).cloned().unwrap_or_default();
+    assert_eq!(rule("pos-baseline/not-rooted")["drifts"], 1, "{report}");
+    assert_eq!(rule("pos-baseline/not-rooted")["remediated"], 1, "{report}");
+    assert_eq!(rule("pos-baseline/disk-encrypted")["drifts"], 1, "{report}");
+    let failing: Vec<&str> =
+        report["failing"].as_array().unwrap().iter().map(|f| f["device"].as_str().unwrap()).collect();
+    assert_eq!(failing, ["pos-0002", "pos-0001"], "{report}");
+    assert_eq!(report["overrides"][0]["by"], "admin", "{report}");
+    let out = warden(&dir, &["report", "--dir", "state/audit", "--format", "html", "--out", "report.html"]);
+    assert!(out.status.success());
+    assert!(std::fs::read_to_string(dir.join("report.html")).unwrap().contains("pos-baseline/not-rooted"));
+
     let out = warden(&dir, &["audit", "verify", "--dir", "state/audit", "--key", "certs/audit.key"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));

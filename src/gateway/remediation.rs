@@ -187,7 +187,7 @@ fn record(a: &mut super::audit_trail::AuditTrail, e: &Event) {
             at,
             "warden.remediation.completed",
             Some(device),
-            json!({"rule": key, "took_s": took.as_secs(), "escalated": escalated}),
+            json!({"rule": key, "took_s": took.as_secs(), "took_ms": took.as_millis() as u64, "escalated": escalated}),
         ),
         Event::Escalated { device, key } => {
             a.record(at, "warden.remediation.escalated", Some(device), json!({"rule": key}))
