@@ -303,7 +303,7 @@ pub fn audit_verify(dir: &Path, key: Option<&Path>) -> ExitCode {
 
 /// `warden report`: the drift report over the audit trail, in one pass.
 pub fn report(args: &crate::cli::ReportArgs) -> ExitCode {
-    use crate::report::{Builder, DAY, Options, render};
+    use crate::report::{Options, render};
     let fail = |msg: String| {
         eprintln!("{msg}");
         ExitCode::from(2)
@@ -330,31 +330,13 @@ pub fn report(args: &crate::cli::ReportArgs) -> ExitCode {
         "json" => render::json,
         other => return fail(format!("--format {other:?}: html, csv or json")),
     };
-    let files = match crate::audit::files(&dir) {
-        Ok(f) => f,
+    let step = crate::gateway::reports::step_for(since, until);
+    let opts = Options { since, until, policy: args.policy.clone(), group: args.group.clone(), step };
+    let report = match crate::gateway::reports::build_from_dir(&dir, opts) {
+        Ok(r) => r,
         Err(e) => return fail(format!("{}: {e}", dir.display())),
     };
-    let step = if until - since > 90 * DAY { 7 * DAY } else { DAY };
-    let mut builder =
-        Builder::new(Options { since, until, policy: args.policy.clone(), group: args.group.clone(), step });
-    for (_, path) in &files {
-        use std::io::BufRead as _;
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) => return fail(format!("{}: {e}", path.display())),
-        };
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) => break,
-                Ok(_) => builder.line(&line),
-                Err(e) => return fail(format!("{}: {e}", path.display())),
-            }
-        }
-    }
-    let text = render(&builder.finish());
+    let text = render(&report);
     match &args.out {
         None => {
             use std::io::Write as _;

@@ -34,6 +34,9 @@ pub struct Config {
     /// The event stream's webhooks.
     #[serde(default)]
     pub events: crate::events::config::Events,
+    /// Drift reports written on a schedule.
+    #[serde(default)]
+    pub reports: Vec<crate::report::config::ReportConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +244,8 @@ pub struct Loaded {
     pub eap: Option<crate::eap::config::Checked>,
     /// `[[events.webhooks]]` checked, with their secrets.
     pub webhooks: Vec<crate::events::config::Webhook>,
+    /// `[[reports]]` checked.
+    pub reports: Vec<crate::report::config::Scheduled>,
 }
 
 impl Loaded {
@@ -268,7 +273,16 @@ impl Loaded {
             "embedded MQTT broker on {} allows anonymous clients (loopback only; set mqtt.credentials_file or tls_listen for devices)",
             config.mqtt.listen
         ));
-        Self { config, secrets, file: None, warnings, wireguard: None, eap: None, webhooks: Vec::new() }
+        Self {
+            config,
+            secrets,
+            file: None,
+            warnings,
+            wireguard: None,
+            eap: None,
+            webhooks: Vec::new(),
+            reports: Vec::new(),
+        }
     }
 
     /// Reads and validates `file`. Relative paths inside it are taken
@@ -319,6 +333,7 @@ impl Loaded {
             rebase(p);
         }
         config.events.rebase(&rebase);
+        crate::report::config::rebase(&mut config.reports, &rebase);
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let locate = |needle: &str| text.find(needle).unwrap_or(0);
@@ -402,6 +417,7 @@ impl Loaded {
             errors.push(Located::at(file, text, locate("checkpoint_every"), "checkpoint_every must be more than 0s"));
         }
         let webhooks = config.events.check(file, text, config.audit.enabled, &mut errors);
+        let reports = crate::report::config::check(&config.reports, file, text, config.audit.enabled, &mut errors);
         let wireguard = match &config.wireguard {
             Some(w) => match w.check(file, text, &mut warnings) {
                 Ok(checked) => Some(checked),
@@ -426,7 +442,7 @@ impl Loaded {
             errors.push(Located::at(file, text, text.find("[eap]").unwrap_or(0), "[eap] needs a [radius] section"));
         }
         if errors.is_empty() {
-            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings, wireguard, eap, webhooks })
+            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings, wireguard, eap, webhooks, reports })
         } else {
             Err(errors)
         }

@@ -106,6 +106,8 @@ pub struct Metrics {
     webhook_deliveries: [IntCounter; WebhookResult::ALL.len()],
     /// Trail entries each webhook sink has yet to take.
     pub webhook_backlog: IntGaugeVec,
+    /// Scheduled reports written, and not written (`result` ok / failed).
+    reports: [IntCounter; 2],
 }
 
 /// `result` label values of `warden_webhook_deliveries_total`: events
@@ -550,6 +552,10 @@ impl Metrics {
                 );
                 WebhookResult::ALL.map(|r| d.with_label_values(&[r.label()]))
             },
+            reports: {
+                let r = counters("warden_reports_total", "Scheduled drift reports, by result", &["result"]);
+                ["ok", "failed"].map(|l| r.with_label_values(&[l]))
+            },
             webhook_backlog: reg(
                 &registry,
                 IntGaugeVec::new(
@@ -560,6 +566,11 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    /// Counts a scheduled report written (`true`) or not.
+    pub fn reports(&self, ok: bool) {
+        self.reports[usize::from(!ok)].inc();
     }
 
     /// Counts webhook events (or attempts, for `Failed`) by result.

@@ -158,3 +158,40 @@ fn a_drift_and_its_remediation_leave_a_verifiable_trail_and_tampering_is_named()
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("audit-1.jsonl:{}", i + 1)) && err.contains("edited"), "{err}");
 }
+
+/// `[[reports]]`: a report whose latest due time passed while warden was not
+/// running is written at start, in every format, with an index; a restart
+/// does not write it again.
+#[test]
+fn a_scheduled_report_that_fell_due_is_written_at_start_once() {
+    let dir = Warden::workdir();
+    let mqtt = free_port();
+    let config = format!(
+        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nallow_anonymous = true\n[policy]\ndir = \"policies\"\n\
+         [[reports]]\nname = \"daily-drift\"\nschedule = \"daily 00:00\"\nsince = \"1d\"\nformats = [\"html\", \"csv\", \"json\"]\nout_dir = \"reports\"\n"
+    );
+    let mut w = Warden::launch(&dir, &config, mqtt, "");
+    w.wait_ready();
+    let index = wait_for("the report's index", std::time::Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(dir.join("reports/index.json")).ok()?;
+        serde_json::from_str::<Value>(&text).ok()
+    });
+    let reports = index["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 1, "{index}");
+    let files: Vec<&str> = reports[0]["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert_eq!(files.len(), 3);
+    for f in &files {
+        assert!(dir.join("reports").join(f).exists(), "{f}");
+    }
+    assert!(reports[0]["until"].as_str().unwrap().ends_with("T00:00:00Z"), "{index}");
+    assert!(std::fs::read_to_string(dir.join("reports/index.html")).unwrap().contains(files[0]));
+    w.stop();
+    // Restarted: the same due time is already written.
+    let mut w = Warden::launch(&dir, &config, mqtt, "");
+    w.wait_ready();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    w.stop();
+    let text = std::fs::read_to_string(dir.join("reports/index.json")).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["reports"].as_array().unwrap().len(), 1, "{text}");
+    assert!(w.log_text().lines().all(|l| !l.contains("scheduled report written")), "not written twice");
+}

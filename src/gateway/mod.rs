@@ -10,6 +10,7 @@ mod audit_trail;
 mod authorize;
 mod commit;
 mod compliance_task;
+pub mod reports;
 pub mod webhooks;
 pub use compliance_task::{Confirm, OverrideRequest};
 pub use radius_task::SessionQuery;
@@ -303,6 +304,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         tasks.spawn(task.run(shutdown.clone(), ready.wireguard.clone()));
     }
     tasks.spawn(reload::run(cfg.policy.dir.clone(), policy_tx, Arc::clone(&metrics), shutdown.clone()));
+    tasks.spawn(reports::run(
+        loaded.reports.clone(),
+        cfg.node.state_dir.join("audit"),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
     let api = crate::http::router(ApiState {
         table,
         remediation: remediation_views,

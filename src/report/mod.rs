@@ -9,7 +9,9 @@
 //! the devices (their last verdict, failed rules and groups), never by the
 //! entries.
 
+pub mod config;
 pub mod render;
+pub mod schedule;
 #[cfg(test)]
 mod tests;
 
