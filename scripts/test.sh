@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 # NAS answering CoA), wireguard-go + wg + ip + ping (the remote peer of the
 # WireGuard tests, in network namespaces they create), eapol_test (eapoltest:
 # the 802.1X supplicant of the EAP tests), promtool (prometheus: checks the
-# alerting rules in docs/prometheus). Installed only when missing.
-packages=(mosquitto mosquitto-clients openssl freeradius-utils python3 wireguard-go wireguard-tools iproute2 iputils-ping eapoltest prometheus)
+# alerting rules in docs/prometheus), chromium + chromedriver (the web
+# console's browser test). Installed only when missing.
+packages=(mosquitto mosquitto-clients openssl freeradius-utils python3 wireguard-go wireguard-tools iproute2 iputils-ping eapoltest prometheus chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -58,9 +58,39 @@ impl Api {
             content.len()
         )
         .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(|e| e.to_string())?;
+        let raw = read_response(&mut s.take(MAX_RESPONSE)).map_err(|e| e.to_string())?;
         parse(&raw)
+    }
+}
+
+/// Reads one response: the head, then `Content-Length` bytes, or the
+/// chunks up to the last, or (neither given) until the server closes. Not
+/// waiting for the close when the length is known: some servers (e.g.
+/// chromedriver) answer `Connection: close` and keep the socket open.
+fn read_response(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()));
+            let chunked = head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+            let done = match length {
+                Some(n) => raw.len() >= end + 4 + n,
+                None if chunked => raw.ends_with(b"0\r\n\r\n"),
+                None => false,
+            };
+            if done {
+                return Ok(raw);
+            }
+        }
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
     }
 }
 

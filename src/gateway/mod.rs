@@ -317,6 +317,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         audit_dir: cfg.audit.enabled.then(|| cfg.node.state_dir.join("audit")),
         audit_durable: audit_durable_rx,
         events_source: cfg.events.source.clone(),
+        console: Arc::default(),
+        report_dirs: Arc::new(loaded.reports.iter().map(|r| (r.name.clone(), r.out_dir.clone())).collect()),
         long_poll: cfg
             .http
             .request_timeout

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub mod console;
 mod trail;
 pub mod views;
 
@@ -71,6 +72,10 @@ pub struct ApiState {
     /// How long `/api/v1/events` waits for an event (below the server's
     /// request timeout).
     pub long_poll: std::time::Duration,
+    /// The web console's sessions.
+    pub console: Arc<console::Sessions>,
+    /// Each scheduled report's name and directory (the console lists them).
+    pub report_dirs: Arc<Vec<(String, std::path::PathBuf)>>,
     /// The WireGuard router, for a device's peers (none without WireGuard).
     pub wireguard: Option<Arc<crate::wireguard::router::Router>>,
     /// Each device's running remediation plans, kept by the compliance task.
@@ -193,6 +198,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
+        .merge(console::router())
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
@@ -553,7 +559,7 @@ async fn delete_override(
     apply_override(&s, id, None, &by, caller.from()).await
 }
 
-async fn apply_override(
+pub(crate) async fn apply_override(
     s: &ApiState,
     id: String,
     o: Option<crate::compliance::overrides::Override>,
@@ -589,7 +595,7 @@ pub(crate) fn bad_request(msg: &str) -> Response {
 /// A device's RADIUS sessions, from the task that holds them; empty if it
 /// does not answer within 200 ms (it is busy enforcing: the view waits
 /// less than enforcement would).
-async fn sessions(s: &ApiState, id: &str) -> Vec<Value> {
+pub(crate) async fn sessions(s: &ApiState, id: &str) -> Vec<Value> {
     let Some(queries) = &s.sessions else { return Vec::new() };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let query = crate::gateway::SessionQuery { device: id.to_string(), reply };
@@ -605,7 +611,7 @@ async fn sessions(s: &ApiState, id: &str) -> Vec<Value> {
 
 /// A device's WireGuard peers: configured for it, or holding the key it
 /// reported.
-fn peers(s: &ApiState, d: &Device) -> Vec<Value> {
+pub(crate) fn peers(s: &ApiState, d: &Device) -> Vec<Value> {
     use base64::Engine as _;
     let Some(router) = &s.wireguard else { return Vec::new() };
     let mut peers = router.peers_of_device(&d.id);

@@ -86,7 +86,7 @@ pub(super) async fn list_audit(
 
 /// Up to `limit` entries after `after` (up to `head`) that `keep` takes,
 /// and the last entry scanned.
-fn page(
+pub(super) fn page(
     dir: &std::path::Path,
     after: u64,
     head: u64,
