@@ -433,6 +433,18 @@ async fn history(s: &ApiState, id: &str) -> Vec<serde_json::Value> {
     entries
 }
 
+/// The admin session a form was posted from, its CSRF token checked.
+fn admin_form(s: &ApiState, headers: &HeaderMap, csrf: &str) -> Result<Session, Box<Response>> {
+    let v = viewer(s, headers)?;
+    let Some(session) = v.admin() else {
+        return Err(Box::new(secured((StatusCode::FORBIDDEN, "an admin token is needed").into_response())));
+    };
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(csrf.as_bytes(), session.csrf.as_bytes())) {
+        return Err(Box::new(secured((StatusCode::FORBIDDEN, "stale form: load the page again").into_response())));
+    }
+    Ok(session.clone())
+}
+
 #[derive(Deserialize)]
 struct OverrideForm {
     csrf: String,
@@ -450,16 +462,10 @@ async fn set_override(
     peer: Option<axum::Extension<super::Peer>>,
     Form(f): Form<OverrideForm>,
 ) -> Response {
-    let v = match viewer(&s, &headers) {
-        Ok(v) => v,
+    let session = match admin_form(&s, &headers, &f.csrf) {
+        Ok(session) => session,
         Err(r) => return *r,
     };
-    let Some(session) = v.admin() else {
-        return secured((StatusCode::FORBIDDEN, "an admin token is needed").into_response());
-    };
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(f.csrf.as_bytes(), session.csrf.as_bytes())) {
-        return secured((StatusCode::FORBIDDEN, "stale form: load the page again").into_response());
-    }
     let from = peer.map(|p| p.0.0.ip().to_string());
     let o = if f.mode == "clear" {
         None
@@ -541,16 +547,10 @@ async fn confirm(
     peer: Option<axum::Extension<super::Peer>>,
     Form(f): Form<Csrf>,
 ) -> Response {
-    let v = match viewer(&s, &headers) {
-        Ok(v) => v,
+    let session = match admin_form(&s, &headers, &f.csrf) {
+        Ok(session) => session,
         Err(r) => return *r,
     };
-    let Some(session) = v.admin() else {
-        return secured((StatusCode::FORBIDDEN, "an admin token is needed").into_response());
-    };
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(f.csrf.as_bytes(), session.csrf.as_bytes())) {
-        return secured((StatusCode::FORBIDDEN, "stale form: load the page again").into_response());
-    }
     let Some(source) = s.changes.sources.iter().find(|src| src.held.borrow().iter().any(|h| h.id == id)) else {
         return redirect("/ui/changes");
     };
