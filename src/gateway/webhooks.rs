@@ -335,3 +335,25 @@ fn tls_connector(hook: &Webhook) -> Result<tokio_rustls::TlsConnector, rustls::E
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_sink_starts_at_the_end_and_keeps_it_a_damaged_cursor_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events/siem.cursor");
+        // New: the trail's end, written at once (a crash before the first
+        // delivery must not move the start).
+        assert_eq!(start_cursor(&path, 42).unwrap(), 42);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "42");
+        assert_eq!(start_cursor(&path, 99).unwrap(), 42, "kept, not moved to the new end");
+        save_cursor(&path, 77);
+        assert_eq!(start_cursor(&path, 99).unwrap(), 77);
+        // Damaged: from the oldest entry (the core gives up what is older
+        // than retry_for, counted), never from the end.
+        std::fs::write(&path, "\u{0}garbage").unwrap();
+        assert_eq!(start_cursor(&path, 99).unwrap(), 0);
+    }
+}
