@@ -92,13 +92,27 @@ impl AuditTrail {
         let (segment, chain, size) = match files.last() {
             None => (1, Chain::default(), 0),
             Some((n, path)) => {
-                let (chain, good) = resume(path).with_context(|| format!("reading {}", path.display()))?;
+                let (last, good, damaged) = resume(path).with_context(|| format!("reading {}", path.display()))?;
                 let len = std::fs::metadata(path)?.len();
                 if good < len {
                     tracing::warn!(file = %path.display(), cut = len - good, "audit trail: a torn last line (a crash mid-write) cut off");
                     std::fs::OpenOptions::new().write(true).open(path)?.set_len(good)?;
                 }
-                (*n, chain, good)
+                if damaged > 0 {
+                    // Not a crash (appends only tear the last line): kept as
+                    // found, for `warden audit verify` to name.
+                    tracing::error!(file = %path.display(), lines = damaged, "audit trail: damaged lines kept as they are; warden audit verify names them");
+                }
+                // A file just started (rotation, then a stop) holds nothing
+                // yet: the chain goes on from the newest file that does.
+                let mut chain = last;
+                for (_, older) in files.iter().rev().skip(1) {
+                    if chain.is_some() {
+                        break;
+                    }
+                    chain = resume(older).with_context(|| format!("reading {}", older.display()))?.0;
+                }
+                (*n, chain.unwrap_or_default(), good)
             }
         };
         let file = open_segment(dir, segment)?;
@@ -242,29 +256,34 @@ fn open_segment(dir: &Path, n: u64) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
-/// The chain at the end of `path`'s last complete line, and that line's end.
-fn resume(path: &Path) -> std::io::Result<(Chain, u64)> {
+/// The chain at `path`'s last readable line (none: no readable line), the
+/// end of its last complete line (what follows is a torn write), and how
+/// many complete lines could not be read (damage, not a crash).
+fn resume(path: &Path) -> std::io::Result<(Option<Chain>, u64, usize)> {
     let text = std::fs::read(path)?;
-    let mut chain = Chain::default();
-    let mut good = 0u64;
-    let mut at = 0usize;
+    let mut chain = None;
+    let (mut good, mut at, mut damaged) = (0u64, 0usize, 0usize);
     for line in text.split_inclusive(|b| *b == b'\n') {
         at += line.len();
         if !line.ends_with(b"\n") {
-            break; // torn
+            break; // torn: the last line, cut by the caller
         }
-        let Ok(v) = serde_json::from_slice::<serde_json::Map<String, Value>>(line) else { break };
+        good = at as u64;
+        let Ok(v) = serde_json::from_slice::<serde_json::Map<String, Value>>(line) else {
+            damaged += 1;
+            continue;
+        };
         let (seq, head) = if let Some(seq) = v.get("checkpoint").and_then(Value::as_u64) {
             (seq, v.get("head"))
         } else {
             (v.get("seq").and_then(Value::as_u64).unwrap_or(0), v.get("hash"))
         };
-        if let Some(Value::String(h)) = head {
-            chain = Chain { seq, head: h.clone() };
+        match head {
+            Some(Value::String(h)) => chain = Some(Chain { seq, head: h.clone() }),
+            _ => damaged += 1,
         }
-        good = at as u64;
     }
-    Ok((chain, good))
+    Ok((chain, good, damaged))
 }
 
 #[cfg(test)]
@@ -330,6 +349,42 @@ mod tests {
         std::fs::write(dir.path().join("audit-3.jsonl"), cut).unwrap();
         let e = verify_dir(dir.path()).unwrap_err();
         assert_eq!((e.seq, e.at.as_str()), (8, "audit-3.jsonl:1"), "{e}");
+    }
+
+    fn open(dir: &Path) -> AuditTrail {
+        let entries = prometheus::IntCounter::new("t", "t").unwrap();
+        let year = std::time::Duration::from_secs(365 * 24 * 3600);
+        AuditTrail::open(dir, None, std::time::Duration::from_secs(3600), year, entries).unwrap()
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_a_damaged_middle_is_kept_and_an_empty_new_file_resumes_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        aged_trail(dir.path());
+        let third = dir.path().join("audit-3.jsonl");
+        let text = std::fs::read_to_string(&third).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // A byte flipped in the first entry of the newest file, and a torn
+        // write after its last line.
+        let damaged = format!("{}X\n{}\n{{\"seq\":9,\"at", lines[0], lines[1..].join("\n"));
+        std::fs::write(&third, &damaged).unwrap();
+        let trail = open(dir.path());
+        assert_eq!(trail.seq(), 8, "the chain goes on from the last readable entry");
+        let kept = std::fs::read_to_string(&third).unwrap();
+        assert!(kept.starts_with(&format!("{}X\n", lines[0])), "the damaged line is kept for verify to name");
+        assert!(kept.ends_with("\n") && !kept.contains("\"seq\":9"), "the torn tail is cut");
+        drop(trail);
+
+        // Rotation started audit-4, then warden stopped: it is empty.
+        std::fs::write(&third, &text).unwrap();
+        std::fs::write(dir.path().join("audit-4.jsonl"), "").unwrap();
+        let mut trail = open(dir.path());
+        assert_eq!(trail.seq(), 8, "not a new chain");
+        trail.record(crate::gateway::mqtt::wall_now(), "warden.verdict.changed", Some("d"), serde_json::json!({}));
+        let (batch, seq) = trail.take().unwrap();
+        assert_eq!(seq, 9);
+        batch.write().unwrap();
+        verify_dir(dir.path()).unwrap();
     }
 
     #[test]
