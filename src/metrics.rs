@@ -134,8 +134,28 @@ impl WebhookResult {
     }
 }
 
-/// `reason` label values of `warden_http_refusals_total`.
+/// `reason` label values of `warden_http_refusals_total`, in [`HttpRefusal`] order.
 pub const HTTP_REFUSALS: [&str; 4] = ["too_many_connections", "header_timeout", "request_timeout", "body_too_large"];
+
+/// Why the API server closed a connection or refused a request (a typed
+/// label: a misspelling is a compile error, not a count lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpRefusal {
+    TooManyConnections,
+    HeaderTimeout,
+    RequestTimeout,
+    BodyTooLarge,
+}
+
+/// Why the embedded broker refused a client: at login (its
+/// [`crate::broker::access::Refused`]), or a publish or subscribe its ACL
+/// does not allow. In [`BROKER_REFUSALS`] order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerRefusal {
+    Login(crate::broker::access::Refused),
+    Publish,
+    Subscribe,
+}
 
 /// `result` label values of `warden_remediation_acks_total`.
 pub const REMEDIATION_ACKS: [&str; 3] = ["accepted", "ack_malformed", "ack_unknown"];
@@ -578,11 +598,9 @@ impl Metrics {
         self.webhook_deliveries[result as usize].inc_by(n);
     }
 
-    /// Counts an HTTP refusal (an [`HTTP_REFUSALS`] label).
-    pub fn http_refusal(&self, reason: &str) {
-        if let Some(i) = HTTP_REFUSALS.iter().position(|r| *r == reason) {
-            self.http_refusals[i].inc();
-        }
+    /// Counts an HTTP refusal.
+    pub fn http_refusal(&self, reason: HttpRefusal) {
+        self.http_refusals[reason as usize].inc();
     }
 
     /// Counts a remediation command's outcome (`action` comes from the
@@ -591,18 +609,25 @@ impl Metrics {
         self.remediation_commands.with_label_values(&[action, result]).inc();
     }
 
-    /// Counts an acknowledgement (a [`REMEDIATION_ACKS`] label).
-    pub fn remediation_ack(&self, result: &str) {
-        if let Some(i) = REMEDIATION_ACKS.iter().position(|r| *r == result) {
-            self.remediation_acks[i].inc();
-        }
+    /// Counts an acknowledgement: taken, or refused and why.
+    pub fn remediation_ack(&self, result: Result<(), &crate::remediation::command::AckRefusal>) {
+        use crate::remediation::command::AckRefusal;
+        let i = match result {
+            Ok(()) => 0,
+            Err(AckRefusal::Malformed(_)) => 1,
+            Err(AckRefusal::Unknown) => 2,
+        };
+        self.remediation_acks[i].inc();
     }
 
-    /// Counts an embedded broker refusal (a [`BROKER_REFUSALS`] label).
-    pub fn broker_refusal(&self, reason: &str) {
-        if let Some(i) = BROKER_REFUSALS.iter().position(|r| *r == reason) {
-            self.broker_refusals[i].inc();
-        }
+    /// Counts an embedded broker refusal.
+    pub fn broker_refusal(&self, reason: BrokerRefusal) {
+        let i = match reason {
+            BrokerRefusal::Login(r) => r as usize,
+            BrokerRefusal::Publish => 4,
+            BrokerRefusal::Subscribe => 5,
+        };
+        self.broker_refusals[i].inc();
     }
 
     pub fn eap_refusal(&self, r: crate::eap::server::Refusal) {
@@ -666,11 +691,15 @@ impl Metrics {
         }
     }
 
-    /// Counts one refused identity claim (`kind` from [`IDENTITY_KINDS`]).
-    pub fn identity_conflict(&self, kind: &str) {
-        if let Some(i) = IDENTITY_KINDS.iter().position(|k| *k == kind) {
-            self.identity_conflicts[i].inc();
-        }
+    /// Counts one refused identity claim.
+    pub fn identity_conflict(&self, kind: crate::compliance::identity::Kind) {
+        use crate::compliance::identity::Kind;
+        let i = match kind {
+            Kind::Mac => 0,
+            Kind::WgKey => 1,
+            Kind::Cert => 2,
+        };
+        self.identity_conflicts[i].inc();
     }
 
     /// Counts one discarded RADIUS datagram (a small fixed set of reasons).
@@ -724,6 +753,41 @@ mod tests {
         let text = m.render();
         assert!(text.contains("warden_radius_discarded_total{reason=\"overloaded\"} 1"), "{text}");
         assert!(text.contains("warden_radius_discarded_total{reason=\"eap_pool_busy\"} 1"), "{text}");
+    }
+
+    /// Each typed label counts under its own name.
+    #[test]
+    fn typed_labels_count_under_their_names() {
+        use crate::broker::access::Refused;
+        use crate::compliance::identity::Kind;
+        use crate::remediation::command::AckRefusal;
+        let m = Metrics::new();
+        for r in [
+            HttpRefusal::TooManyConnections,
+            HttpRefusal::HeaderTimeout,
+            HttpRefusal::RequestTimeout,
+            HttpRefusal::BodyTooLarge,
+        ] {
+            m.http_refusal(r);
+        }
+        m.http_refusal(HttpRefusal::BodyTooLarge);
+        m.identity_conflict(Kind::WgKey);
+        m.broker_refusal(BrokerRefusal::Login(Refused::Will));
+        m.broker_refusal(BrokerRefusal::Subscribe);
+        m.remediation_ack(Ok(()));
+        m.remediation_ack(Err(&AckRefusal::Unknown));
+        let text = m.render();
+        for series in [
+            "warden_http_refusals_total{reason=\"body_too_large\"} 2",
+            "warden_http_refusals_total{reason=\"header_timeout\"} 1",
+            "warden_identity_conflicts_total{kind=\"wg_key\"} 1",
+            "warden_broker_refusals_total{reason=\"will\"} 1",
+            "warden_broker_refusals_total{reason=\"subscribe\"} 1",
+            "warden_remediation_acks_total{result=\"accepted\"} 1",
+            "warden_remediation_acks_total{result=\"ack_unknown\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
     }
 
     #[test]

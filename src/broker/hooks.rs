@@ -64,7 +64,7 @@ impl Hooks {
         if username == Some(super::INTERNAL_USER) {
             let ok = crate::radius::crypto::ct_eq(self.internal_password.as_bytes(), &password);
             if !ok {
-                self.metrics.broker_refusal(Refused::BadCredentials.label());
+                self.metrics.broker_refusal(crate::metrics::BrokerRefusal::Login(Refused::BadCredentials));
                 if let Some(suppressed) = self.may_log() {
                     tracing::warn!(suppressed, client = %escape(ci.client_id()), "embedded broker refused warden's own user name with a wrong password");
                 }
@@ -87,7 +87,7 @@ impl Hooks {
             Ok(Identity::Anonymous) => AuthResult::Allow(false, None),
             Ok(Identity::Device(_)) => AuthResult::Allow(false, Some(device_info())),
             Err(why) => {
-                self.metrics.broker_refusal(why.label());
+                self.metrics.broker_refusal(crate::metrics::BrokerRefusal::Login(why));
                 if let Some(suppressed) = self.may_log() {
                     tracing::warn!(suppressed, client = %escape(ci.client_id()), reason = why.label(), "embedded broker refused a connection");
                 }
@@ -119,7 +119,7 @@ impl Hooks {
             // A topic name with a wildcard is a protocol error (MQTT 3.1.1
             // §3.3.2-2, 5.0 §3.3.2.1) that rmqtt lets through: the
             // connection closes, unacknowledged.
-            self.metrics.broker_refusal("publish");
+            self.metrics.broker_refusal(crate::metrics::BrokerRefusal::Publish);
             if let Some(suppressed) = self.may_log() {
                 tracing::warn!(suppressed, client = %escape(&s.id.client_id), topic = %escape(&p.topic), "embedded broker refused a PUBLISH to a wildcard topic; closing the connection");
             }
@@ -128,7 +128,7 @@ impl Hooks {
         }
         let who = self.identity(s).await;
         if !self.topics.may_publish(&who, &p.topic) {
-            self.metrics.broker_refusal("publish");
+            self.metrics.broker_refusal(crate::metrics::BrokerRefusal::Publish);
             if let Some(suppressed) = self.may_log() {
                 tracing::warn!(suppressed, client = %escape(&s.id.client_id), topic = %escape(&p.topic), "embedded broker refused a publish outside the client's own topics");
             }
@@ -167,7 +167,7 @@ impl Hooks {
         let result = if self.topics.may_subscribe(&who, &sub.topic_filter) {
             SubscribeAclResult::new_success(sub.opts.qos(), None)
         } else {
-            self.metrics.broker_refusal("subscribe");
+            self.metrics.broker_refusal(crate::metrics::BrokerRefusal::Subscribe);
             if let Some(suppressed) = self.may_log() {
                 tracing::warn!(suppressed, client = %escape(&s.id.client_id), filter = %escape(&sub.topic_filter), "embedded broker refused a subscription outside the client's own topics");
             }

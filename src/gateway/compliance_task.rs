@@ -274,9 +274,9 @@ impl ComplianceTask {
             Err(e) => Err(AckRefusal::Malformed(e.to_string())),
         };
         match result {
-            Ok(()) => self.metrics.remediation_ack("accepted"),
+            Ok(()) => self.metrics.remediation_ack(Ok(())),
             Err(refusal) => {
-                self.metrics.remediation_ack(refusal.label());
+                self.metrics.remediation_ack(Err(&refusal));
                 if log.allow(arrived) {
                     let topic: String = topic.chars().take(160).collect();
                     tracing::info!(topic = ?topic, reason = refusal.label(), detail = %refusal, suppressed = log.take_suppressed(), "command acknowledgement ignored");
@@ -348,7 +348,7 @@ impl ComplianceTask {
             tracing::info!(forgotten, "devices silent for forget_after removed from the table");
         }
         while let Some(c) = self.engine.poll_conflict() {
-            self.metrics.identity_conflict(c.kind.label());
+            self.metrics.identity_conflict(c.kind);
             self.audit_record(
                 Some(&c.claimant),
                 "warden.identity.conflict",

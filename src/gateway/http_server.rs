@@ -53,7 +53,7 @@ pub async fn serve(
         let metrics = Arc::clone(&metrics);
         move |r: Response<Body>| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                metrics.http_refusal("body_too_large");
+                metrics.http_refusal(crate::metrics::HttpRefusal::BodyTooLarge);
             }
             std::future::ready(r)
         }
@@ -77,7 +77,7 @@ pub async fn serve(
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            metrics.http_refusal("too_many_connections");
+            metrics.http_refusal(crate::metrics::HttpRefusal::TooManyConnections);
             drop(stream);
             continue;
         };
@@ -96,7 +96,7 @@ pub async fn serve(
                         Ok(Ok(response)) => response,
                         Ok(Err(never)) => match never {},
                         Err(_) => {
-                            metrics.http_refusal("request_timeout");
+                            metrics.http_refusal(crate::metrics::HttpRefusal::RequestTimeout);
                             let mut r = crate::http::problem(
                                 StatusCode::REQUEST_TIMEOUT,
                                 "the request was not answered within http.request_timeout",
@@ -117,7 +117,7 @@ pub async fn serve(
             if let Err(e) = served
                 && e.is_timeout()
             {
-                metrics.http_refusal("header_timeout");
+                metrics.http_refusal(crate::metrics::HttpRefusal::HeaderTimeout);
             }
         });
     }
