@@ -343,21 +343,10 @@ pub fn report(args: &crate::cli::ReportArgs) -> ExitCode {
             let _ = std::io::stdout().write_all(text.as_bytes());
         }
         Some(out) => {
-            if let Err(e) = write_atomically(out, text.as_bytes()) {
+            if let Err(e) = crate::durable::replace(out, text.as_bytes()) {
                 return fail(format!("{}: {e}", out.display()));
             }
         }
     }
     ExitCode::SUCCESS
-}
-
-/// Writes `path` whole or not at all: a temporary file beside it, synced,
-/// then renamed over it.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

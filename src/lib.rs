@@ -17,6 +17,7 @@ pub mod commands;
 pub mod compliance;
 pub mod config;
 pub mod diag;
+pub mod durable;
 pub mod eap;
 pub mod events;
 #[doc(hidden)]

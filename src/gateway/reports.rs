@@ -58,7 +58,7 @@ pub fn write(r: &Scheduled, trail: &Path, due: UnixMillis) -> std::io::Result<Ve
             _ => (render::html(&report), "html"),
         };
         let name = format!("{}-{stamp}Z.{ext}", r.name);
-        crate::commands::write_atomically(&r.out_dir.join(&name), text.as_bytes())?;
+        crate::durable::replace(&r.out_dir.join(&name), text.as_bytes())?;
         files.push(name);
     }
     let mut index = read_index(&r.out_dir);
@@ -81,8 +81,8 @@ pub fn read_index(dir: &Path) -> Vec<Value> {
 
 fn write_index(dir: &Path, index: &[Value]) -> std::io::Result<()> {
     let json = serde_json::to_string_pretty(&json!({ "reports": index })).unwrap_or_default() + "\n";
-    crate::commands::write_atomically(&dir.join("index.json"), json.as_bytes())?;
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    crate::durable::replace(&dir.join("index.json"), json.as_bytes())?;
+    let esc = render::esc;
     let mut html = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>warden reports</title></head><body><h1>Reports</h1><ul>",
     );
@@ -105,7 +105,7 @@ fn write_index(dir: &Path, index: &[Value]) -> std::io::Result<()> {
         ));
     }
     html.push_str("</ul></body></html>\n");
-    crate::commands::write_atomically(&dir.join("index.html"), html.as_bytes())
+    crate::durable::replace(&dir.join("index.html"), html.as_bytes())
 }
 
 /// The latest due time already written for `r` (from its index).

@@ -212,18 +212,9 @@ fn save_cursor(path: &Path, cursor: u64) {
     }
 }
 
-/// Replaces the cursor file atomically (write, sync, rename).
+/// Replaces the cursor file whole.
 fn write_cursor(path: &Path, cursor: u64) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("cursor.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{cursor}")?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::durable::replace(path, format!("{cursor}\n").as_bytes())
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

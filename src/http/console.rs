@@ -15,6 +15,7 @@
 use super::views::DeviceView;
 use super::{ApiState, member_of};
 use crate::compliance::Verdict;
+use crate::report::render::esc;
 use crate::tokens::Role;
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -144,10 +145,6 @@ pub fn router() -> Router<ApiState> {
         .route("/ui/events", get(events))
         .route("/ui/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], CSS) }))
         .route("/ui/console.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], SCRIPT) }))
-}
-
-pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 /// A whole page, with the headers that keep it to itself.
