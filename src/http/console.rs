@@ -644,27 +644,16 @@ async fn events(
     let Some(dir) = s.audit_dir.clone() else {
         return axum::Json(serde_json::json!({"events": [], "next": q.after})).into_response();
     };
-    let mut durable = s.audit_durable.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20).min(s.long_poll);
-    loop {
-        let head = *durable.borrow_and_update();
-        if head > q.after {
-            let (after, dir) = (q.after, dir.clone());
-            let read = tokio::task::spawn_blocking(move || {
-                super::trail::page(&dir, after, head, 50, |e| e["kind"] == "warden.verdict.changed")
-            })
-            .await;
-            if let Ok(Ok((entries, scanned))) = read {
-                let rows: Vec<serde_json::Value> = entries
-                    .iter()
-                    .map(|e| serde_json::json!({"at": e["at"], "device": e["device"], "from": e["data"]["from"], "to": e["data"]["to"]}))
-                    .collect();
-                return axum::Json(serde_json::json!({"events": rows, "next": scanned.max(after)})).into_response();
-            }
+    let wait = Duration::from_secs(20).min(s.long_poll);
+    match super::trail::poll_entries(&s, &dir, q.after, 50, wait, |e| e["kind"] == "warden.verdict.changed").await {
+        Ok((entries, next)) => {
+            let rows: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|e| serde_json::json!({"at": e["at"], "device": e["device"], "from": e["data"]["from"], "to": e["data"]["to"]}))
+                .collect();
+            axum::Json(serde_json::json!({"events": rows, "next": next})).into_response()
         }
-        if tokio::time::timeout_at(deadline, durable.changed()).await.is_err() {
-            return axum::Json(serde_json::json!({"events": [], "next": q.after})).into_response();
-        }
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the audit trail could not be read").into_response(),
     }
 }
 

@@ -168,39 +168,53 @@ pub(super) async fn list_events(
         Err(e) => return bad_request(&e),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let after = q.after.unwrap_or_else(|| *s.audit_durable.borrow());
+    let keep =
+        move |e: &Value| types.as_ref().is_none_or(|t| e["kind"].as_str().is_some_and(|k| t.iter().any(|x| x == k)));
+    match poll_entries(&s, &dir, after, limit, wait, keep).await {
+        Ok((entries, next)) => {
+            let events = entries
+                .iter()
+                .filter_map(|e| crate::events::from_entry(e, &s.events_source))
+                .filter_map(|ev| serde_json::from_slice(&ev.body).ok())
+                .collect();
+            Json(EventsPage { events, next }).into_response()
+        }
+        Err(_) => problem(StatusCode::INTERNAL_SERVER_ERROR, "the audit trail could not be read"),
+    }
+}
+
+/// Durable entries after `after` that `keep` takes: at once when there are
+/// some, else as soon as some are written, up to `wait` (then none). With
+/// the cursor to go on from (past what was scanned and not taken).
+pub(super) async fn poll_entries<F>(
+    s: &ApiState,
+    dir: &std::path::Path,
+    mut after: u64,
+    limit: usize,
+    wait: std::time::Duration,
+    keep: F,
+) -> std::io::Result<(Vec<Value>, u64)>
+where
+    F: Fn(&Value) -> bool + Clone + Send + 'static,
+{
     let mut durable = s.audit_durable.clone();
-    let mut after = q.after.unwrap_or_else(|| *durable.borrow());
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let head = *durable.borrow_and_update();
         if head > after {
-            let (dir, types, source) = (dir.clone(), types.clone(), s.events_source.clone());
-            let read = tokio::task::spawn_blocking(move || {
-                page(&dir, after, head, limit, |e| {
-                    types.as_ref().is_none_or(|t| e["kind"].as_str().is_some_and(|k| t.iter().any(|x| x == k)))
-                })
-                .map(|(entries, scanned)| {
-                    let events: Vec<Value> = entries
-                        .iter()
-                        .filter_map(|e| crate::events::from_entry(e, &source))
-                        .filter_map(|ev| serde_json::from_slice(&ev.body).ok())
-                        .collect();
-                    (events, scanned)
-                })
-            })
-            .await;
-            let Ok(Ok((events, scanned))) = read else {
-                return problem(StatusCode::INTERNAL_SERVER_ERROR, "the audit trail could not be read");
-            };
+            let (dir, keep) = (dir.to_path_buf(), keep.clone());
+            let (entries, scanned) = tokio::task::spawn_blocking(move || page(&dir, after, head, limit, keep))
+                .await
+                .map_err(std::io::Error::other)??;
             after = after.max(scanned);
-            if !events.is_empty() {
-                return Json(EventsPage { events, next: after }).into_response();
+            if !entries.is_empty() {
+                return Ok((entries, after));
             }
         }
-        match tokio::time::timeout_at(deadline, durable.changed()).await {
-            Ok(Ok(())) => {}
-            // The time is up (or warden is stopping): nothing yet.
-            _ => return Json(EventsPage { events: Vec::new(), next: after }).into_response(),
+        // The time is up (or warden is stopping): nothing yet.
+        if !matches!(tokio::time::timeout_at(deadline, durable.changed()).await, Ok(Ok(()))) {
+            return Ok((Vec::new(), after));
         }
     }
 }
