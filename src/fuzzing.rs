@@ -84,7 +84,7 @@ pub fn wireguard(data: &[u8]) {
     if mode & 1 == 0 {
         static ROUTER: OnceLock<Router> = OnceLock::new();
         let router = ROUTER.get_or_init(|| {
-            let r = Router::new([0x11; 32], Vec::new());
+            let r = Router::new([0x11; 32], Vec::new(), std::time::Instant::now(), 1);
             let spec = crate::wireguard::peers::PeerSpec {
                 device_id: "fuzz".into(),
                 public_key: crate::wireguard::tunnel::public_key(&[0x22; 32]),
@@ -96,7 +96,7 @@ pub fn wireguard(data: &[u8]) {
         });
         let from = std::net::SocketAddr::from(([192, 0, 2, 1], 51820));
         let mut out = Transmits::default();
-        router.handle_datagram(from, rest, &mut scratch(), &mut out);
+        router.handle_datagram(std::time::Instant::now(), from, rest, &mut scratch(), &mut out);
         for (dest, _) in out.iter() {
             assert_eq!(dest, Dest::Network(from), "garbage may only ever be answered to its sender");
         }

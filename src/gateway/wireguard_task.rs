@@ -10,12 +10,12 @@ use crate::metrics::Metrics;
 use crate::wireguard::config::Checked;
 use crate::wireguard::peers::PeerSpec;
 use crate::wireguard::pool::Pool;
-use crate::wireguard::router::{Admission, Grants, Router, SESSION_LIFETIME, Transmits, scratch};
+use crate::wireguard::router::{Admission, Event, Grants, Router, SESSION_LIFETIME, Transmits, scratch};
 use anyhow::Context;
 use base64::Engine as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, watch};
 use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
@@ -87,6 +87,7 @@ pub struct WireGuardTask {
     router: Arc<Router>,
     socket: Arc<Udp>,
     tun: Arc<AsyncDevice>,
+    announce: Arc<Announce>,
     verdicts: Verdicts,
     metrics: Arc<Metrics>,
     changes: broadcast::Receiver<Arc<Change>>,
@@ -103,15 +104,38 @@ pub struct WireGuardTask {
 
 /// Lets in a device that reported its WireGuard key in telemetry: it gets
 /// the pool address it already had, or the lowest free one, and the access
-/// its verdict gives. The assignment is also published, retained, on the
-/// device's command topic, for its agent to configure the tunnel.
+/// its verdict gives. The router then emits [`Event::Admitted`], which
+/// [`Announce`] publishes.
 struct TelemetryPeers {
     verdicts: Verdicts,
     configured: std::collections::HashSet<[u8; 32]>,
     pool: Arc<std::sync::Mutex<Pool>>,
+}
+
+/// Tells a device admitted from telemetry its tunnel address: published,
+/// retained, on its command topic, for its agent to configure the tunnel.
+struct Announce {
     commands: rumqttc::AsyncClient,
     command_topic: String,
     server_key: String,
+}
+
+impl Announce {
+    fn event(&self, event: Event) {
+        let Event::Admitted { device_id, address, .. } = event;
+        let payload = serde_json::json!({
+            "command": "wireguard_config",
+            "address": address.to_string(),
+            "server_public_key": self.server_key,
+        });
+        let topic = self.command_topic.replace("{device_id}", &device_id);
+        // Not blocking the packet path: a full client queue loses this
+        // announcement, and the device's next handshake attempt is
+        // admitted (and announced) again once its verdict allows.
+        if self.commands.try_publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_string()).is_err() {
+            tracing::warn!(device = %device_id, "could not queue the WireGuard address for the device");
+        }
+    }
 }
 
 impl Admission for TelemetryPeers {
@@ -128,15 +152,6 @@ impl Admission for TelemetryPeers {
         };
         let access = grant(Some(&device), Stage::Admission, &self.verdicts.rules).access;
         tracing::info!(device = %device.id, %address, access = access.label(), "WireGuard peer admitted from telemetry");
-        let payload = serde_json::json!({
-            "command": "wireguard_config",
-            "address": ipnet::IpNet::from(address).to_string(),
-            "server_public_key": self.server_key,
-        });
-        let topic = self.command_topic.replace("{device_id}", &device.id);
-        if self.commands.try_publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_string()).is_err() {
-            tracing::warn!(device = %device.id, "could not queue the WireGuard address for the device");
-        }
         let spec = PeerSpec {
             device_id: Arc::clone(&device.id),
             public_key: *key,
@@ -225,7 +240,8 @@ impl WireGuardTask {
         let configured: std::collections::HashSet<[u8; 32]> = checked.peers.iter().map(|p| p.public_key).collect();
         let pool_file = loaded.config.node.state_dir.join("wireguard-pool.txt");
         let mut router =
-            Router::new(checked.private_key, checked.remediation.clone()).with_grants(Box::new(verdicts.clone()));
+            Router::new(checked.private_key, checked.remediation.clone(), Instant::now(), fastrand::u32(..))
+                .with_grants(Box::new(verdicts.clone()));
         let pool = checked.peer_pool.map(|net| {
             // Never hand out the gateway's own address or a configured peer's.
             let reserved = std::iter::once(checked.address.addr())
@@ -239,15 +255,16 @@ impl WireGuardTask {
             }
             Arc::new(std::sync::Mutex::new(pool))
         });
+        let announce = Arc::new(Announce {
+            commands,
+            command_topic: loaded.config.mqtt.command_topic.clone(),
+            server_key: base64::engine::general_purpose::STANDARD.encode(router.public_key()),
+        });
         if let Some(pool) = &pool {
-            let server_key = base64::engine::general_purpose::STANDARD.encode(router.public_key());
             router = router.with_admission(Box::new(TelemetryPeers {
                 verdicts: verdicts.clone(),
                 configured: configured.clone(),
                 pool: Arc::clone(pool),
-                commands,
-                command_topic: loaded.config.mqtt.command_topic.clone(),
-                server_key,
             }));
         }
         let router = Arc::new(router);
@@ -259,6 +276,7 @@ impl WireGuardTask {
             router,
             socket: Arc::new(Udp::new(socket).context("setting up the WireGuard socket")?),
             tun: Arc::new(tun),
+            announce,
             verdicts,
             metrics: Arc::clone(metrics),
             changes,
@@ -272,20 +290,8 @@ impl WireGuardTask {
     }
 
     pub async fn run(self, shutdown: watch::Receiver<bool>, ready: Option<Arc<std::sync::atomic::AtomicBool>>) {
-        let from_network = tokio::spawn(network_to_tun(
-            Arc::clone(&self.router),
-            Arc::clone(&self.socket),
-            Arc::clone(&self.tun),
-            Arc::clone(&self.metrics),
-            shutdown.clone(),
-        ));
-        let from_tun = tokio::spawn(tun_to_network(
-            Arc::clone(&self.router),
-            Arc::clone(&self.socket),
-            Arc::clone(&self.tun),
-            Arc::clone(&self.metrics),
-            shutdown.clone(),
-        ));
+        let from_network = tokio::spawn(network_to_tun(Arc::clone(&self.router), self.output(), shutdown.clone()));
+        let from_tun = tokio::spawn(tun_to_network(Arc::clone(&self.router), self.output(), shutdown.clone()));
         if let Some(ready) = &ready {
             ready.store(true, std::sync::atomic::Ordering::Release);
         }
@@ -302,21 +308,19 @@ impl WireGuardTask {
         let mut out = Transmits::default();
         let mut ticks = 0u64;
         let mut to_tun = TunBatch::new();
+        let output = self.output();
         loop {
             let hup_recv = hup.recv();
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {
                     ticks += 1;
-                    if ticks.is_multiple_of(4) {
-                        self.router.reset_rate_limit();
-                    }
-                    self.router.update_timers(&mut buf, &mut out);
+                    self.router.update_timers(Instant::now(), &mut buf, &mut out);
                     if ticks.is_multiple_of(SWEEP_TICKS) {
                         self.reconcile_all(true);
                     }
                     self.save_pool();
-                    send(&self.socket, &self.tun, &mut to_tun, &self.metrics, &mut out).await;
+                    output.send(&mut to_tun, &mut out).await;
                     self.gauge_peers();
                 }
                 change = self.changes.recv() => match change {
@@ -437,10 +441,23 @@ impl WireGuardTask {
         }
     }
 
+    /// What the packet loops and the control loop send through.
+    fn output(&self) -> Output {
+        Output {
+            socket: Arc::clone(&self.socket),
+            tun: Arc::clone(&self.tun),
+            metrics: Arc::clone(&self.metrics),
+            announce: Arc::clone(&self.announce),
+        }
+    }
+
     fn gauge_peers(&self) {
         let peers = self.router.peers();
-        let connected =
-            peers.iter().filter(|p| p.session().tunnel.since_handshake().is_some_and(|d| d < SESSION_LIFETIME)).count();
+        let now = Instant::now();
+        let connected = peers
+            .iter()
+            .filter(|p| p.session().tunnel.since_handshake(now).is_some_and(|d| d < SESSION_LIFETIME))
+            .count();
         self.metrics.wireguard_peers[0].set(connected as i64);
         self.metrics.wireguard_peers[1].set((peers.len() - connected) as i64);
     }
@@ -485,29 +502,38 @@ impl TunBatch {
     }
 }
 
-/// Sends what the router produced; a failed send is a lost datagram, as
-/// UDP allows, and is logged at debug only (the peer retransmits).
-async fn send(socket: &Udp, tun: &AsyncDevice, to_tun: &mut TunBatch, metrics: &Metrics, out: &mut Transmits) {
-    for (to, bytes, segment_size) in out.network_batches(socket.state.max_gso_segments()) {
-        if let Err(e) = socket.send(to, bytes, segment_size).await {
-            tracing::debug!(error = %e, %to, "WireGuard send failed");
-        }
-    }
-    for packet in out.tun_packets() {
-        to_tun.push(packet);
-    }
-    to_tun.flush(tun).await;
-    metrics.wireguard(&out.fates, &out.discards);
-    out.clear();
-}
-
-async fn network_to_tun(
-    router: Arc<Router>,
+/// Where the router's output goes: the socket, the TUN, the tallies and the
+/// events.
+struct Output {
     socket: Arc<Udp>,
     tun: Arc<AsyncDevice>,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    announce: Arc<Announce>,
+}
+
+impl Output {
+    /// Sends what the router produced; a failed send is a lost datagram, as
+    /// UDP allows, and is logged at debug only (the peer retransmits).
+    async fn send(&self, to_tun: &mut TunBatch, out: &mut Transmits) {
+        for event in out.take_events() {
+            self.announce.event(event);
+        }
+        for (to, bytes, segment_size) in out.network_batches(self.socket.state.max_gso_segments()) {
+            if let Err(e) = self.socket.send(to, bytes, segment_size).await {
+                tracing::debug!(error = %e, %to, "WireGuard send failed");
+            }
+        }
+        for packet in out.tun_packets() {
+            to_tun.push(packet);
+        }
+        to_tun.flush(&self.tun).await;
+        self.metrics.wireguard(&out.fates, &out.discards);
+        out.clear();
+    }
+}
+
+async fn network_to_tun(router: Arc<Router>, output: Output, mut shutdown: watch::Receiver<bool>) {
+    let socket = Arc::clone(&output.socket);
     let mut storage = vec![0u8; SLOT * quinn_udp::BATCH_SIZE];
     let mut meta = vec![quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
     let mut buf = scratch();
@@ -523,15 +549,16 @@ async fn network_to_tun(
         while let Some(r) = next.take() {
             match r {
                 Ok(n) => {
+                    let now = Instant::now();
                     for (m, slot) in meta.iter().zip(storage.chunks(SLOT)).take(n) {
                         // One slot may hold several datagrams (GRO), `stride` apart.
                         for datagram in slot[..m.len.min(slot.len())].chunks(m.stride.max(1)) {
-                            router.handle_datagram(m.addr, datagram, &mut buf, &mut out);
+                            router.handle_datagram(now, m.addr, datagram, &mut buf, &mut out);
                             // A GRO slot can hold dozens of datagrams: send before
                             // the batch (and its 64 KiB GRO buffers) grows past a
                             // bound, whatever the peer sends.
                             if out.len() >= IDEAL_BATCH_SIZE {
-                                send(&socket, &tun, &mut to_tun, &metrics, &mut out).await;
+                                output.send(&mut to_tun, &mut out).await;
                             }
                         }
                     }
@@ -549,7 +576,7 @@ async fn network_to_tun(
                 };
             }
         }
-        send(&socket, &tun, &mut to_tun, &metrics, &mut out).await;
+        output.send(&mut to_tun, &mut out).await;
         if failed == taken {
             // Nothing but errors: do not spin on a broken socket or device.
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -557,13 +584,8 @@ async fn network_to_tun(
     }
 }
 
-async fn tun_to_network(
-    router: Arc<Router>,
-    socket: Arc<Udp>,
-    tun: Arc<AsyncDevice>,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn tun_to_network(router: Arc<Router>, output: Output, mut shutdown: watch::Receiver<bool>) {
+    let tun = Arc::clone(&output.tun);
     // One read is one packet, or with offloads a super-packet split here
     // into up to IDEAL_BATCH_SIZE segments of at most the MTU.
     let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
@@ -583,8 +605,9 @@ async fn tun_to_network(
         while let Some(r) = next.take() {
             match r {
                 Ok(n) => {
+                    let now = Instant::now();
                     for (p, len) in packets.iter().zip(&sizes).take(n) {
-                        router.handle_tun_packet(&p[..*len], &mut buf, &mut out);
+                        router.handle_tun_packet(now, &p[..*len], &mut buf, &mut out);
                     }
                 }
                 Err(e) => {
@@ -600,7 +623,7 @@ async fn tun_to_network(
                 };
             }
         }
-        send(&socket, &tun, &mut unused, &metrics, &mut out).await;
+        output.send(&mut unused, &mut out).await;
         if failed == taken {
             // Nothing but errors: do not spin on a broken socket or device.
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -4,7 +4,7 @@
 //! allowed-IPs prefix that holds it).
 
 use super::acl::Access;
-use super::tunnel::Tunnel;
+use super::tunnel::{Gate, Tunnel};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,8 +37,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(spec: PeerSpec, index: u32, private_key: &[u8; 32], access: Access) -> Self {
-        let tunnel = Tunnel::new(private_key, &spec.public_key, index, spec.persistent_keepalive);
+    pub fn new(spec: PeerSpec, index: u32, gate: &Gate, access: Access) -> Self {
+        let tunnel = gate.tunnel(&spec.public_key, index, spec.persistent_keepalive);
         Self {
             spec,
             index,
@@ -94,7 +94,7 @@ impl PeerSet {
     pub fn build(
         specs: &[PeerSpec],
         previous: &PeerSet,
-        private_key: &[u8; 32],
+        gate: &Gate,
         next_index: &mut u32,
         access: impl Fn(&PeerSpec) -> Access,
     ) -> (PeerSet, Vec<Arc<Peer>>) {
@@ -110,7 +110,7 @@ impl PeerSet {
                             break i;
                         }
                     };
-                    Arc::new(Peer::new(spec.clone(), index, private_key, access(spec)))
+                    Arc::new(Peer::new(spec.clone(), index, gate, access(spec)))
                 }
             };
             set.insert(peer);
@@ -183,13 +183,17 @@ mod tests {
         }
     }
 
-    const KEY: [u8; 32] = [7; 32];
+    /// A gate for the peers' sessions (its time is not used here).
+    #[allow(clippy::disallowed_methods)]
+    fn gate() -> Gate {
+        Gate::new(&[7; 32], std::time::Instant::now())
+    }
 
     #[test]
     fn lookups_and_longest_prefix() {
         let specs = [spec(1, &["10.0.0.2/32"]), spec(2, &["10.0.0.0/24"]), spec(3, &["10.0.0.0/16", "fd00::/64"])];
         let mut next = 1;
-        let (set, removed) = PeerSet::build(&specs, &PeerSet::default(), &KEY, &mut next, |_| Access::Full);
+        let (set, removed) = PeerSet::build(&specs, &PeerSet::default(), &gate(), &mut next, |_| Access::Full);
         assert!(removed.is_empty());
         let key_of = |ip: &str| set.route(ip.parse().unwrap()).map(|p| p.spec.public_key[0]);
         assert_eq!(key_of("10.0.0.2"), Some(1));
@@ -207,9 +211,9 @@ mod tests {
     fn a_reload_keeps_unchanged_sessions_and_reports_the_removed() {
         let mut next = 1;
         let a = [spec(1, &["10.0.0.2/32"]), spec(2, &["10.0.0.3/32"]), spec(3, &["10.0.0.4/32"])];
-        let (old, _) = PeerSet::build(&a, &PeerSet::default(), &KEY, &mut next, |_| Access::Full);
+        let (old, _) = PeerSet::build(&a, &PeerSet::default(), &gate(), &mut next, |_| Access::Full);
         let b = [spec(1, &["10.0.0.2/32"]), spec(2, &["10.0.0.33/32"])];
-        let (new, removed) = PeerSet::build(&b, &old, &KEY, &mut next, |_| Access::Full);
+        let (new, removed) = PeerSet::build(&b, &old, &gate(), &mut next, |_| Access::Full);
         assert!(Arc::ptr_eq(old.by_key(&[1; 32]).unwrap(), new.by_key(&[1; 32]).unwrap()));
         let (o2, n2) = (old.by_key(&[2; 32]).unwrap(), new.by_key(&[2; 32]).unwrap());
         assert!(!Arc::ptr_eq(o2, n2) && o2.index != n2.index, "a changed peer is a new session");
@@ -237,7 +241,7 @@ mod tests {
                     .collect(),
                 persistent_keepalive: None,
             }).collect();
-            let (set, _) = PeerSet::build(&specs, &PeerSet::default(), &KEY, &mut 1, |_| Access::Full);
+            let (set, _) = PeerSet::build(&specs, &PeerSet::default(), &gate(), &mut 1, |_| Access::Full);
             for a in probes {
                 let ip = IpAddr::from((0x0a00_0000 | a).to_be_bytes());
                 let naive = specs.iter()

@@ -2,15 +2,28 @@
 //! transmits out, every decision tallied. No sockets and no TUN: the shell
 //! (`gateway::wireguard_task`) reads them and sends what lands in the
 //! [`Transmits`]. Safe to call from several threads at once (one per
-//! direction): peer sessions are behind per-peer locks, access is atomic.
+//! direction): the peer plan is read without a lock (swapped whole on a
+//! reload or an admission), peer sessions are behind per-peer locks,
+//! access is atomic.
+//!
+//! Drive it: [`Router::handle_datagram`] for every UDP datagram,
+//! [`Router::handle_tun_packet`] for every packet read from the TUN and
+//! [`Router::update_timers`] about every 250 ms, each with `now`; send what
+//! lands in the [`Transmits`] and act on its [`Event`]s. The index seed
+//! comes from the shell too: the core reads no clock and draws no
+//! randomness of its own (boringtun's own clock reads stay behind
+//! [`super::tunnel`]).
 
 use super::acl::{self, Access, Direction, Rule};
 use super::packet;
 use super::peers::{Peer, PeerSet, PeerSpec};
 use super::tunnel::{Addressed, BUF, Discard, Gate, Step};
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// What became of an inner packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,12 +76,23 @@ pub enum Dest {
     Tun,
 }
 
+/// Something the shell acts on beyond sending.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A key reported in telemetry was let in as a new peer with this
+    /// tunnel address: the device's agent is told, to configure its side.
+    Admitted { device_id: Arc<str>, public_key: [u8; 32], address: IpNet },
+}
+
 /// Transmits produced by one or more calls, in one reusable buffer (no
-/// allocation per packet once warm), and the tallies of what was decided.
+/// allocation per packet once warm), the tallies of what was decided and
+/// the events for the shell.
 #[derive(Default)]
 pub struct Transmits {
     bytes: Vec<u8>,
     items: Vec<(Dest, Range<usize>)>,
+    /// Taken by the shell with [`Transmits::take_events`].
+    events: Vec<Event>,
     /// Per direction (from peer, to peer), per [`Fate`].
     pub fates: [[u64; Fate::ALL.len()]; 2],
     /// Per [`Discard`] reason.
@@ -80,6 +104,12 @@ impl Transmits {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(data);
         self.items.push((dest, start..self.bytes.len()));
+    }
+
+    /// Puts a transmit in, as a call would (tests that replay one).
+    #[cfg(test)]
+    pub(crate) fn push_for_test(&mut self, dest: Dest, data: &[u8]) {
+        self.push(dest, data);
     }
 
     fn fate(&mut self, direction: Direction, fate: Fate) {
@@ -102,6 +132,11 @@ impl Transmits {
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// The events since the last call.
+    pub fn take_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.events.drain(..)
     }
 
     /// Transmits held.
@@ -152,6 +187,7 @@ impl Transmits {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.items.clear();
+        self.events.clear();
         self.fates = Default::default();
         self.discards = Default::default();
     }
@@ -184,9 +220,10 @@ pub trait Grants: Send + Sync {
 pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(180);
 
 pub struct Router {
-    private_key: [u8; 32],
     gate: Gate,
-    plan: RwLock<Arc<Plan>>,
+    /// Read on every packet without a lock; replaced whole by writers,
+    /// who take `next_index` first so that two never race.
+    plan: ArcSwap<Plan>,
     next_index: Mutex<u32>,
     admission: Option<Box<dyn Admission>>,
     grants: Option<Box<dyn Grants>>,
@@ -198,14 +235,14 @@ pub fn scratch() -> Box<[u8]> {
 }
 
 impl Router {
-    pub fn new(private_key: [u8; 32], remediation: Vec<Rule>) -> Self {
+    /// `index_seed` starts the peers' 24-bit indexes: random in the shell,
+    /// so that indexes do not repeat across restarts (a datagram for a
+    /// pre-restart session then finds no peer rather than the wrong one).
+    pub fn new(private_key: [u8; 32], remediation: Vec<Rule>, now: Instant, index_seed: u32) -> Self {
         Self {
-            gate: Gate::new(&private_key),
-            private_key,
-            plan: RwLock::new(Arc::new(Plan { peers: PeerSet::default(), remediation: remediation.into() })),
-            // Known debt (issue 17): the index seed should come from the shell.
-            #[allow(clippy::disallowed_methods)]
-            next_index: Mutex::new(fastrand::u32(1..1 << 24)),
+            gate: Gate::new(&private_key, now),
+            plan: ArcSwap::from_pointee(Plan { peers: PeerSet::default(), remediation: remediation.into() }),
+            next_index: Mutex::new(index_seed % (1 << 24)),
             admission: None,
             grants: None,
         }
@@ -224,19 +261,23 @@ impl Router {
     }
 
     /// A peer for an unknown key, if admission has one: added to the set
-    /// (the other peers keep their sessions).
-    fn admit(&self, key: &[u8; 32]) -> Option<Arc<Peer>> {
+    /// (the other peers keep their sessions), and an [`Event::Admitted`].
+    fn admit(&self, key: &[u8; 32], out: &mut Transmits) -> Option<Arc<Peer>> {
         let (spec, access) = self.admission.as_ref()?.admit(key)?;
-        let mut plan = self.plan.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = self.plan.load_full();
         if let Some(p) = plan.peers.by_key(key) {
             return Some(Arc::clone(p)); // admitted by the other direction meanwhile
         }
+        let address = spec.allowed_ips.first().copied();
         let mut specs = plan.peers.specs();
         specs.push(spec);
-        let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
-        let (peers, _) = PeerSet::build(&specs, &plan.peers, &self.private_key, &mut next, |_| access);
+        let (peers, _) = PeerSet::build(&specs, &plan.peers, &self.gate, &mut next, |_| access);
         let peer = peers.by_key(key).map(Arc::clone);
-        *plan = Arc::new(Plan { peers, remediation: Arc::clone(&plan.remediation) });
+        self.plan.store(Arc::new(Plan { peers, remediation: Arc::clone(&plan.remediation) }));
+        if let (Some(p), Some(address)) = (&peer, address) {
+            out.events.push(Event::Admitted { device_id: Arc::clone(&p.spec.device_id), public_key: *key, address });
+        }
         peer
     }
 
@@ -245,7 +286,7 @@ impl Router {
     }
 
     fn plan(&self) -> Arc<Plan> {
-        Arc::clone(&self.plan.read().unwrap_or_else(|p| p.into_inner()))
+        self.plan.load_full()
     }
 
     /// Installs a new peer set and remediation list. `access` gives a new
@@ -257,13 +298,13 @@ impl Router {
         remediation: Vec<Rule>,
         access: impl Fn(&PeerSpec) -> Access,
     ) -> Vec<Arc<Peer>> {
-        let mut plan = self.plan.write().unwrap_or_else(|p| p.into_inner());
         let mut next = self.next_index.lock().unwrap_or_else(|p| p.into_inner());
-        let (peers, removed) = PeerSet::build(specs, &plan.peers, &self.private_key, &mut next, access);
+        let plan = self.plan.load();
+        let (peers, removed) = PeerSet::build(specs, &plan.peers, &self.gate, &mut next, access);
         for p in &removed {
             p.set_access(Access::Deny);
         }
-        *plan = Arc::new(Plan { peers, remediation: remediation.into() });
+        self.plan.store(Arc::new(Plan { peers, remediation: remediation.into() }));
         removed
     }
 
@@ -280,19 +321,21 @@ impl Router {
         self.plan().peers.by_key(key).map(Arc::clone)
     }
 
-    /// Starts a new handshake rate-limit second (call every second).
-    pub fn reset_rate_limit(&self) {
-        self.gate.reset();
-    }
-
     /// A UDP datagram from `from`.
-    pub fn handle_datagram(&self, from: SocketAddr, datagram: &[u8], scratch: &mut [u8], out: &mut Transmits) {
-        let plan = self.plan();
+    pub fn handle_datagram(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        scratch: &mut [u8],
+        out: &mut Transmits,
+    ) {
+        let plan = self.plan.load();
         let mut initiation = false;
-        let peer = match self.gate.check(from.ip(), datagram, scratch) {
+        let peer = match self.gate.check(now, from.ip(), datagram, scratch) {
             Ok(Addressed::Initiation(key)) => {
                 initiation = true;
-                plan.peers.by_key(&key).map(Arc::clone).or_else(|| self.admit(&key)).ok_or(Discard::UnknownKey)
+                plan.peers.by_key(&key).map(Arc::clone).or_else(|| self.admit(&key, out)).ok_or(Discard::UnknownKey)
             }
             Ok(Addressed::Index(i)) => plan.peers.by_index(i).map(Arc::clone).ok_or(Discard::UnknownIndex),
             Err((reason, reply)) => {
@@ -309,8 +352,8 @@ impl Router {
         };
         let mut session = peer.session();
         // A tunnel starts when there is no live session to rekey.
-        let admission = initiation && session.tunnel.since_handshake().is_none_or(|d| d >= SESSION_LIFETIME);
-        match session.tunnel.decapsulate(Some(from.ip()), datagram, scratch) {
+        let admission = initiation && session.tunnel.since_handshake(now).is_none_or(|d| d >= SESSION_LIFETIME);
+        match session.tunnel.decapsulate(now, Some(from.ip()), datagram, scratch) {
             Step::Done => session.endpoint = Some(from),
             Step::Discard(reason) => out.discard(reason),
             Step::Network(reply) => {
@@ -323,7 +366,7 @@ impl Router {
                 session.endpoint = Some(from);
                 out.push(Dest::Network(from), reply);
                 // Packets queued while the handshake was in flight.
-                while let Step::Network(queued) = session.tunnel.decapsulate(None, &[], scratch) {
+                while let Step::Network(queued) = session.tunnel.decapsulate(now, None, &[], scratch) {
                     out.push(Dest::Network(from), queued);
                 }
             }
@@ -336,8 +379,8 @@ impl Router {
 
     /// An inner packet read from the TUN, to be sent to the peer that owns
     /// its destination.
-    pub fn handle_tun_packet(&self, packet: &[u8], scratch: &mut [u8], out: &mut Transmits) {
-        let plan = self.plan();
+    pub fn handle_tun_packet(&self, now: Instant, packet: &[u8], scratch: &mut [u8], out: &mut Transmits) {
+        let plan = self.plan.load();
         let Some(flow) = packet::parse(packet) else {
             return out.fate(Direction::ToPeer, Fate::DropMalformed);
         };
@@ -351,7 +394,7 @@ impl Router {
         }
         let mut session = peer.session();
         let endpoint = session.endpoint;
-        match session.tunnel.encapsulate(packet, scratch) {
+        match session.tunnel.encapsulate(now, packet, scratch) {
             Step::Network(datagram) => match endpoint {
                 Some(to) => out.push(Dest::Network(to), datagram),
                 None => out.fate(Direction::ToPeer, Fate::DropNoRoute),
@@ -362,11 +405,11 @@ impl Router {
     }
 
     /// Timers of every peer: keepalives, rekeys, handshake retries.
-    pub fn update_timers(&self, scratch: &mut [u8], out: &mut Transmits) {
-        for peer in self.plan().peers.iter() {
+    pub fn update_timers(&self, now: Instant, scratch: &mut [u8], out: &mut Transmits) {
+        for peer in self.plan.load().peers.iter() {
             let mut session = peer.session();
             let endpoint = session.endpoint;
-            if let (Step::Network(datagram), Some(to)) = (session.tunnel.update_timers(scratch), endpoint) {
+            if let (Step::Network(datagram), Some(to)) = (session.tunnel.update_timers(now, scratch), endpoint) {
                 out.push(Dest::Network(to), datagram);
             }
         }
