@@ -219,8 +219,6 @@ pub struct Secrets {
     pub api_token: Option<String>,
     /// Every API token: `http.tokens_file`'s, and `token_file`'s as `admin`.
     pub api_tokens: crate::tokens::Tokens,
-    /// Each RADIUS client's shared secret, by client name.
-    pub radius: Vec<(String, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -238,6 +236,8 @@ pub struct Loaded {
     pub file: Option<PathBuf>,
     /// Things that work but deserve a look (`warden check` prints them).
     pub warnings: Vec<String>,
+    /// The `[radius]` section's NAS clients checked, each with its secret.
+    pub radius_clients: Vec<crate::radius::config::Nas>,
     /// The `[wireguard]` section checked: its private key, peers and rules.
     pub wireguard: Option<crate::wireguard::config::Checked>,
     /// The `[eap]` section loaded: TLS config, identity field, limits.
@@ -253,7 +253,7 @@ impl Loaded {
     /// working directory.
     pub fn embedded_default() -> Self {
         let mut config = Config::default();
-        let mut secrets = Secrets::default();
+        let secrets = Secrets::default();
         let mut warnings = Vec::new();
         // RADIUS for a loopback NAS, with a fresh random secret shown once.
         let mut raw = [0u8; 18];
@@ -263,9 +263,11 @@ impl Loaded {
             warnings.push(format!(
                 "RADIUS for trying warden only: clients 127.0.0.0/8 on 127.0.0.1:1812/1813 with shared secret {secret}"
             ));
-            secrets.radius.push(("loopback".into(), secret.clone().into_bytes()));
             config.radius = Some(Radius::loopback(secret));
         }
+        let src = crate::diag::Source::new(Path::new("the embedded default"), "");
+        let radius_clients =
+            config.radius.as_ref().map(|r| r.check(&src, &mut Vec::new(), &mut warnings)).unwrap_or_default();
         // Anyone on this machine may publish for any device: fine for
         // trying warden, said out loud.
         config.mqtt.allow_anonymous = true;
@@ -278,6 +280,7 @@ impl Loaded {
             secrets,
             file: None,
             warnings,
+            radius_clients,
             wireguard: None,
             eap: None,
             webhooks: Vec::new(),
@@ -336,19 +339,16 @@ impl Loaded {
         crate::report::config::rebase(&mut config.reports, &rebase);
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
-        let locate = |needle: &str| text.find(needle).unwrap_or(0);
+        let src = crate::diag::Source::new(file, text);
         let mut secrets = Secrets::default();
-        config.mqtt.check(file, text, &mut errors, &mut warnings, &mut secrets);
+        config.mqtt.check(&src, &mut errors, &mut warnings, &mut secrets);
         if let Some(p) = &config.http.token_file {
             match read_secret(p) {
                 Ok(s) if s.len() >= 16 => secrets.api_token = Some(s),
-                Ok(_) => errors.push(Located::at(
-                    file,
-                    text,
-                    locate("token_file"),
-                    "the API token must be at least 16 characters",
-                )),
-                Err(e) => errors.push(Located::at(file, text, locate("token_file"), e)),
+                Ok(_) => {
+                    errors.push(src.error(&["http", "token_file"], "the API token must be at least 16 characters"))
+                }
+                Err(e) => errors.push(src.error(&["http", "token_file"], e)),
             }
         }
         if let Some(p) = &config.http.tokens_file {
@@ -361,39 +361,34 @@ impl Loaded {
             secrets.api_tokens.add_clear("admin", crate::tokens::Role::Admin, t);
         }
         if config.policy.stale_after.is_zero() {
-            errors.push(Located::at(file, text, locate("stale_after"), "stale_after must be more than 0s"));
+            errors.push(src.error(&["policy", "stale_after"], "stale_after must be more than 0s"));
         }
         for (key, v) in [
             ("outage_silent_fraction", config.policy.outage_silent_fraction),
             ("max_restrict_fraction", config.policy.max_restrict_fraction),
         ] {
             if !(v > 0.0 && v <= 1.0) {
-                errors.push(Located::at(file, text, locate(key), format!("{key} must be more than 0 and at most 1")));
+                errors.push(src.error(&["policy", key], format!("{key} must be more than 0 and at most 1")));
             }
         }
         if config.policy.forget_after <= config.policy.stale_after {
-            errors.push(Located::at(
-                file,
-                text,
-                locate("forget_after"),
-                "forget_after must be longer than stale_after",
-            ));
+            errors.push(src.error(&["policy", "forget_after"], "forget_after must be longer than stale_after"));
         }
         if config.policy.outage_window.is_zero() {
-            errors.push(Located::at(file, text, locate("outage_window"), "outage_window must be more than 0s"));
+            errors.push(src.error(&["policy", "outage_window"], "outage_window must be more than 0s"));
         }
         for (key, d) in
             [("header_timeout", config.http.header_timeout), ("request_timeout", config.http.request_timeout)]
         {
             if d < Duration::from_millis(100) {
-                errors.push(Located::at(file, text, locate(key), format!("{key} must be at least 100ms")));
+                errors.push(src.error(&["http", key], format!("{key} must be at least 100ms")));
             }
         }
         if config.http.max_connections == 0 {
-            errors.push(Located::at(file, text, locate("max_connections"), "max_connections must be at least 1"));
+            errors.push(src.error(&["http", "max_connections"], "max_connections must be at least 1"));
         }
         if config.node.snapshot_every < Duration::from_secs(1) {
-            errors.push(Located::at(file, text, locate("snapshot_every"), "snapshot_every must be at least 1s"));
+            errors.push(src.error(&["node", "snapshot_every"], "snapshot_every must be at least 1s"));
         }
         if !config.http.listen.ip().is_loopback()
             && config.http.token_file.is_none()
@@ -404,22 +399,21 @@ impl Loaded {
                 file.display()
             ));
         }
-        if let Some(r) = &config.radius {
-            r.check(file, text, &mut errors, &mut warnings, &mut secrets);
-        }
+        let radius_clients =
+            config.radius.as_ref().map(|r| r.check(&src, &mut errors, &mut warnings)).unwrap_or_default();
         if let Some(p) = &config.audit.signing_key_file
             && let Err(e) =
                 std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| crate::audit::read_key(&t))
         {
-            errors.push(Located::at(file, text, locate("signing_key_file"), format!("{}: {e}", p.display())));
+            errors.push(src.error(&["audit", "signing_key_file"], format!("{}: {e}", p.display())));
         }
         if config.audit.checkpoint_every.is_zero() {
-            errors.push(Located::at(file, text, locate("checkpoint_every"), "checkpoint_every must be more than 0s"));
+            errors.push(src.error(&["audit", "checkpoint_every"], "checkpoint_every must be more than 0s"));
         }
-        let webhooks = config.events.check(file, text, config.audit.enabled, &mut errors);
-        let reports = crate::report::config::check(&config.reports, file, text, config.audit.enabled, &mut errors);
+        let webhooks = config.events.check(&src, config.audit.enabled, &mut errors);
+        let reports = crate::report::config::check(&config.reports, &src, config.audit.enabled, &mut errors);
         let wireguard = match &config.wireguard {
-            Some(w) => match w.check(file, text, &mut warnings) {
+            Some(w) => match w.check(&src, &mut warnings) {
                 Ok(checked) => Some(checked),
                 Err(e) => {
                     errors.extend(e);
@@ -429,7 +423,7 @@ impl Loaded {
             None => None,
         };
         let eap = match &config.eap {
-            Some(e) => match e.check(file, text) {
+            Some(e) => match e.check(&src) {
                 Ok(checked) => Some(checked),
                 Err(e) => {
                     errors.extend(e);
@@ -439,10 +433,11 @@ impl Loaded {
             None => None,
         };
         if eap.is_some() && config.radius.is_none() {
-            errors.push(Located::at(file, text, text.find("[eap]").unwrap_or(0), "[eap] needs a [radius] section"));
+            errors.push(src.error(&["eap"], "[eap] needs a [radius] section"));
         }
         if errors.is_empty() {
-            Ok(Self { config, secrets, file: Some(file.to_path_buf()), warnings, wireguard, eap, webhooks, reports })
+            let file = Some(file.to_path_buf());
+            Ok(Self { config, secrets, file, warnings, radius_clients, wireguard, eap, webhooks, reports })
         } else {
             Err(errors)
         }
@@ -525,10 +520,21 @@ mod tests {
             ("[mqtt]\nbroker = \"mqtts://b:8883\"\n", "/etc/warden/warden.toml:2:10: mqtts:// needs ca_file"),
             ("[http]\nlisten = \"localhost\"\n", "/etc/warden/warden.toml:2:10: invalid socket address"),
             ("[policy]\nunknown_device = \"maybe\"\n", "/etc/warden/warden.toml:2:18: unknown variant `maybe`"),
-            ("[mqtt]\nstatus_topic = \"warden/+\"\n", "/etc/warden/warden.toml:2:1: status_topic must contain"),
+            ("[mqtt]\nstatus_topic = \"warden/+\"\n", "/etc/warden/warden.toml:2:16: status_topic must contain"),
             (
                 "[radius]\nworkers = 1000\n[[radius.clients]]\nname = \"s\"\naddress = \"127.0.0.1\"\nsecret = \"x\"\n",
-                "/etc/warden/warden.toml:2:1: radius.workers must be at most 256",
+                "/etc/warden/warden.toml:2:11: radius.workers must be at most 256",
+            ),
+            // Located by the key's path, not by the first place the word
+            // appears: a comment, or the same key in another table.
+            (
+                "# max_connections: see the docs\n[http]\nmax_connections = 0\n",
+                "/etc/warden/warden.toml:3:19: max_connections must be at least 1",
+            ),
+            (
+                "[[events.webhooks]]\nname = \"a\"\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"/nonexistent\"\ntimeout = \"2s\"\n\
+                 [policy]\nstale_after = \"0s\"\n",
+                "/etc/warden/warden.toml:7:15: stale_after must be more than 0s",
             ),
         ];
         for (text, want) in cases {

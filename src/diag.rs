@@ -46,6 +46,71 @@ impl Located {
     }
 }
 
+/// A TOML file being checked, with the spans toml's parser gives every key
+/// (`toml::de::DeTable`, a tree of `toml::Spanned` keys and values): a
+/// check locates its error at the key that holds the value, in the right
+/// table, never at a word that happens to appear earlier in a comment.
+pub struct Source<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+    doc: Option<toml::Spanned<toml::de::DeTable<'a>>>,
+}
+
+impl<'a> Source<'a> {
+    pub fn new(file: &'a Path, text: &'a str) -> Self {
+        Self { file, text, doc: toml::de::DeTable::parse(text).ok() }
+    }
+
+    /// Byte offset of what `path` names: table and key names, with an
+    /// element of an array as its index (`["radius", "clients", "2",
+    /// "secret"]`). A value is located at the value (as toml locates its
+    /// own errors), a table at its name. A key the file does not have (a
+    /// default was checked) gives the nearest enclosing one it has; none,
+    /// the start.
+    pub fn offset(&self, path: &[&str]) -> usize {
+        let Some(doc) = &self.doc else { return 0 };
+        let mut at = 0;
+        let mut node: Option<&toml::de::DeValue<'_>> = None;
+        let mut table = Some(doc.get_ref());
+        for part in path {
+            let next = match (table, node) {
+                (Some(t), _) => t.get_key_value(*part).map(|(k, v)| {
+                    let at = if v.get_ref().as_table().is_some() { k.span().start } else { v.span().start };
+                    (at, v)
+                }),
+                (None, Some(toml::de::DeValue::Array(a))) => {
+                    part.parse::<usize>().ok().and_then(|i| a.get(i)).map(|v| (v.span().start, v))
+                }
+                _ => None,
+            };
+            let Some((start, value)) = next else { break };
+            at = start;
+            node = Some(value.get_ref());
+            table = value.get_ref().as_table();
+        }
+        at
+    }
+
+    /// An error at the key at `path` (see [`Source::offset`]).
+    pub fn error(&self, path: &[&str], message: impl Into<String>) -> Located {
+        Located::at(self.file, self.text, self.offset(path), message)
+    }
+
+    /// An error at byte offset `at`.
+    pub fn error_at(&self, at: usize, message: impl Into<String>) -> Located {
+        Located::at(self.file, self.text, at, message)
+    }
+}
+
+/// A network, or a bare address as a host route (`10.0.0.7` is
+/// `10.0.0.7/32`): the one parser for every IP-or-CIDR a file holds.
+pub fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let t = text.trim();
+    t.parse::<ipnet::IpNet>()
+        .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{t:?} is not an IP address or CIDR"))
+}
+
 /// 1-based line and column (in characters) of byte offset `at`.
 pub fn line_col(source: &str, at: usize) -> (usize, usize) {
     let at = at.min(source.len());
@@ -74,6 +139,29 @@ pub mod duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_located_by_their_path_not_by_a_search() {
+        let text = "# password: none here\n[mqtt]\nbroker = \"embedded\"\npassword = \"x\"\n\n\
+                    [[radius.clients]]\nname = \"a\"\n[[radius.clients]]\nname = \"b\"\nsecret = \"s\"\n";
+        let src = Source::new(Path::new("t.toml"), text);
+        let line = |path: &[&str]| line_col(text, src.offset(path)).0;
+        assert_eq!(line(&["mqtt", "password"]), 4, "the key, not the comment that mentions it");
+        assert_eq!(line_col(text, src.offset(&["mqtt", "password"])), (4, 12), "at the value");
+        assert_eq!(line_col(text, src.offset(&["mqtt"])), (2, 2), "a table at its name");
+        assert_eq!(line(&["radius", "clients", "1", "secret"]), 10);
+        assert_eq!(line(&["radius", "clients", "1", "absent"]), 8, "a missing key: its table");
+        assert_eq!(line(&["mqtt", "absent"]), 2);
+        assert_eq!(line(&["nothing"]), 1);
+        assert_eq!(Source::new(Path::new("t"), "not = [toml").offset(&["not"]), 0, "unparsable: the start");
+    }
+
+    #[test]
+    fn an_address_or_a_network_is_a_network() {
+        assert_eq!(parse_net(" 10.0.0.7 ").unwrap(), "10.0.0.7/32".parse::<ipnet::IpNet>().unwrap());
+        assert_eq!(parse_net("fd00::/8").unwrap(), "fd00::/8".parse::<ipnet::IpNet>().unwrap());
+        assert!(parse_net("10.0.0.0/33").is_err() && parse_net("host").is_err());
+    }
 
     #[test]
     fn line_and_column_are_one_based() {

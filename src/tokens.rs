@@ -78,19 +78,15 @@ impl Tokens {
     pub fn load(path: &Path) -> Result<Self, Located> {
         let text = std::fs::read_to_string(path).map_err(|e| Located::file(path, format!("cannot read: {e}")))?;
         let file: File = toml::from_str(&text).map_err(|e| Located::toml(path, &text, &e))?;
+        let src = crate::diag::Source::new(path, &text);
         let mut out = Self::default();
-        for e in file.tokens {
-            let at = text.find(&e.name).unwrap_or(0);
+        for (i, e) in file.tokens.into_iter().enumerate() {
+            let at = |key: &str| src.offset(&["tokens", &i.to_string(), key]);
             let Some(sha256) = parse_hex(&e.sha256) else {
-                return Err(Located::at(path, &text, at, format!("token {:?}: sha256 must be 64 hex digits", e.name)));
+                return Err(src.error_at(at("sha256"), format!("token {:?}: sha256 must be 64 hex digits", e.name)));
             };
             if e.name.is_empty() || out.tokens.iter().any(|t| t.name == e.name) {
-                return Err(Located::at(
-                    path,
-                    &text,
-                    at,
-                    format!("token names must be unique and non-empty: {:?}", e.name),
-                ));
+                return Err(src.error_at(at("name"), format!("token names must be unique and non-empty: {:?}", e.name)));
             }
             out.tokens.push(Token { name: e.name, role: e.role, sha256 });
         }

@@ -3,7 +3,7 @@
 
 use super::server::Limits;
 use super::tls::IdentityFrom;
-use crate::diag::Located;
+use crate::diag::{Located, Source};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -69,37 +69,44 @@ impl Eap {
         }
     }
 
-    pub fn check(&self, file: &Path, text: &str) -> Result<Checked, Vec<Located>> {
-        let at = text.find("[eap]").unwrap_or(0);
-        let err = |m: String| vec![Located::at(file, text, at, m)];
-        let certs = |p: &Path| -> Result<Vec<CertificateDer<'static>>, Vec<Located>> {
+    pub fn check(&self, src: &Source) -> Result<Checked, Vec<Located>> {
+        let err = |key: &str, m: String| vec![src.error(&["eap", key], m)];
+        let certs = |key: &str, p: &Path| -> Result<Vec<CertificateDer<'static>>, Vec<Located>> {
             let certs: Vec<_> = CertificateDer::pem_file_iter(p)
                 .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| err(format!("{}: {e}", p.display())))?;
+                .map_err(|e| err(key, format!("{}: {e}", p.display())))?;
             if certs.is_empty() {
-                return Err(err(format!("{}: no certificate in it", p.display())));
+                return Err(err(key, format!("{}: no certificate in it", p.display())));
             }
             Ok(certs)
         };
-        let chain = certs(&self.server_cert)?;
-        let cas = certs(&self.client_ca)?;
+        let chain = certs("server_cert", &self.server_cert)?;
+        let cas = certs("client_ca", &self.client_ca)?;
         let key = PrivateKeyDer::from_pem_file(&self.server_key)
-            .map_err(|e| err(format!("{}: {e}", self.server_key.display())))?;
+            .map_err(|e| err("server_key", format!("{}: {e}", self.server_key.display())))?;
         let mut crls = Vec::new();
         for p in &self.crl {
             let list: Vec<_> = CertificateRevocationListDer::pem_file_iter(p)
                 .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| err(format!("{}: {e}", p.display())))?;
+                .map_err(|e| err("crl", format!("{}: {e}", p.display())))?;
             crls.extend(list);
         }
-        if self.max_rounds == 0 || self.max_sessions == 0 || self.max_message < 4096 || self.session_timeout.is_zero() {
-            return Err(err(
-                "max_rounds and max_sessions must be positive, max_message at least 4096, session_timeout above 0s"
-                    .into(),
-            ));
+        for (key, bad) in [
+            ("max_rounds", self.max_rounds == 0),
+            ("max_sessions", self.max_sessions == 0),
+            ("max_message", self.max_message < 4096),
+            ("session_timeout", self.session_timeout.is_zero()),
+        ] {
+            if bad {
+                return Err(err(
+                    key,
+                    "max_rounds and max_sessions must be positive, max_message at least 4096, session_timeout above 0s"
+                        .into(),
+                ));
+            }
         }
-        let peap = super::peap::server_config(chain.clone(), key.clone_key()).map_err(err)?;
-        let tls = super::tls::server_config(chain, key, cas, crls).map_err(err)?;
+        let peap = super::peap::server_config(chain.clone(), key.clone_key()).map_err(|e| err("server_cert", e))?;
+        let tls = super::tls::server_config(chain, key, cas, crls).map_err(|e| err("client_ca", e))?;
         let limits = Limits {
             max_rounds: self.max_rounds,
             max_sessions: self.max_sessions,

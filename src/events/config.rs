@@ -11,9 +11,9 @@
 //! secret_file = "webhook.secret"       # whsec_<base64>
 //! ```
 
-use crate::diag::Located;
+use crate::diag::{Located, Source};
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Every event type warden emits (the audit trail's kinds).
@@ -147,36 +147,25 @@ impl Events {
 
     /// Checks the section into its sinks. `audit` says whether the audit
     /// trail (the outbox) is kept.
-    pub fn check(&self, file: &Path, text: &str, audit: bool, errors: &mut Vec<Located>) -> Vec<Webhook> {
+    pub fn check(&self, src: &Source, audit: bool, errors: &mut Vec<Located>) -> Vec<Webhook> {
         let mut sinks = Vec::new();
         if !self.webhooks.is_empty() && !audit {
-            let at = text.find("[[events.webhooks]]").unwrap_or(0);
-            errors.push(Located::at(
-                file,
-                text,
-                at,
+            errors.push(src.error(
+                &["events", "webhooks", "0"],
                 "webhooks are delivered from the audit trail: audit.enabled must be true",
             ));
         }
         if self.retry_for.is_zero() {
-            errors.push(Located::at(
-                file,
-                text,
-                text.find("retry_for").unwrap_or(0),
-                "events.retry_for must be more than 0s",
-            ));
+            errors.push(src.error(&["events", "retry_for"], "events.retry_for must be more than 0s"));
         }
         if self.max_backlog == 0 {
-            errors.push(Located::at(
-                file,
-                text,
-                text.find("max_backlog").unwrap_or(0),
-                "events.max_backlog must be at least 1",
-            ));
+            errors.push(src.error(&["events", "max_backlog"], "events.max_backlog must be at least 1"));
         }
         for (i, w) in self.webhooks.iter().enumerate() {
             let name = w.name.get_ref();
-            let mut fail = |at: usize, msg: String| errors.push(Located::at(file, text, at, msg));
+            let index = i.to_string();
+            let key_at = |key: &str| src.offset(&["events", "webhooks", &index, key]);
+            let mut fail = |at: usize, msg: String| errors.push(src.error_at(at, msg));
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 fail(
                     w.name.span().start,
@@ -197,10 +186,10 @@ impl Events {
                 }
             }
             if !(1..=MAX_BATCH).contains(&w.batch) {
-                fail(w.name.span().start, format!("webhook {name:?}: batch must be 1 to {MAX_BATCH}"));
+                fail(key_at("batch"), format!("webhook {name:?}: batch must be 1 to {MAX_BATCH}"));
             }
             if w.timeout.is_zero() {
-                fail(w.name.span().start, format!("webhook {name:?}: timeout must be more than 0s"));
+                fail(key_at("timeout"), format!("webhook {name:?}: timeout must be more than 0s"));
             }
             let url = match parse_url(w.url.get_ref()) {
                 Ok(u) => Some(u),

@@ -410,22 +410,18 @@ async fn radius_plane(
     changes: broadcast::Receiver<Arc<crate::compliance::Change>>,
     reconcile: watch::Receiver<u64>,
 ) -> anyhow::Result<RadiusPlane> {
-    use crate::radius::server::{Client, Secret, Server};
+    use crate::radius::server::{Client, Server};
     let mut clients = Vec::new();
     let mut nas = std::collections::HashMap::new();
-    for c in &r.clients {
-        let secret =
-            loaded.secrets.radius.iter().find(|(n, _)| *n == c.name).map(|(_, s)| s.clone()).unwrap_or_default();
-        let net = c.net().map_err(anyhow::Error::msg)?;
-        let secret = Secret::new(secret);
+    for c in &loaded.radius_clients {
         nas.insert(
             c.name.as_str().into(),
-            radius_enforce::NasConfig { secret: secret.clone(), coa_port: c.coa_port, coa_mode: c.coa_mode },
+            radius_enforce::NasConfig { secret: c.secret.clone(), coa_port: c.coa_port, coa_mode: c.coa_mode },
         );
         clients.push(Client {
             name: c.name.as_str().into(),
-            net,
-            secret,
+            net: c.net,
+            secret: c.secret.clone(),
             require_message_authenticator: c.require_message_authenticator,
         });
     }

@@ -198,10 +198,11 @@ impl Groups {
         if f.groups.len() > MAX_GROUPS {
             return Err(Located::at(file, text, 0, format!("{} groups; at most {MAX_GROUPS}", f.groups.len())));
         }
+        let src = crate::diag::Source::new(file, text);
         let mut groups: Vec<Arc<Group>> = Vec::new();
-        for g in f.groups {
-            let at = text.find(&format!("{:?}", g.name)).unwrap_or(0);
-            let err = |m: String| Err(Located::at(file, text, at, m));
+        for (i, g) in f.groups.into_iter().enumerate() {
+            let at = src.offset(&["groups", &i.to_string(), "name"]);
+            let err = |m: String| Err(src.error_at(at, m));
             let name_ok = !g.name.is_empty()
                 && g.name.len() <= 64
                 && g.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
@@ -209,8 +210,7 @@ impl Groups {
                 return err(format!("group name {:?}: 1 to 64 of [A-Za-z0-9._-]", g.name));
             }
             if groups.iter().any(|o| o.name == g.name) {
-                let second = text.match_indices(&format!("{:?}", g.name)).nth(1).map_or(at, |(p, _)| p);
-                return Err(Located::at(file, text, second, format!("duplicate group name {:?}", g.name)));
+                return Err(src.error_at(at, format!("duplicate group name {:?}", g.name)));
             }
             for v in &g.when.verdict {
                 if !["compliant", "noncompliant", "unknown"].contains(&v.as_str()) {

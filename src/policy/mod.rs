@@ -110,9 +110,9 @@ impl Policy {
     pub fn parse(file: &Path, text: &str) -> Result<Self, Located> {
         let mut policy: Policy = toml::from_str(text).map_err(|e| Located::toml(file, text, &e))?;
         policy.source = file.to_path_buf();
-        let at = |needle: &str| text.find(needle).unwrap_or(0);
+        let src = crate::diag::Source::new(file, text);
         if policy.name.trim().is_empty() {
-            return Err(Located::at(file, text, at("name"), "policy name must not be empty"));
+            return Err(src.error(&["name"], "policy name must not be empty"));
         }
         if policy.rules.is_empty() {
             return Err(Located::at(file, text, 0, "a policy needs at least one [[rules]]"));
@@ -121,46 +121,41 @@ impl Policy {
             return Err(Located::at(file, text, 0, "too many rules in one policy"));
         }
         for (i, rule) in policy.rules.iter().enumerate() {
+            let id_at = || src.offset(&["rules", &i.to_string(), "id"]);
             if rule.id.trim().is_empty() || rule.id.contains('/') {
-                return Err(Located::at(file, text, at(&rule.id), "rule id must be non-empty and contain no '/'"));
+                return Err(src.error_at(id_at(), "rule id must be non-empty and contain no '/'"));
             }
             if policy.rules[..i].iter().any(|r| r.id == rule.id) {
-                let second = text.match_indices(&format!("{:?}", rule.id)).nth(1).map_or(0, |(p, _)| p);
-                return Err(Located::at(file, text, second, format!("duplicate rule id {:?}", rule.id)));
+                return Err(src.error_at(id_at(), format!("duplicate rule id {:?}", rule.id)));
             }
         }
-        policy.resolve_plans(file, text)?;
+        policy.resolve_plans(&src)?;
         Ok(policy)
     }
 
     /// Compiles the plans and gives each rule its own.
-    fn resolve_plans(&mut self, file: &Path, text: &str) -> Result<(), Located> {
+    fn resolve_plans(&mut self, src: &crate::diag::Source) -> Result<(), Located> {
         let mut plans: Vec<Arc<Plan>> = Vec::new();
-        for p in std::mem::take(&mut self.plans) {
-            let p = Plan::compile(p, file, text)?;
+        for (i, p) in std::mem::take(&mut self.plans).into_iter().enumerate() {
+            let p = Plan::compile(p, src, i)?;
             if plans.iter().any(|o| o.name == p.name) {
-                let second = text.match_indices(&format!("{:?}", p.name)).nth(1).map_or(0, |(at, _)| at);
-                return Err(Located::at(file, text, second, format!("duplicate plan name {:?}", p.name)));
+                let at = src.offset(&["plans", &i.to_string(), "name"]);
+                return Err(src.error_at(at, format!("duplicate plan name {:?}", p.name)));
             }
             plans.push(Arc::new(p));
         }
         let fix = Arc::new(Plan::fix_at_once());
-        for rule in &mut self.rules {
-            let at = || text.find(&format!("{:?}", rule.id)).unwrap_or(0);
+        for (i, rule) in self.rules.iter_mut().enumerate() {
+            let at = || src.offset(&["rules", &i.to_string(), "plan"]);
             rule.resolved_plan = match (&rule.plan, &rule.remediation) {
                 (Some(name), _) => {
                     let Some(p) = plans.iter().find(|p| &p.name == name) else {
-                        return Err(Located::at(
-                            file,
-                            text,
-                            at(),
-                            format!("rule {:?}: no plan named {name:?} in this file", rule.id),
-                        ));
+                        return Err(
+                            src.error_at(at(), format!("rule {:?}: no plan named {name:?} in this file", rule.id))
+                        );
                     };
                     if p.needs_fix() && rule.remediation.is_none() {
-                        return Err(Located::at(
-                            file,
-                            text,
+                        return Err(src.error_at(
                             at(),
                             format!(
                                 "rule {:?}: plan {name:?} has a `fix` step, and the rule no `remediation` command",
@@ -180,14 +175,12 @@ impl Policy {
     /// Resolves the dynamic groups named in `applies_to`: each must be
     /// decided by the report alone.
     fn resolve_groups(&mut self, groups: &Groups, file: &Path, text: &str) -> Result<(), Located> {
-        for name in &self.applies_to.groups {
+        let src = crate::diag::Source::new(file, text);
+        for (i, name) in self.applies_to.groups.iter().enumerate() {
             let Some((_, g)) = groups.get(name) else { continue };
             if !g.when.report_only() {
-                let at = text.find(&format!("{name:?}")).unwrap_or(0);
-                return Err(Located::at(
-                    file,
-                    text,
-                    at,
+                return Err(src.error(
+                    &["applies_to", "groups", &i.to_string()],
                     format!(
                         "group {name:?} depends on verdicts or remediation; a policy can only apply to a group decided by the report alone"
                     ),
@@ -236,11 +229,8 @@ impl PolicySet {
             match Policy::parse(&file, &text).and_then(|mut p| p.resolve_groups(&groups, &file, &text).map(|()| p)) {
                 Ok(p) => {
                     if let Some(other) = policies.iter().find(|o| o.name == p.name) {
-                        let at = text.find(&format!("{:?}", p.name)).unwrap_or(0);
-                        errors.push(Located::at(
-                            &file,
-                            &text,
-                            at,
+                        errors.push(crate::diag::Source::new(&file, &text).error(
+                            &["name"],
                             format!("policy name {:?} is also used by {}", p.name, other.source.display()),
                         ));
                     } else {

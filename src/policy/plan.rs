@@ -7,7 +7,6 @@
 
 use crate::diag::Located;
 use serde::Deserialize;
-use std::path::Path;
 use std::time::Duration;
 
 /// The step action that sends the failing rule's own `remediation` command.
@@ -102,10 +101,11 @@ impl Plan {
         }
     }
 
-    /// Compiles one written plan; `at` locates its errors in `text`.
-    pub fn compile(p: PlanText, file: &Path, text: &str) -> Result<Self, Located> {
-        let at = text.find(&format!("{:?}", p.name)).unwrap_or(0);
-        let err = |message: String| Located::at(file, text, at, message);
+    /// Compiles one written plan, the `index`th of its file; errors are
+    /// located at its name.
+    pub fn compile(p: PlanText, src: &crate::diag::Source, index: usize) -> Result<Self, Located> {
+        let at = src.offset(&["plans", &index.to_string(), "name"]);
+        let err = |message: String| src.error_at(at, message);
         if p.name.trim().is_empty() {
             return Err(err("plan name must not be empty".into()));
         }
@@ -183,7 +183,7 @@ mod tests {
         }
         let f: F = toml::from_str(text).map_err(|e| e.to_string())?;
         let p = f.plans.into_iter().next().unwrap();
-        Plan::compile(p, Path::new("p.toml"), text).map_err(|e| e.to_string())
+        Plan::compile(p, &crate::diag::Source::new(std::path::Path::new("p.toml"), text), 0).map_err(|e| e.to_string())
     }
 
     #[test]

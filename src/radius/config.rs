@@ -2,11 +2,12 @@
 //! and the NAS clients with their secrets. Checked here; `config`
 //! assembles the sections.
 
-use crate::config::{Secrets, read_secret};
-use crate::diag::Located;
+use crate::config::read_secret;
+use crate::diag::{Located, Source};
+use crate::radius::server::Secret;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What to do with a noncompliant device whose violation is enforced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -88,13 +89,22 @@ pub struct RadiusClient {
     pub coa_mode: CoaMode,
 }
 
+/// A NAS client checked: its network and the secret it shares with us,
+/// together (no list of secrets to match back by name).
+#[derive(Debug)]
+pub struct Nas {
+    pub name: String,
+    pub net: ipnet::IpNet,
+    pub secret: Secret,
+    pub require_message_authenticator: bool,
+    pub coa_port: u16,
+    pub coa_mode: CoaMode,
+}
+
 impl RadiusClient {
     /// The address as a network (a bare IP is a /32 or /128).
     pub fn net(&self) -> Result<ipnet::IpNet, String> {
-        let a = self.address.get_ref().trim();
-        a.parse::<ipnet::IpNet>()
-            .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| format!("client {:?}: address {a:?} is not an IP or CIDR", self.name))
+        crate::diag::parse_net(self.address.get_ref()).map_err(|e| format!("client {:?}: address {e}", self.name))
     }
 }
 
@@ -137,39 +147,27 @@ impl Radius {
         }
     }
 
-    /// Checks the section; every client's secret goes into `secrets`.
-    pub fn check(
-        &self,
-        file: &Path,
-        text: &str,
-        errors: &mut Vec<Located>,
-        warnings: &mut Vec<String>,
-        secrets: &mut Secrets,
-    ) {
-        let locate = |needle: &str| text.find(needle).unwrap_or(0);
+    /// Checks the section into its clients, each with its secret (read
+    /// from `secret_file` where given).
+    pub fn check(&self, src: &Source, errors: &mut Vec<Located>, warnings: &mut Vec<String>) -> Vec<Nas> {
+        let file = src.file;
         let r = self;
+        let mut checked = Vec::new();
         if r.workers > MAX_WORKERS {
-            errors.push(Located::at(
-                file,
-                text,
-                locate("workers"),
+            errors.push(src.error(
+                &["radius", "workers"],
                 format!("radius.workers must be at most {MAX_WORKERS} (0: one per core)"),
             ));
         }
         if r.clients.is_empty() {
-            errors.push(Located::at(file, text, locate("[radius]"), "[radius] needs at least one [[radius.clients]]"));
+            errors.push(src.error(&["radius"], "[radius] needs at least one [[radius.clients]]"));
         }
         for (i, c) in r.clients.iter().enumerate() {
-            if let Err(e) = c.net() {
-                errors.push(Located::at(file, text, c.address.span().start, e));
-            }
+            let index = i.to_string();
+            let at = |key: &str| src.offset(&["radius", "clients", &index, key]);
+            let net = c.net().map_err(|e| errors.push(src.error_at(c.address.span().start, e))).ok();
             if r.clients[..i].iter().any(|o| o.name == c.name) {
-                errors.push(Located::at(
-                    file,
-                    text,
-                    c.address.span().start,
-                    format!("duplicate client name {:?}", c.name),
-                ));
+                errors.push(src.error_at(at("name"), format!("duplicate client name {:?}", c.name)));
             }
             let secret = match (&c.secret, &c.secret_file) {
                 (Some(_), Some(_)) => Err(format!("client {:?}: give secret or secret_file, not both", c.name)),
@@ -178,12 +176,9 @@ impl Radius {
                 (None, Some(p)) => read_secret(p),
             };
             match secret {
-                Ok(s) if s.is_empty() => errors.push(Located::at(
-                    file,
-                    text,
-                    c.address.span().start,
-                    format!("client {:?}: empty secret", c.name),
-                )),
+                Ok(s) if s.is_empty() => {
+                    errors.push(src.error_at(at("secret"), format!("client {:?}: empty secret", c.name)));
+                }
                 Ok(s) => {
                     if s.len() < 12 {
                         warnings.push(format!("{}: RADIUS client {:?}: a secret shorter than 12 bytes is easy to brute-force from one captured packet", file.display(), c.name));
@@ -191,9 +186,18 @@ impl Radius {
                     if !c.require_message_authenticator {
                         warnings.push(format!("{}: RADIUS client {:?}: require_message_authenticator = false leaves it open to BlastRADIUS (CVE-2024-3596)", file.display(), c.name));
                     }
-                    secrets.radius.push((c.name.clone(), s.into_bytes()));
+                    if let Some(net) = net {
+                        checked.push(Nas {
+                            name: c.name.clone(),
+                            net,
+                            secret: Secret::new(s.into_bytes()),
+                            require_message_authenticator: c.require_message_authenticator,
+                            coa_port: c.coa_port,
+                            coa_mode: c.coa_mode,
+                        });
+                    }
                 }
-                Err(e) => errors.push(Located::at(file, text, c.address.span().start, e)),
+                Err(e) => errors.push(src.error_at(at("secret_file"), e)),
             }
         }
         if r.compliant_vlan.is_empty()
@@ -201,12 +205,12 @@ impl Radius {
             || r.compliant_vlan.len() > 252
             || r.quarantine_vlan.len() > 252
         {
-            errors.push(Located::at(
-                file,
-                text,
-                locate("vlan"),
-                "compliant_vlan and quarantine_vlan must be 1 to 252 characters",
-            ));
+            let key = if r.compliant_vlan.is_empty() || r.compliant_vlan.len() > 252 {
+                "compliant_vlan"
+            } else {
+                "quarantine_vlan"
+            };
+            errors.push(src.error(&["radius", key], "compliant_vlan and quarantine_vlan must be 1 to 252 characters"));
         }
         if let Some(u) = &r.users_file {
             match crate::users::Users::load(u) {
@@ -214,5 +218,6 @@ impl Radius {
                 Err(e) => errors.push(e),
             }
         }
+        checked
     }
 }

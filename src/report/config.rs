@@ -12,9 +12,9 @@
 //! ```
 
 use super::schedule::Schedule;
-use crate::diag::Located;
+use crate::diag::{Located, Source};
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
@@ -67,17 +67,12 @@ pub fn rebase(reports: &mut [ReportConfig], rebase: &impl Fn(&mut PathBuf)) {
 
 /// Checks every `[[reports]]`; `audit` says whether the trail they are
 /// computed from is kept.
-pub fn check(
-    reports: &[ReportConfig],
-    file: &Path,
-    text: &str,
-    audit: bool,
-    errors: &mut Vec<Located>,
-) -> Vec<Scheduled> {
+pub fn check(reports: &[ReportConfig], src: &Source, audit: bool, errors: &mut Vec<Located>) -> Vec<Scheduled> {
     let mut out = Vec::new();
     for (i, r) in reports.iter().enumerate() {
         let name = r.name.get_ref();
-        let mut fail = |at: usize, msg: String| errors.push(Located::at(file, text, at, msg));
+        let since_at = src.offset(&["reports", &i.to_string(), "since"]);
+        let mut fail = |at: usize, msg: String| errors.push(src.error_at(at, msg));
         if !audit {
             fail(r.name.span().start, "reports are computed from the audit trail: audit.enabled must be true".into());
         }
@@ -96,7 +91,7 @@ pub fn check(
             fail(r.formats.span().start, format!("report {name:?}: formats are html, csv and json"));
         }
         if r.since.is_zero() {
-            fail(r.name.span().start, format!("report {name:?}: since must be more than 0s"));
+            fail(since_at, format!("report {name:?}: since must be more than 0s"));
         }
         if let Some(schedule) = schedule {
             out.push(Scheduled {

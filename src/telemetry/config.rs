@@ -3,11 +3,11 @@
 //! broker. Checked here; `config` assembles the sections.
 
 use crate::config::{Secrets, read_secret};
-use crate::diag::Located;
+use crate::diag::{Located, Source};
 use crate::telemetry::TopicPattern;
 use serde::{Deserialize, Deserializer, de::Error as _};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where telemetry comes from.
@@ -139,31 +139,23 @@ impl Broker {
 impl Mqtt {
     /// Checks the section (paths already rebased), reads its secret files
     /// into `secrets`, and loads the credentials file to locate its errors.
-    pub fn check(
-        &self,
-        file: &Path,
-        text: &str,
-        errors: &mut Vec<Located>,
-        warnings: &mut Vec<String>,
-        secrets: &mut Secrets,
-    ) {
-        let locate = |needle: &str| text.find(needle).unwrap_or(0);
+    pub fn check(&self, src: &Source, errors: &mut Vec<Located>, warnings: &mut Vec<String>, secrets: &mut Secrets) {
+        let file = src.file;
+        let locate = |key: &str| src.offset(&["mqtt", key]);
         let m = self;
         let broker_at = m.broker.span().start;
         if m.password.is_some() && m.password_file.is_some() {
-            errors.push(Located::at(file, text, locate("password"), "give password or password_file, not both"));
+            errors.push(src.error_at(locate("password"), "give password or password_file, not both"));
         }
         if m.cert_file.is_some() != m.key_file.is_some() {
-            errors.push(Located::at(file, text, locate("_file"), "cert_file and key_file go together"));
+            let present = if m.cert_file.is_some() { "cert_file" } else { "key_file" };
+            errors.push(src.error_at(locate(present), "cert_file and key_file go together"));
         }
         match m.broker.get_ref() {
             Broker::External { tls: true, .. } if m.ca_file.is_none() => {
-                errors.push(Located::at(
-                    file,
-                    text,
-                    broker_at,
-                    "mqtts:// needs ca_file (the CA that signed the broker's certificate)",
-                ));
+                errors.push(
+                    src.error_at(broker_at, "mqtts:// needs ca_file (the CA that signed the broker's certificate)"),
+                );
             }
             Broker::External { tls: false, .. } if m.password.is_some() || m.password_file.is_some() => {
                 warnings.push(format!(
@@ -172,12 +164,7 @@ impl Mqtt {
                 ));
             }
             Broker::Embedded if m.ca_file.is_some() || m.username.is_some() => {
-                errors.push(Located::at(
-                    file,
-                    text,
-                    broker_at,
-                    "ca_file/username apply to an external broker, not \"embedded\"",
-                ));
+                errors.push(src.error_at(broker_at, "ca_file/username apply to an external broker, not \"embedded\""));
             }
             _ => {}
         }
@@ -191,17 +178,12 @@ impl Mqtt {
             || m.server_key.is_some()
             || m.client_ca.is_some();
         if *m.broker.get_ref() != Broker::Embedded && embedded_only {
-            errors.push(Located::at(
-                file,
-                text,
-                broker_at,
+            errors.push(src.error_at(broker_at,
                 "allow_anonymous, credentials_file, tls_listen, server_cert, server_key and client_ca apply to the embedded broker",
             ));
         }
         if m.tls_listen.is_some() && (m.server_cert.is_none() || m.server_key.is_none() || m.client_ca.is_none()) {
-            errors.push(Located::at(
-                file,
-                text,
+            errors.push(src.error_at(
                 locate("tls_listen"),
                 "tls_listen needs server_cert, server_key and client_ca (the CA of the device certificates)",
             ));
@@ -231,7 +213,7 @@ impl Mqtt {
         if let Some(p) = &m.password_file {
             match read_secret(p) {
                 Ok(s) => secrets.mqtt_password = Some(s),
-                Err(e) => errors.push(Located::at(file, text, locate("password_file"), e)),
+                Err(e) => errors.push(src.error_at(locate("password_file"), e)),
             }
         }
         for (key, path) in [
@@ -245,17 +227,12 @@ impl Mqtt {
             if let Some(p) = path
                 && !p.is_file()
             {
-                errors.push(Located::at(file, text, locate(key), format!("{key} {} does not exist", p.display())));
+                errors.push(src.error_at(locate(key), format!("{key} {} does not exist", p.display())));
             }
         }
         for (key, template) in [("command_topic", &m.command_topic), ("status_topic", &m.status_topic)] {
             if !template.contains("{device_id}") || template.contains(['+', '#']) {
-                errors.push(Located::at(
-                    file,
-                    text,
-                    locate(key),
-                    format!("{key} must contain {{device_id}} and no wildcards"),
-                ));
+                errors.push(src.error_at(locate(key), format!("{key} must contain {{device_id}} and no wildcards")));
             }
         }
     }

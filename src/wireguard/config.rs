@@ -2,7 +2,7 @@
 //! anything is bound or created.
 
 use super::acl::Rule;
-use crate::diag::Located;
+use crate::diag::{Located, Source};
 use base64::Engine as _;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -63,13 +63,7 @@ pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
     raw.try_into().map_err(|_| "a WireGuard key is 32 bytes (44 characters of base64)".to_string())
 }
 
-/// A network, or a bare address as a host route.
-pub fn parse_net(text: &str) -> Result<IpNet, String> {
-    let t = text.trim();
-    t.parse::<IpNet>()
-        .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{t:?} is not an IP address or CIDR"))
-}
+pub use crate::diag::parse_net;
 
 /// Everything the data plane needs, validated.
 pub struct Checked {
@@ -96,42 +90,37 @@ impl WireGuard {
         }
     }
 
-    /// Checks every value; errors are located in `text`.
-    pub fn check(&self, file: &Path, text: &str, warnings: &mut Vec<String>) -> Result<Checked, Vec<Located>> {
+    /// Checks every value; errors are located at their keys.
+    pub fn check(&self, src: &Source, warnings: &mut Vec<String>) -> Result<Checked, Vec<Located>> {
         let mut errors = Vec::new();
-        let at = |span: std::ops::Range<usize>, msg: String| Located::at(file, text, span.start, msg);
-        let section = text.find("[wireguard]").unwrap_or(0);
+        let at = |span: std::ops::Range<usize>, msg: String| src.error_at(span.start, msg);
         let private_key = match (&self.private_key, &self.private_key_file) {
             (Some(_), Some(_)) => {
-                errors.push(Located::at(file, text, section, "give private_key or private_key_file, not both"));
+                errors.push(src.error(&["wireguard", "private_key"], "give private_key or private_key_file, not both"));
                 None
             }
             (None, None) => {
-                errors.push(Located::at(
-                    file,
-                    text,
-                    section,
-                    "[wireguard] needs private_key_file (`wg genkey > wg.key`)",
-                ));
+                errors.push(src.error(&["wireguard"], "[wireguard] needs private_key_file (`wg genkey > wg.key`)"));
                 None
             }
             (Some(k), None) => {
-                warnings.push(format!("{}: wireguard.private_key is inline; prefer private_key_file", file.display()));
+                warnings
+                    .push(format!("{}: wireguard.private_key is inline; prefer private_key_file", src.file.display()));
                 parse_key(k)
-                    .map_err(|e| errors.push(Located::at(file, text, section, format!("private_key: {e}"))))
+                    .map_err(|e| errors.push(src.error(&["wireguard", "private_key"], format!("private_key: {e}"))))
                     .ok()
             }
             (None, Some(p)) => std::fs::read_to_string(p)
                 .map_err(|e| format!("cannot read {}: {e}", p.display()))
                 .and_then(|k| parse_key(&k).map_err(|e| format!("{}: {e}", p.display())))
-                .map_err(|e| errors.push(Located::at(file, text, section, e)))
+                .map_err(|e| errors.push(src.error(&["wireguard", "private_key_file"], e)))
                 .ok(),
         };
         let address = parse_net(self.address.get_ref())
             .map_err(|e| errors.push(at(self.address.span(), format!("address: {e}"))))
             .ok();
         if !(1280..=9000).contains(&self.mtu) {
-            errors.push(Located::at(file, text, section, format!("mtu {} is outside 1280..=9000", self.mtu)));
+            errors.push(src.error(&["wireguard", "mtu"], format!("mtu {} is outside 1280..=9000", self.mtu)));
         }
         let remediation: Vec<Rule> = self
             .remediation
@@ -196,7 +185,7 @@ mod tests {
         }
         let doc: Doc = toml::from_str(text).map_err(|e| e.to_string())?;
         doc.wireguard
-            .check(Path::new("/etc/warden/warden.toml"), text, &mut Vec::new())
+            .check(&Source::new(Path::new("/etc/warden/warden.toml"), text), &mut Vec::new())
             .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
     }
 
@@ -215,7 +204,7 @@ mod tests {
         let cases = [
             (
                 "[wireguard]\nprivate_key = \"nope\"\naddress = \"10.99.0.1/24\"\n".to_string(),
-                "1:1: private_key: a WireGuard key",
+                "2:15: private_key: a WireGuard key",
             ),
             (format!("[wireguard]\nprivate_key = \"{KEY}\"\naddress = \"10.99.0.300/24\"\n"), "3:11: address:"),
             (
@@ -236,7 +225,7 @@ mod tests {
                 ),
                 "6:14: a WireGuard key",
             ),
-            ("[wireguard]\naddress = \"10.0.0.1/8\"\n".to_string(), "1:1: [wireguard] needs private_key_file"),
+            ("[wireguard]\naddress = \"10.0.0.1/8\"\n".to_string(), "1:2: [wireguard] needs private_key_file"),
         ];
         for (text, want) in cases {
             let err = check(&text).err().unwrap_or_default();
