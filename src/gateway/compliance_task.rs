@@ -2,6 +2,11 @@
 //! policy sets and timeouts, publishes every verdict change to the planes,
 //! journals every accepted report (acknowledged once the commit task has
 //! made it durable) and compacts the journal into the snapshot.
+//!
+//! Longer than most files here because it is one event loop whose handlers
+//! share the task's state (the engine, the pending acks, the journal, the
+//! remediation core); the decisions themselves live in the cores
+//! (`compliance::Engine`, `remediation`) and in `commit`.
 
 use super::commit::{Commit, Durability};
 use super::log_limit::LogLimiter;

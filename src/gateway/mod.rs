@@ -30,6 +30,7 @@ mod status;
 mod timer;
 mod udp_batch;
 mod users_reload;
+mod wireguard_io;
 mod wireguard_task;
 
 use crate::compliance::{Engine, Table};
