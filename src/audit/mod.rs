@@ -5,6 +5,11 @@
 //! and the verifier that re-checks a trail and names the first entry that
 //! was edited, removed, reordered or cut.
 //!
+//! Drive it: [`Chain::append`] an event (time, kind, device, data) and
+//! write the line it gives; every so many entries, and at stop, write
+//! [`Chain::checkpoint`]. The shell (`gateway::audit_trail`) owns the files
+//! and their syncing; [`verify`] reads a trail back.
+//!
 //! The canonical entry is the line's JSON without its `hash` field, as
 //! serde_json writes it: objects in key order (serde_json's default map is
 //! sorted), no whitespace. Verification re-serializes what it parsed, so a

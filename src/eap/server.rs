@@ -3,6 +3,12 @@
 //! limits that keep a flood of half-open conversations from costing more
 //! than a bounded table. Sans-IO: EAP bytes, State and `now` in; what to
 //! answer out.
+//!
+//! Drive it: [`EapServer::handle`] each Access-Request's EAP-Message and
+//! State with `now`, and answer with the [`Outcome`] (Challenge, Accept or
+//! Reject); call [`EapServer::handle_timeout`] when
+//! [`EapServer::poll_timeout`] is due (abandoned conversations go), and
+//! count every [`EapServer::poll_event`] (refusals).
 
 use super::fragment;
 use super::packet::{Code, Packet, encode, kind};

@@ -108,7 +108,7 @@ impl Admitted {
         by_mac.or(by_user).map(|(a, _)| a)
     }
 
-    /// What [`recall`](Self::recall) finds, with when it was given: by MAC
+    /// The access remembered for a MAC or a user, with when it was given: by MAC
     /// first, then by user.
     fn recall_at(&self, mac: Option<Mac>, user: Option<&str>, now: Instant) -> (Option<Given>, Option<Given>) {
         let fresh = |e: &Given| (now.saturating_duration_since(e.1) <= ADMITTED_TTL).then_some(*e);

@@ -4,6 +4,12 @@
 //! reports ACK, NAK (with Error-Cause) or timeout. A token bucket per NAS
 //! keeps a mass verdict flip from flooding the network; what waits is queued
 //! (bounded) in order.
+//!
+//! Drive it: [`CoaClient::request`] for every CoA or Disconnect to send,
+//! [`CoaClient::handle_datagram`] for every answer from a NAS and
+//! [`CoaClient::handle_timeout`] when [`CoaClient::poll_timeout`] is due,
+//! each with `now`; then send every [`CoaClient::poll_transmit`] and act on
+//! every [`CoaClient::poll_event`] (ACK, NAK, timeout, dropped).
 
 use super::builder::Builder;
 use super::dictionary::{AttrType, Code, ErrorCause, TUNNEL_MEDIUM_IEEE_802, TUNNEL_TYPE_VLAN};

@@ -8,6 +8,12 @@
 //! the verdict implies, and this table keeps what is in flight and what is
 //! due again after a NAK or a timeout. Sans-IO: `now` comes in; ordered maps
 //! keep every walk deterministic.
+//!
+//! Drive it: [`Sessions::apply`] every accounting record, then for a
+//! session whose verdict may have changed [`Sessions::reconcile`] it
+//! against the access its verdict implies (a serial back means: send a
+//! request for it now), [`Sessions::settle`] the request's outcome, and at
+//! [`Sessions::poll_timeout`] reconcile again what [`Sessions::due`] names.
 
 use super::coa::SessionId;
 use super::dictionary::AcctStatus;
