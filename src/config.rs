@@ -2,7 +2,9 @@
 //! keys refused, every error as `FILE:LINE:COL: message`. Everything is
 //! validated (and every secret file read) before any port is bound.
 
+pub use crate::compliance::access::UnknownDevice;
 use crate::diag::Located;
+use crate::diag::read_secret;
 pub use crate::radius::config::{CoaMode, Noncompliant, Radius, RadiusClient};
 pub use crate::telemetry::config::{Broker, Mqtt};
 use serde::Deserialize;
@@ -67,16 +69,6 @@ fn default_state_dir() -> PathBuf {
 /// (bench/RESULTS.md): once a minute, and only when something changed.
 fn default_snapshot_every() -> Duration {
     Duration::from_secs(60)
-}
-
-/// What to do with a device the table knows nothing current about.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnknownDevice {
-    Reject,
-    #[default]
-    Quarantine,
-    Allow,
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,8 +332,8 @@ impl Loaded {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let src = crate::diag::Source::new(file, text);
-        let mut secrets = Secrets::default();
-        config.mqtt.check(&src, &mut errors, &mut warnings, &mut secrets);
+        let mqtt_password = config.mqtt.check(&src, &mut errors, &mut warnings);
+        let mut secrets = Secrets { mqtt_password, ..Default::default() };
         if let Some(p) = &config.http.token_file {
             match read_secret(p) {
                 Ok(s) if s.len() >= 16 => secrets.api_token = Some(s),
@@ -442,16 +434,6 @@ impl Loaded {
             Err(errors)
         }
     }
-}
-
-/// A secret from a file, trailing newline removed; empty is an error.
-pub(crate) fn read_secret(path: &Path) -> Result<String, String> {
-    let s = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let s = s.trim_end_matches(['\n', '\r']).to_string();
-    if s.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(s)
 }
 
 #[cfg(test)]

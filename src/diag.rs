@@ -102,6 +102,16 @@ impl<'a> Source<'a> {
     }
 }
 
+/// A secret from a file, trailing newline removed; empty is an error.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    let s = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let s = s.trim_end_matches(['\n', '\r']).to_string();
+    if s.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(s)
+}
+
 /// A network, or a bare address as a host route (`10.0.0.7` is
 /// `10.0.0.7/32`): the one parser for every IP-or-CIDR a file holds.
 pub fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {

@@ -4,7 +4,17 @@
 //! the ACL state) and nothing else re-derives it.
 
 use super::device::{Device, Verdict};
-use crate::config::UnknownDevice;
+use serde::Deserialize;
+
+/// What to do with a device the table knows nothing current about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownDevice {
+    Reject,
+    #[default]
+    Quarantine,
+    Allow,
+}
 
 /// What a device may do on the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]

@@ -24,6 +24,13 @@ pub trait Credentials: Send + Sync {
     fn nt_hash(&self, user: &str) -> Option<Zeroizing<[u8; 16]>>;
 }
 
+/// MS-CHAPv2 asks the users file for NT hashes.
+impl Credentials for crate::users::Users {
+    fn nt_hash(&self, user: &str) -> Option<Zeroizing<[u8; 16]>> {
+        self.get(user)?.nt_password_hash()
+    }
+}
+
 #[derive(Debug)]
 pub enum Step {
     Request(Vec<u8>),

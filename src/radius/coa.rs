@@ -33,8 +33,8 @@ const MAX_QUEUED: usize = 100_000;
 /// How a NAS is asked to give a session `access` under its `coa_mode`:
 /// the kind of request, the VLAN a CoA moves it to, and whether a NAKed CoA
 /// falls back to a Disconnect. `Deny` has no VLAN: only a Disconnect does it.
-pub fn plan(mode: crate::config::CoaMode, vlan: Option<&str>) -> (Kind, Option<String>, bool) {
-    use crate::config::CoaMode;
+pub fn plan(mode: super::config::CoaMode, vlan: Option<&str>) -> (Kind, Option<String>, bool) {
+    use super::config::CoaMode;
     match (mode, vlan) {
         (_, None) | (CoaMode::Disconnect, _) => (Kind::Disconnect, None, false),
         (CoaMode::Coa, Some(v)) => (Kind::Coa, Some(v.to_string()), false),

@@ -2,7 +2,7 @@
 //! and the NAS clients with their secrets. Checked here; `config`
 //! assembles the sections.
 
-use crate::config::read_secret;
+use crate::diag::read_secret;
 use crate::diag::{Located, Source};
 use crate::radius::server::Secret;
 use serde::Deserialize;

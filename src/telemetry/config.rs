@@ -2,7 +2,7 @@
 //! an external one), the topics, and how devices log in to the embedded
 //! broker. Checked here; `config` assembles the sections.
 
-use crate::config::{Secrets, read_secret};
+use crate::diag::read_secret;
 use crate::diag::{Located, Source};
 use crate::telemetry::TopicPattern;
 use serde::{Deserialize, Deserializer, de::Error as _};
@@ -138,8 +138,9 @@ impl Broker {
 
 impl Mqtt {
     /// Checks the section (paths already rebased), reads its secret files
-    /// into `secrets`, and loads the credentials file to locate its errors.
-    pub fn check(&self, src: &Source, errors: &mut Vec<Located>, warnings: &mut Vec<String>, secrets: &mut Secrets) {
+    /// (the client's password, which it returns), and loads the credentials
+    /// file to locate its errors.
+    pub fn check(&self, src: &Source, errors: &mut Vec<Located>, warnings: &mut Vec<String>) -> Option<String> {
         let file = src.file;
         let locate = |key: &str| src.offset(&["mqtt", key]);
         let m = self;
@@ -209,10 +210,10 @@ impl Mqtt {
                 ));
             }
         }
-        secrets.mqtt_password = m.password.clone();
+        let mut password = m.password.clone();
         if let Some(p) = &m.password_file {
             match read_secret(p) {
-                Ok(s) => secrets.mqtt_password = Some(s),
+                Ok(s) => password = Some(s),
                 Err(e) => errors.push(src.error_at(locate("password_file"), e)),
             }
         }
@@ -235,5 +236,6 @@ impl Mqtt {
                 errors.push(src.error_at(locate(key), format!("{key} must contain {{device_id}} and no wildcards")));
             }
         }
+        password
     }
 }

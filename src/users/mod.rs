@@ -31,10 +31,10 @@ impl User {
     /// Checks a PAP password, in constant time over the compared bytes.
     pub fn verify(&self, password: &[u8]) -> bool {
         match &self.credential {
-            Credential::Plain(p) => crate::radius::crypto::ct_eq(p, password),
-            Credential::NtHash(h) => {
-                std::str::from_utf8(password).map(|p| crate::radius::crypto::ct_eq(&nt_hash(p), h)).unwrap_or(false)
-            }
+            Credential::Plain(p) => bool::from(subtle::ConstantTimeEq::ct_eq(p.as_slice(), password)),
+            Credential::NtHash(h) => std::str::from_utf8(password)
+                .map(|p| bool::from(subtle::ConstantTimeEq::ct_eq(&nt_hash(p)[..], &h[..])))
+                .unwrap_or(false),
             Credential::Argon2(phc) => verify_argon2(phc, password),
         }
     }
@@ -69,13 +69,6 @@ pub fn nt_hash(password: &str) -> [u8; 16] {
     use md4::{Digest, Md4};
     let utf16: Vec<u8> = password.encode_utf16().flat_map(u16::to_le_bytes).collect();
     Md4::digest(&utf16).into()
-}
-
-/// MS-CHAPv2 (PEAP) asks the users file for NT hashes.
-impl crate::eap::peap::Credentials for Users {
-    fn nt_hash(&self, user: &str) -> Option<Zeroizing<[u8; 16]>> {
-        self.get(user)?.nt_password_hash()
-    }
 }
 
 /// Credentials are never printed: Debug shows the names only.
