@@ -9,10 +9,10 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
-pub mod broker;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod commands;
 pub mod compliance;
 pub mod config;

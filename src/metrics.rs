@@ -148,11 +148,11 @@ pub enum HttpRefusal {
 }
 
 /// Why the embedded broker refused a client: at login (its
-/// [`crate::broker::access::Refused`]), or a publish or subscribe its ACL
+/// [`crate::telemetry::access::Refused`]), or a publish or subscribe its ACL
 /// does not allow. In [`BROKER_REFUSALS`] order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BrokerRefusal {
-    Login(crate::broker::access::Refused),
+    Login(crate::telemetry::access::Refused),
     Publish,
     Subscribe,
 }
@@ -758,9 +758,9 @@ mod tests {
     /// Each typed label counts under its own name.
     #[test]
     fn typed_labels_count_under_their_names() {
-        use crate::broker::access::Refused;
         use crate::compliance::identity::Kind;
         use crate::remediation::command::AckRefusal;
+        use crate::telemetry::access::Refused;
         let m = Metrics::new();
         for r in [
             HttpRefusal::TooManyConnections,

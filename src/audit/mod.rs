@@ -20,6 +20,7 @@
 //! window; shipping them elsewhere (the event stream) closes it.
 
 pub mod config;
+pub mod reader;
 
 use crate::telemetry::UnixMillis;
 use crate::telemetry::report::format_rfc3339;

@@ -410,6 +410,7 @@ impl EapServer {
     /// States in creation order; a conversation that came back has a new
     /// State, so its old entry no longer resolves): a flood of new
     /// conversations at the cap costs O(1) each, not a scan of the table.
+    #[allow(clippy::disallowed_methods)] // a minimum over (returned, created): ties are equally old
     fn make_room(&mut self) -> bool {
         if self.sessions.len() < self.limits.max_sessions {
             return false;
@@ -445,6 +446,7 @@ impl EapServer {
 
     /// Drops conversations past their deadline (each a `TimedOut` event);
     /// returns how many.
+    #[allow(clippy::disallowed_methods)] // a minimum: the same in any order
     pub fn handle_timeout(&mut self, now: Instant) -> usize {
         if self.poll_timeout().is_none_or(|t| now < t) {
             return 0;

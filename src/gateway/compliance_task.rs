@@ -22,27 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// An operator's confirmation of a held batch; the reply is the batch
-/// applied, or `None` when no batch has that id.
-pub struct Confirm {
-    pub id: u64,
-    /// The API token's name, and the client's address.
-    pub by: String,
-    pub from: Option<String>,
-    pub reply: tokio::sync::oneshot::Sender<Option<Held>>,
-}
-
-/// An override to set (`Some`) or clear (`None`), from the API. The reply
-/// is `None` for a device the table does not know; otherwise a receiver
-/// that fires once the change is durable (and is dropped if it cannot be).
-pub struct OverrideRequest {
-    pub device: String,
-    pub set: Option<crate::compliance::overrides::Override>,
-    /// The API token's name that asked, and the client's address.
-    pub by: String,
-    pub from: Option<String>,
-    pub reply: tokio::sync::oneshot::Sender<Option<tokio::sync::oneshot::Receiver<()>>>,
-}
+pub use crate::http::requests::{Confirm, OverrideRequest};
 
 /// Messages taken from the channel in one go before events are drained.
 const BATCH: usize = 1024;

@@ -5,9 +5,9 @@
 #![allow(clippy::disallowed_methods)]
 
 mod admissions;
-pub mod audit_reader;
 mod audit_trail;
 mod authorize;
+pub mod broker;
 mod commit;
 mod compliance_task;
 pub mod reports;
@@ -121,9 +121,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // the compliance task; warden's own clients log in as its superuser.
     let (telemetry_tx, telemetry_rx) = mpsc::channel(TELEMETRY_QUEUE);
     if embedded {
-        let password =
-            crate::broker::start(broker_settings(&loaded)?, telemetry_tx.clone(), Arc::clone(&metrics)).await?;
-        mqtt_options.set_credentials(crate::broker::INTERNAL_USER, password.as_str());
+        let password = broker::start(broker_settings(&loaded)?, telemetry_tx.clone(), Arc::clone(&metrics)).await?;
+        mqtt_options.set_credentials(broker::INTERNAL_USER, password.as_str());
     }
     let mut status_options = mqtt_options.clone();
     status_options.set_client_id(format!("{}-status", mqtt_options.client_id())).set_clean_session(true);
@@ -365,27 +364,24 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
 }
 
 /// The embedded broker's settings from `[mqtt]` (checked by `config`).
-fn broker_settings(loaded: &Loaded) -> anyhow::Result<crate::broker::Settings> {
+fn broker_settings(loaded: &Loaded) -> anyhow::Result<broker::Settings> {
     let m = &loaded.config.mqtt;
     let users = match &m.credentials_file {
         Some(path) => Some(Arc::new(crate::users::Users::load(path).map_err(|e| anyhow::anyhow!("{e}"))?)),
         None => None,
     };
     let tls = match (m.tls_listen, &m.server_cert, &m.server_key, &m.client_ca) {
-        (Some(listen), Some(cert), Some(key), Some(ca)) => Some(crate::broker::Tls {
-            listen,
-            server_cert: cert.clone(),
-            server_key: key.clone(),
-            client_ca: ca.clone(),
-        }),
+        (Some(listen), Some(cert), Some(key), Some(ca)) => {
+            Some(broker::Tls { listen, server_cert: cert.clone(), server_key: key.clone(), client_ca: ca.clone() })
+        }
         _ => None,
     };
-    Ok(crate::broker::Settings {
+    Ok(broker::Settings {
         listen: m.listen,
         tls,
         allow_anonymous: m.allow_anonymous,
         users,
-        topics: crate::broker::access::Topics {
+        topics: crate::telemetry::access::Topics {
             telemetry: m.telemetry_topic.clone(),
             acks: m.ack_topic.clone(),
             command: m.command_topic.clone(),

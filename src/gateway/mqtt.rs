@@ -58,11 +58,7 @@ impl Ack {
     }
 }
 
-/// The wall clock, in the shells only.
-pub fn wall_now() -> UnixMillis {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+pub use crate::clock::wall_now;
 
 /// Builds the client options: persistent session (clean_session = false)
 /// under a stable client id, so QoS 1 telemetry published while warden was

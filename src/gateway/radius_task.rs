@@ -41,11 +41,7 @@ pub struct RadiusTask {
     pub journal_sync: Arc<std::fs::File>,
 }
 
-/// A device's sessions, asked for by the API.
-pub struct SessionQuery {
-    pub device: String,
-    pub reply: tokio::sync::oneshot::Sender<Vec<serde_json::Value>>,
-}
+pub use crate::http::requests::SessionQuery;
 
 impl RadiusTask {
     pub async fn run(mut self) {

@@ -15,10 +15,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
-/// Each device's running plans as the API shows them (absent: none), as
-/// JSON text: a `serde_json::Value` per device cost kilobytes, and a policy
-/// change can start 100,000 plans at once.
-pub type Views = dashmap::DashMap<Arc<str>, Box<str>, foldhash::fast::RandomState>;
+pub use crate::http::requests::RemediationViews as Views;
 
 /// Commands queued for the publisher; past this one is dropped and counted,
 /// and the plan sends it again after its `retry_every`. Room for a policy

@@ -70,14 +70,7 @@ pub fn write(r: &Scheduled, trail: &Path, due: UnixMillis) -> std::io::Result<Ve
     Ok(files)
 }
 
-/// The reports listed in `dir/index.json` (none when it is missing or damaged).
-pub fn read_index(dir: &Path) -> Vec<Value> {
-    std::fs::read(dir.join("index.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v.get("reports").and_then(Value::as_array).cloned())
-        .unwrap_or_default()
-}
+use crate::report::read_index;
 
 fn write_index(dir: &Path, index: &[Value]) -> std::io::Result<()> {
     let json = serde_json::to_string_pretty(&json!({ "reports": index })).unwrap_or_default() + "\n";

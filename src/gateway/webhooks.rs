@@ -16,9 +16,9 @@
 // A shell: it owns sockets, files and the clock.
 #![allow(clippy::disallowed_methods)]
 
+use crate::audit::reader::Reader;
 use crate::events::config::Webhook;
 use crate::events::{Attempt, Delivery, Outcome, Settings};
-use crate::gateway::audit_reader::Reader;
 use crate::metrics::{Metrics, WebhookResult};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};

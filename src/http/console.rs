@@ -371,13 +371,8 @@ async fn set_override(
             return secured((StatusCode::BAD_REQUEST, "for: a duration such as 2h").into_response());
         };
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        match crate::compliance::overrides::Override::new(
-            mode,
-            crate::gateway::mqtt::wall_now(),
-            ms,
-            &f.reason,
-            &session.name,
-        ) {
+        match crate::compliance::overrides::Override::new(mode, crate::clock::wall_now(), ms, &f.reason, &session.name)
+        {
             Ok(o) => Some(o),
             Err(e) => return secured((StatusCode::BAD_REQUEST, e.to_string()).into_response()),
         }
@@ -448,7 +443,7 @@ async fn confirm(
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let from = peer.map(|p| p.0.0.ip().to_string());
-    let request = crate::gateway::Confirm { id, by: session.name.clone(), from, reply };
+    let request = super::requests::Confirm { id, by: session.name.clone(), from, reply };
     if source.confirm.send(request).await.is_ok() {
         let _ = answer.await;
     }
@@ -465,7 +460,7 @@ async fn reports(State(s): State<ApiState>, headers: HeaderMap) -> Response {
     );
     let mut any = false;
     for (name, dir) in s.report_dirs.iter() {
-        for r in crate::gateway::reports::read_index(dir).iter().filter(|r| r["name"] == name.as_str()) {
+        for r in crate::report::read_index(dir).iter().filter(|r| r["name"] == name.as_str()) {
             any = true;
             let files: Vec<String> = r["files"]
                 .as_array()
@@ -504,7 +499,7 @@ async fn report_file(
     let Some((_, dir)) = s.report_dirs.iter().find(|(n, _)| *n == name) else {
         return secured((StatusCode::NOT_FOUND, "no such report").into_response());
     };
-    let listed = crate::gateway::reports::read_index(dir).iter().any(|r| {
+    let listed = crate::report::read_index(dir).iter().any(|r| {
         r["name"] == name.as_str() && r["files"].as_array().is_some_and(|f| f.iter().any(|x| x == file.as_str()))
     });
     if !listed {

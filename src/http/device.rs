@@ -2,6 +2,9 @@
 //! remediation, live sessions and peers) and its override, set and cleared
 //! through the compliance task that owns it.
 
+// Handlers are a shell: they read the clock for the cores they ask.
+#![allow(clippy::disallowed_methods)]
+
 use super::views::{DeviceView, Problem};
 use super::{ApiState, Caller, problem, problem_with};
 use crate::compliance::Device;
@@ -87,16 +90,11 @@ pub(super) async fn put_override(
         return bad_request("\"for\" is a duration such as \"30m\" or \"2h\"");
     };
     let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-    let o = match crate::compliance::overrides::Override::new(
-        body.mode,
-        crate::gateway::mqtt::wall_now(),
-        ms,
-        &body.reason,
-        &by,
-    ) {
-        Ok(o) => o,
-        Err(e) => return bad_request(&e.to_string()),
-    };
+    let o =
+        match crate::compliance::overrides::Override::new(body.mode, crate::clock::wall_now(), ms, &body.reason, &by) {
+            Ok(o) => o,
+            Err(e) => return bad_request(&e.to_string()),
+        };
     apply_override(&s, id, Some(o), &by, caller.from()).await
 }
 
@@ -128,7 +126,7 @@ pub(crate) async fn apply_override(
 ) -> Response {
     let what = o.as_ref().map_or("cleared", |o| o.mode.label());
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let request = crate::gateway::OverrideRequest { device: id.clone(), set: o, by: by.to_string(), from, reply };
+    let request = super::requests::OverrideRequest { device: id.clone(), set: o, by: by.to_string(), from, reply };
     if s.overrides.send(request).await.is_err() {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
@@ -158,7 +156,7 @@ pub(crate) fn bad_request(msg: &str) -> Response {
 pub(crate) async fn sessions(s: &ApiState, id: &str) -> Vec<Value> {
     let Some(queries) = &s.sessions else { return Vec::new() };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let query = crate::gateway::SessionQuery { device: id.to_string(), reply };
+    let query = super::requests::SessionQuery { device: id.to_string(), reply };
     if queries.try_send(query).is_err() {
         return Vec::new();
     }
@@ -171,7 +169,6 @@ pub(crate) async fn sessions(s: &ApiState, id: &str) -> Vec<Value> {
 
 /// A device's WireGuard peers: configured for it, or holding the key it
 /// reported.
-#[allow(clippy::disallowed_methods)] // a handler is a shell: it reads the clock for the core
 pub(crate) fn peers(s: &ApiState, d: &Device) -> Vec<Value> {
     use base64::Engine as _;
     let Some(router) = &s.wireguard else { return Vec::new() };

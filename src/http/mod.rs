@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod console;
 mod device;
+pub mod requests;
 mod trail;
 pub mod views;
 
@@ -65,7 +66,7 @@ pub struct ApiState {
     /// The dynamic groups in force (replaced on a policy reload).
     pub groups: tokio::sync::watch::Receiver<Arc<crate::policy::Groups>>,
     /// Asks the RADIUS plane for a device's sessions (none without RADIUS).
-    pub sessions: Option<tokio::sync::mpsc::Sender<crate::gateway::SessionQuery>>,
+    pub sessions: Option<tokio::sync::mpsc::Sender<requests::SessionQuery>>,
     /// The audit trail's directory (none: the trail is off).
     pub audit_dir: Option<std::path::PathBuf>,
     /// The trail's last durable entry (what `/api/v1/events` may give).
@@ -82,14 +83,14 @@ pub struct ApiState {
     /// The WireGuard router, for a device's peers (none without WireGuard).
     pub wireguard: Option<Arc<crate::wireguard::router::Router>>,
     /// Each device's running remediation plans, kept by the compliance task.
-    pub remediation: Arc<crate::gateway::RemediationViews>,
+    pub remediation: Arc<requests::RemediationViews>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<Readiness>,
     pub tokens: Arc<crate::tokens::Tokens>,
     pub stale_after: std::time::Duration,
     pub changes: Changes,
     /// Override requests, to the compliance task.
-    pub overrides: tokio::sync::mpsc::Sender<crate::gateway::OverrideRequest>,
+    pub overrides: tokio::sync::mpsc::Sender<requests::OverrideRequest>,
 }
 
 /// Who is calling, from the bearer token (none when no tokens are set).
@@ -150,7 +151,7 @@ pub struct Changes {
 #[derive(Clone)]
 pub struct ChangeSource {
     pub held: tokio::sync::watch::Receiver<Vec<crate::compliance::Held>>,
-    pub confirm: tokio::sync::mpsc::Sender<crate::gateway::Confirm>,
+    pub confirm: tokio::sync::mpsc::Sender<requests::Confirm>,
 }
 
 /// The `/api/v1` routes, and the OpenAPI document describing exactly them.
@@ -290,7 +291,7 @@ async fn confirm_change(
         return problem(StatusCode::NOT_FOUND, "no held change with that id");
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
-    if source.confirm.send(crate::gateway::Confirm { id, by, from: caller.from(), reply }).await.is_err() {
+    if source.confirm.send(requests::Confirm { id, by, from: caller.from(), reply }).await.is_err() {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     match answer.await {

@@ -4,7 +4,7 @@
 
 use super::views::{AuditPage, EventsPage, Problem};
 use super::{ApiState, Caller, bad_request, problem};
-use crate::gateway::audit_reader::Reader;
+use crate::audit::reader::Reader;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;

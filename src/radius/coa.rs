@@ -217,8 +217,10 @@ impl CoaClient {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<(SocketAddr, u8)> =
+        #[allow(clippy::disallowed_methods)] // sorted: retries go out in one order whatever the hash
+        let mut due: Vec<(SocketAddr, u8)> =
             self.outstanding.iter().filter(|(_, o)| o.next_retry <= now).map(|(k, _)| *k).collect();
+        due.sort_unstable();
         for key in due {
             let Some(o) = self.outstanding.get_mut(&key) else { continue };
             if o.attempts >= ATTEMPTS {
@@ -232,7 +234,9 @@ impl CoaClient {
             o.next_retry = now + FIRST_RETRY * 2u32.pow(o.attempts - 1);
             self.transmits.push_back((key.0, o.payload.clone()));
         }
-        let ips: Vec<IpAddr> = self.queued.iter().filter(|(_, q)| !q.is_empty()).map(|(ip, _)| *ip).collect();
+        #[allow(clippy::disallowed_methods)] // sorted, as above
+        let mut ips: Vec<IpAddr> = self.queued.iter().filter(|(_, q)| !q.is_empty()).map(|(ip, _)| *ip).collect();
+        ips.sort_unstable();
         for ip in ips {
             self.pump(ip, now);
         }
@@ -247,6 +251,7 @@ impl CoaClient {
     }
 
     /// The next retransmission, or when the rate cap lets queued requests go.
+    #[allow(clippy::disallowed_methods)] // a minimum: the same in any order
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retry = self.outstanding.values().map(|o| o.next_retry).min();
         let refill = self

@@ -12,6 +12,16 @@
 pub mod config;
 pub mod render;
 pub mod schedule;
+/// The reports listed in `dir/index.json` (none when it is missing or
+/// damaged): what the shell that writes them and the console read.
+pub fn read_index(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read(dir.join("index.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("reports").and_then(serde_json::Value::as_array).cloned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -397,6 +407,7 @@ impl Builder {
     }
 
     /// The report, as of the window's end.
+    #[allow(clippy::disallowed_methods)] // hash order: every list is sorted before it leaves
     pub fn finish(mut self) -> Report {
         self.points_until(self.opts.until - 1);
         self.point(self.opts.until);

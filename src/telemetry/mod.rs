@@ -3,6 +3,7 @@
 //! [`parse`] is the sans-IO part (topic + payload bytes in, a [`Report`] or a
 //! counted [`Refusal`] out); the MQTT shell that feeds it is `gateway::mqtt`.
 
+pub mod access;
 pub mod config;
 pub mod parse;
 pub mod report;

@@ -85,6 +85,8 @@ pub struct PeerSet {
     hosts: HashMap<IpAddr, Arc<Peer>>,
     /// Wider prefixes, longest first.
     nets: Vec<(IpNet, Arc<Peer>)>,
+    /// Every peer in the order of its spec: walks are the same every run.
+    order: Vec<Arc<Peer>>,
 }
 
 impl PeerSet {
@@ -116,8 +118,7 @@ impl PeerSet {
             set.insert(peer);
         }
         set.nets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
-        let removed =
-            previous.by_key.values().filter(|p| !set.by_index.contains_key(&p.index)).map(Arc::clone).collect();
+        let removed = previous.order.iter().filter(|p| !set.by_index.contains_key(&p.index)).map(Arc::clone).collect();
         (set, removed)
     }
 
@@ -131,7 +132,8 @@ impl PeerSet {
         }
         self.by_device.entry(Arc::clone(&peer.spec.device_id)).or_default().push(Arc::clone(&peer));
         self.by_index.insert(peer.index, Arc::clone(&peer));
-        self.by_key.insert(peer.spec.public_key, peer);
+        self.by_key.insert(peer.spec.public_key, Arc::clone(&peer));
+        self.order.push(peer);
     }
 
     pub fn by_key(&self, key: &[u8; 32]) -> Option<&Arc<Peer>> {
@@ -153,11 +155,11 @@ impl PeerSet {
 
     /// The specs of every peer, to rebuild the set with one more.
     pub fn specs(&self) -> Vec<PeerSpec> {
-        self.by_index.values().map(|p| p.spec.clone()).collect()
+        self.order.iter().map(|p| p.spec.clone()).collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Peer>> {
-        self.by_index.values()
+        self.order.iter()
     }
 
     pub fn len(&self) -> usize {

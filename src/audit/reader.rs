@@ -32,7 +32,7 @@ impl Reader {
     /// Positions a reader just after entry `after` (0: from the oldest
     /// entry kept).
     pub fn seek(dir: &Path, after: u64) -> std::io::Result<Self> {
-        let files = crate::audit::files(dir)?;
+        let files = super::files(dir)?;
         let mut at = Self { dir: dir.to_path_buf(), segment: files.first().map_or(1, |f| f.0), offset: 0, after };
         for (n, path) in files.iter().rev() {
             let mut file = std::fs::File::open(path)?;
@@ -65,7 +65,7 @@ impl Reader {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // Removed by retention while this read it: on to the
                     // oldest file left after it.
-                    match crate::audit::files(&self.dir)?.into_iter().find(|(n, _)| *n > self.segment) {
+                    match super::files(&self.dir)?.into_iter().find(|(n, _)| *n > self.segment) {
                         Some((n, _)) => {
                             (self.segment, self.offset) = (n, 0);
                             continue;

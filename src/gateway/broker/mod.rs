@@ -7,11 +7,10 @@
 //! only once the report is durable (`hooks`). Devices authenticate with a
 //! password from `mqtt.credentials_file` or, on the mqtts listener, a client
 //! certificate whose CN is the device id, and use only their own topics
-//! (`access`). warden's own clients (status, commands, WireGuard address
+//! (`telemetry::access`). warden's own clients (status, commands, WireGuard address
 //! hand-out) connect over loopback as a superuser with a password made at
 //! start.
 
-pub mod access;
 #[cfg(feature = "embedded-broker")]
 mod hooks;
 #[cfg(feature = "embedded-broker")]
@@ -36,7 +35,7 @@ pub struct Settings {
     pub tls: Option<Tls>,
     pub allow_anonymous: bool,
     pub users: Option<Arc<Users>>,
-    pub topics: access::Topics,
+    pub topics: crate::telemetry::access::Topics,
 }
 
 /// The mqtts listener: devices present a certificate from `client_ca`.

@@ -1,5 +1,5 @@
 //! Who may connect to the embedded broker, and what each client may publish
-//! and subscribe to. Pure decisions: the hooks in `broker::hooks` ask them.
+//! and subscribe to. Pure decisions: the embedded broker's hooks (`gateway::broker::hooks`) ask them.
 //!
 //! A device acts only for itself: it publishes its own telemetry and its
 //! own command acknowledgements, and subscribes to its own command and

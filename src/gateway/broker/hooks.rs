@@ -11,9 +11,9 @@
 // A shell: it stamps arrival times for the cores.
 #![allow(clippy::disallowed_methods)]
 
-use super::access::{self, Identity, Refused, Topics};
 use crate::gateway::mqtt::{Ack, Inbound, wall_now};
 use crate::metrics::Metrics;
+use crate::telemetry::access::{self, Identity, Refused, Topics};
 use crate::users::Users;
 use rmqtt::acl::AuthInfo;
 use rmqtt::codec::types::QoS;
