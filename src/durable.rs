@@ -1,7 +1,8 @@
 //! Replacing a small file whole: the new content goes to a temporary file
 //! beside it, is synced, renamed over the old one, and the directory is
 //! synced, so a crash leaves the old file or the new one, never a mix or
-//! nothing (report files, their index, webhook cursors).
+//! nothing (report files, their index, webhook cursors, the WireGuard
+//! address pool).
 
 use std::io::Write as _;
 use std::path::Path;

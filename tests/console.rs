@@ -187,6 +187,25 @@ fn the_console_in_a_real_browser() {
         b.text("#changes").contains("pos-0003").then_some(())
     });
 
+    // The live list's endpoint: its refusals are problem details too, and a
+    // missing cursor starts from the trail's beginning.
+    let xhr = |url: &str| {
+        b.script(&format!(
+            "var x = new XMLHttpRequest(); x.open('GET', '{url}', false); x.send(); \
+             return [x.status, x.getResponseHeader('content-type'), x.responseText];"
+        ))
+    };
+    let bad = xhr("/ui/events?after=abc");
+    assert_eq!(bad[0], 400, "{bad}");
+    assert_eq!(bad[1], "application/problem+json", "{bad}");
+    let all = xhr("/ui/events");
+    assert_eq!(all[0], 200, "{all}");
+    let all: Value = serde_json::from_str(all[2].as_str().unwrap()).unwrap();
+    assert!(all["events"].as_array().is_some_and(|e| e.iter().any(|e| e["device"] == "pos-0002")), "{all}");
+    let (code, body) = http_get_with(w.http, "/ui/events?after=0", &[]).unwrap();
+    assert_eq!(code, 401, "no session: {body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], 401, "{body}");
+
     b.go(&format!("{base}/ui/devices/pos-0002"));
     assert_eq!(b.text("#verdict"), "noncompliant");
     assert!(b.text("#failed-rules").contains("not-rooted"), "{}", b.text("#failed-rules"));

@@ -264,7 +264,7 @@ impl WireGuardTask {
                     if ticks.is_multiple_of(SWEEP_TICKS) {
                         self.reconcile_all(true);
                     }
-                    self.save_pool();
+                    self.save_pool().await;
                     output.send(&mut to_tun, &mut out).await;
                     self.gauge_peers();
                 }
@@ -369,8 +369,10 @@ impl WireGuardTask {
         tracing::info!(peers = checked.peers.len(), removed = removed.len(), "WireGuard peers reloaded");
     }
 
-    /// Writes the pool's assignments when they changed (temp file, rename).
-    fn save_pool(&self) {
+    /// Writes the pool's assignments when they changed: whole and synced
+    /// (`durable::replace`), off the async threads, awaited so two writes
+    /// never race; a failed write is tried again on the next tick.
+    async fn save_pool(&self) {
         let Some(pool) = &self.pool else { return };
         let text = {
             let mut p = pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -380,9 +382,11 @@ impl WireGuardTask {
             p.dirty = false;
             p.save()
         };
-        let tmp = self.pool_file.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.pool_file)) {
+        let file = self.pool_file.clone();
+        let written = tokio::task::spawn_blocking(move || crate::durable::replace(&file, text.as_bytes())).await;
+        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
             tracing::warn!(error = %e, file = %self.pool_file.display(), "cannot save the WireGuard pool");
+            pool.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
         }
     }
 

@@ -518,6 +518,8 @@ async fn report_file(
 
 #[derive(Deserialize)]
 struct After {
+    /// The last entry already shown (absent: from the trail's start).
+    #[serde(default)]
     after: u64,
 }
 
@@ -526,11 +528,14 @@ struct After {
 async fn events(
     State(s): State<ApiState>,
     headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<After>,
+    q: Result<axum::extract::Query<After>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if viewer(&s, &headers).is_err() {
-        return (StatusCode::UNAUTHORIZED, "log in").into_response();
+        return super::problem(StatusCode::UNAUTHORIZED, "log in to the console first");
     }
+    let Ok(axum::extract::Query(q)) = q else {
+        return super::problem(StatusCode::BAD_REQUEST, "`after` is an audit sequence number");
+    };
     let Some(dir) = s.audit_dir.clone() else {
         return axum::Json(serde_json::json!({"events": [], "next": q.after})).into_response();
     };
@@ -543,7 +548,7 @@ async fn events(
                 .collect();
             axum::Json(serde_json::json!({"events": rows, "next": next})).into_response()
         }
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the audit trail could not be read").into_response(),
+        Err(_) => super::problem(StatusCode::INTERNAL_SERVER_ERROR, "the audit trail could not be read"),
     }
 }
 
