@@ -195,3 +195,38 @@ fn a_scheduled_report_that_fell_due_is_written_at_start_once() {
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["reports"].as_array().unwrap().len(), 1, "{text}");
     assert!(w.log_text().lines().all(|l| !l.contains("scheduled report written")), "not written twice");
 }
+
+#[test]
+fn a_device_silent_past_forget_after_is_forgotten_recorded_and_stays_gone() {
+    let dir = Warden::workdir();
+    std::fs::write(dir.join("admin.token"), ADMIN).unwrap();
+    let mqtt = free_port();
+    let config = format!(
+        "[node]\nstate_dir = \"state\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nallow_anonymous = true\n\
+         [policy]\ndir = \"policies\"\nstale_after = \"1s\"\nforget_after = \"2s\"\n"
+    );
+    let mut w = Warden::launch(&dir, &config, mqtt, "token_file = \"admin.token\"\n");
+    w.wait_ready();
+    publish(mqtt, "devices/pos-0001/telemetry", &pos_report(1, json!({})));
+    wait_verdict(&w, "pos-0001", "compliant");
+    let auth = format!("Bearer {ADMIN}");
+    let status = |w: &Warden| {
+        http_get_with(w.http, "/api/v1/devices/pos-0001", &[("Authorization", &auth)]).map(|(code, _)| code)
+    };
+    // Silent: stale after 1 s, then gone after 2 s.
+    wait_for("pos-0001 forgotten", std::time::Duration::from_secs(15), || (status(&w)? == 404).then_some(()));
+    let forgotten: Vec<Value> = entries(&dir).into_iter().filter(|e| e["kind"] == "warden.device.forgotten").collect();
+    assert_eq!(forgotten.len(), 1, "one forgotten entry: {forgotten:?}");
+    assert_eq!(forgotten[0]["device"], "pos-0001");
+    assert_eq!(w.metric("warden_devices_forgotten_total"), 1.0);
+    w.stop();
+
+    // A restart does not bring it back from the journal or the snapshot.
+    let mut w = Warden::launch(&dir, &config, mqtt, "token_file = \"admin.token\"\n");
+    w.wait_ready();
+    assert_eq!(status(&w), Some(404), "forgotten stays forgotten");
+    // Reporting again, it is a new device like any other.
+    publish(mqtt, "devices/pos-0001/telemetry", &pos_report(2, json!({})));
+    wait_verdict(&w, "pos-0001", "compliant");
+    w.stop();
+}
