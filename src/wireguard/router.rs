@@ -351,6 +351,15 @@ impl Router {
             Err(reason) => return out.discard(reason),
         };
         let mut session = peer.session();
+        if initiation && !session.tunnel.initiation_allowed(now) {
+            // Past this peer's share of the second: prove the address.
+            if let Err((reason, reply)) = self.gate.challenge(from.ip(), datagram, scratch) {
+                if let Some(reply) = reply {
+                    out.push(Dest::Network(from), reply);
+                }
+                return out.discard(reason);
+            }
+        }
         // A tunnel starts when there is no live session to rekey.
         let admission = initiation && session.tunnel.since_handshake(now).is_none_or(|d| d >= SESSION_LIFETIME);
         match session.tunnel.decapsulate(now, Some(from.ip()), datagram, scratch) {

@@ -37,9 +37,11 @@ pub const BUF: usize = 65_536 + 64;
 /// (WireGuard's DoS defence: a valid mac2 proves the source address).
 pub const HANDSHAKES_PER_SECOND: u64 = 100;
 
-/// Handshake initiations per second one peer may start; more are dropped
-/// (its next attempt comes after REKEY_TIMEOUT, 5 s). boringtun's own
-/// per-peer limit (10/s) ran on its clock; this one runs on `now`.
+/// Handshake initiations per second one peer may start before it must
+/// prove its source address (mac2, after a cookie reply), as under global
+/// load. Not a drop: a replayed initiation counts too, and must not lock
+/// the real peer out. boringtun's own per-peer limit (10/s) ran on its
+/// clock; this one runs on `now`.
 pub const PEER_HANDSHAKES_PER_SECOND: u32 = 10;
 
 /// Why a datagram got no answer and changed nothing.
@@ -153,6 +155,27 @@ impl Gate {
         Tunnel::wrap(tunn, keepalive)
     }
 
+    /// For a handshake past one peer's share of the second: goes on only
+    /// with a valid mac2; otherwise the answer is a cookie reply.
+    pub fn challenge<'a>(
+        &self,
+        from: IpAddr,
+        datagram: &[u8],
+        out: &'a mut [u8],
+    ) -> Result<(), (Discard, Option<&'a [u8]>)> {
+        let mut cookie = [0u8; 64];
+        match self.loaded.verify_packet(Some(from), datagram, &mut cookie) {
+            Ok(_) => Ok(()),
+            Err(TunnResult::WriteToNetwork(reply)) => {
+                let n = reply.len();
+                out[..n].copy_from_slice(reply);
+                Err((Discard::CookieSent, Some(&out[..n])))
+            }
+            Err(TunnResult::Err(e)) => Err((Discard::from_error(&e), None)),
+            Err(_) => Err((Discard::Rejected, None)),
+        }
+    }
+
     /// Counts a handshake with a valid mac1 in the second `now` falls in;
     /// true when that second is over the limit. Races between threads at a
     /// second's turn may lose a count or two, as boringtun's own did.
@@ -244,8 +267,9 @@ impl Tunnel {
         Self { tunn, established: None, last_traffic: None, keepalive, initiations: (None, 0) }
     }
 
-    /// Counts an initiation in its second; false past the per-peer limit.
-    fn initiation_allowed(&mut self, now: Instant) -> bool {
+    /// Counts an initiation in its second; false past the per-peer limit
+    /// (the caller then asks [`Gate::challenge`]).
+    pub fn initiation_allowed(&mut self, now: Instant) -> bool {
         let (start, count) = &mut self.initiations;
         if start.is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(1)) {
             *start = Some(now);
@@ -275,9 +299,6 @@ impl Tunnel {
         datagram: &[u8],
         out: &'a mut [u8],
     ) -> Step<'a> {
-        if datagram.first() == Some(&HANDSHAKE_INITIATION) && !self.initiation_allowed(now) {
-            return Step::Discard(Discard::UnderLoad);
-        }
         let step = Self::step(self.tunn.decapsulate(from, datagram, out));
         if matches!(step, Step::Discard(_)) {
             return step;
