@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// TUN reads per wake-up before the transmits go out.
@@ -32,7 +32,11 @@ pub struct WireGuardTask {
     router: Arc<Router>,
     socket: Arc<Udp>,
     tun: Arc<AsyncDevice>,
-    announce: Arc<Announce>,
+    /// Admissions on their way to [`Announce`]: unbounded, as each key is
+    /// admitted once (the pool's size bounds them), so the packet path never
+    /// waits and no announcement is dropped.
+    announce: mpsc::UnboundedSender<Event>,
+    announcer: Option<(Announce, mpsc::UnboundedReceiver<Event>)>,
     verdicts: Verdicts,
     metrics: Arc<Metrics>,
     changes: broadcast::Receiver<Arc<Change>>,
@@ -43,6 +47,8 @@ pub struct WireGuardTask {
     configured: std::collections::HashSet<[u8; 32]>,
     pool: Option<Arc<std::sync::Mutex<Pool>>>,
     pool_file: PathBuf,
+    /// The pool write in progress, if any.
+    saving: Option<tokio::task::JoinHandle<()>>,
     /// Where access flips are recorded (none: the audit trail is off).
     pub audit: Option<crate::gateway::audit_trail::AuditSender>,
 }
@@ -66,19 +72,27 @@ struct Announce {
 }
 
 impl Announce {
-    fn event(&self, event: Event) {
-        let Event::Admitted { device_id, address, .. } = event;
-        let payload = serde_json::json!({
-            "command": "wireguard_config",
-            "address": address.to_string(),
-            "server_public_key": self.server_key,
-        });
-        let topic = self.command_topic.replace("{device_id}", &device_id);
-        // Not blocking the packet path: a full client queue loses this
-        // announcement, and the device's next handshake attempt is
-        // admitted (and announced) again once its verdict allows.
-        if self.commands.try_publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_string()).is_err() {
-            tracing::warn!(device = %device_id, "could not queue the WireGuard address for the device");
+    /// Publishes every admission until shutdown. A publish waits for room
+    /// in the MQTT client's queue (a broker outage delays announcements,
+    /// never loses them); a device is admitted only once, so a lost
+    /// announcement would not come again.
+    async fn run(self, mut events: mpsc::UnboundedReceiver<Event>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = shutdown.changed() => None,
+            };
+            let Some(Event::Admitted { device_id, address, .. }) = event else { return };
+            let payload = serde_json::json!({
+                "command": "wireguard_config",
+                "address": address.to_string(),
+                "server_public_key": self.server_key,
+            });
+            let topic = self.command_topic.replace("{device_id}", &device_id);
+            if self.commands.publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_string()).await.is_err() {
+                tracing::warn!(device = %device_id, "the MQTT client is gone: the WireGuard address was not published");
+                return;
+            }
         }
     }
 }
@@ -200,11 +214,12 @@ impl WireGuardTask {
             }
             Arc::new(std::sync::Mutex::new(pool))
         });
-        let announce = Arc::new(Announce {
+        let (announce, events) = mpsc::unbounded_channel();
+        let announcer = Announce {
             commands,
             command_topic: loaded.config.mqtt.command_topic.clone(),
             server_key: base64::engine::general_purpose::STANDARD.encode(router.public_key()),
-        });
+        };
         if let Some(pool) = &pool {
             router = router.with_admission(Box::new(TelemetryPeers {
                 verdicts: verdicts.clone(),
@@ -222,6 +237,7 @@ impl WireGuardTask {
             socket: Arc::new(Udp::new(socket).context("setting up the WireGuard socket")?),
             tun: Arc::new(tun),
             announce,
+            announcer: Some((announcer, events)),
             verdicts,
             metrics: Arc::clone(metrics),
             changes,
@@ -230,11 +246,15 @@ impl WireGuardTask {
             configured,
             pool,
             pool_file,
+            saving: None,
             audit: None,
         })
     }
 
-    pub async fn run(self, shutdown: watch::Receiver<bool>, ready: Option<Arc<std::sync::atomic::AtomicBool>>) {
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>, ready: Option<Arc<std::sync::atomic::AtomicBool>>) {
+        if let Some((announcer, events)) = self.announcer.take() {
+            tokio::spawn(announcer.run(events, shutdown.clone()));
+        }
         let from_network = tokio::spawn(network_to_tun(Arc::clone(&self.router), self.output(), shutdown.clone()));
         let from_tun = tokio::spawn(tun_to_network(Arc::clone(&self.router), self.output(), shutdown.clone()));
         if let Some(ready) = &ready {
@@ -264,7 +284,7 @@ impl WireGuardTask {
                     if ticks.is_multiple_of(SWEEP_TICKS) {
                         self.reconcile_all(true);
                     }
-                    self.save_pool().await;
+                    self.save_pool();
                     output.send(&mut to_tun, &mut out).await;
                     self.gauge_peers();
                 }
@@ -370,10 +390,15 @@ impl WireGuardTask {
     }
 
     /// Writes the pool's assignments when they changed: whole and synced
-    /// (`durable::replace`), off the async threads, awaited so two writes
-    /// never race; a failed write is tried again on the next tick.
-    async fn save_pool(&self) {
+    /// (`durable::replace`) on a blocking thread, one write at a time, and
+    /// without the control loop waiting for it (verdict changes go on
+    /// meanwhile). A failed write marks the pool dirty again, for the next
+    /// tick.
+    fn save_pool(&mut self) {
         let Some(pool) = &self.pool else { return };
+        if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
         let text = {
             let mut p = pool.lock().unwrap_or_else(|p| p.into_inner());
             if !p.dirty {
@@ -382,12 +407,13 @@ impl WireGuardTask {
             p.dirty = false;
             p.save()
         };
-        let file = self.pool_file.clone();
-        let written = tokio::task::spawn_blocking(move || crate::durable::replace(&file, text.as_bytes())).await;
-        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
-            tracing::warn!(error = %e, file = %self.pool_file.display(), "cannot save the WireGuard pool");
-            pool.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
-        }
+        let (file, pool) = (self.pool_file.clone(), Arc::clone(pool));
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::durable::replace(&file, text.as_bytes()) {
+                tracing::warn!(error = %e, file = %file.display(), "cannot save the WireGuard pool");
+                pool.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+            }
+        }));
     }
 
     /// What the packet loops and the control loop send through.
@@ -396,7 +422,7 @@ impl WireGuardTask {
             socket: Arc::clone(&self.socket),
             tun: Arc::clone(&self.tun),
             metrics: Arc::clone(&self.metrics),
-            announce: Arc::clone(&self.announce),
+            announce: self.announce.clone(),
         }
     }
 
@@ -418,7 +444,7 @@ struct Output {
     socket: Arc<Udp>,
     tun: Arc<AsyncDevice>,
     metrics: Arc<Metrics>,
-    announce: Arc<Announce>,
+    announce: mpsc::UnboundedSender<Event>,
 }
 
 impl Output {
@@ -426,7 +452,8 @@ impl Output {
     /// UDP allows, and is logged at debug only (the peer retransmits).
     async fn send(&self, to_tun: &mut TunBatch, out: &mut Transmits) {
         for event in out.take_events() {
-            self.announce.event(event);
+            // Fails only once the announcer stopped (shutdown).
+            let _ = self.announce.send(event);
         }
         for (to, bytes, segment_size) in out.network_batches(self.socket.state.max_gso_segments()) {
             if let Err(e) = self.socket.send(to, bytes, segment_size).await {
