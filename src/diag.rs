@@ -53,12 +53,14 @@ impl Located {
 pub struct Source<'a> {
     pub file: &'a Path,
     pub text: &'a str,
-    doc: Option<toml::Spanned<toml::de::DeTable<'a>>>,
+    /// Parsed on the first error only: a file that checks clean is parsed
+    /// once, by its deserialization.
+    doc: std::cell::OnceCell<Option<toml::Spanned<toml::de::DeTable<'a>>>>,
 }
 
 impl<'a> Source<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
-        Self { file, text, doc: toml::de::DeTable::parse(text).ok() }
+        Self { file, text, doc: std::cell::OnceCell::new() }
     }
 
     /// Byte offset of what `path` names: table and key names, with an
@@ -68,7 +70,7 @@ impl<'a> Source<'a> {
     /// default was checked) gives the nearest enclosing one it has; none,
     /// the start.
     pub fn offset(&self, path: &[&str]) -> usize {
-        let Some(doc) = &self.doc else { return 0 };
+        let Some(doc) = self.doc.get_or_init(|| toml::de::DeTable::parse(self.text).ok()) else { return 0 };
         let mut at = 0;
         let mut node: Option<&toml::de::DeValue<'_>> = None;
         let mut table = Some(doc.get_ref());
