@@ -438,7 +438,7 @@ async fn confirm(
         Ok(session) => session,
         Err(r) => return *r,
     };
-    let Some(source) = s.changes.sources.iter().find(|src| src.held.borrow().iter().any(|h| h.id == id)) else {
+    let Some(source) = s.changes.holding(id) else {
         return redirect("/ui/changes");
     };
     let (reply, answer) = tokio::sync::oneshot::channel();

@@ -148,6 +148,13 @@ pub struct Changes {
     pub sources: Vec<ChangeSource>,
 }
 
+impl Changes {
+    /// The source holding batch `id`, if one does.
+    pub(crate) fn holding(&self, id: u64) -> Option<&ChangeSource> {
+        self.sources.iter().find(|src| src.held.borrow().iter().any(|h| h.id == id))
+    }
+}
+
 #[derive(Clone)]
 pub struct ChangeSource {
     pub held: tokio::sync::watch::Receiver<Vec<crate::compliance::Held>>,
@@ -287,7 +294,7 @@ async fn confirm_change(
         Err(refused) => return *refused,
     };
     let Ok(id) = id.parse::<u64>() else { return bad_request("a change id is a number") };
-    let Some(source) = s.changes.sources.iter().find(|src| src.held.borrow().iter().any(|h| h.id == id)) else {
+    let Some(source) = s.changes.holding(id) else {
         return problem(StatusCode::NOT_FOUND, "no held change with that id");
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
