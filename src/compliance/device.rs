@@ -86,6 +86,10 @@ pub struct Device {
     pub(crate) seen_at: Instant,
     /// The engine's next deadline for this device (staleness or grace).
     pub(crate) deadline: Option<Instant>,
+    /// The engine's number for it, fixed for its life in the table: the
+    /// engine's timers and held set are keyed by it, so ties between equal
+    /// deadlines are broken by an integer rather than by comparing ids.
+    pub(crate) slot: u64,
     /// Identities its report claimed that belong to other live devices.
     pub conflicts: Vec<super::identity::Conflict>,
     /// Silent for `stale_after`, but only while the telemetry source was
@@ -118,6 +122,7 @@ impl Device {
             last_seen,
             seen_at,
             deadline: None,
+            slot: 0,
             conflicts: Vec::new(),
             held: false,
             admin_override: None,

@@ -19,7 +19,7 @@ use super::overrides::Override;
 use super::table::Table;
 use crate::policy::{Failure, Policy, PolicySet, decide};
 use crate::telemetry::{Refusal, Report, UnixMillis};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,8 +93,13 @@ pub struct Engine {
     table: Table,
     policies: PolicySet,
     stale_after: Duration,
-    /// (deadline, device): staleness or the end of a grace period.
-    deadlines: BTreeSet<(Instant, Arc<str>)>,
+    /// (deadline, slot) → device: staleness or the end of a grace period.
+    /// Keyed by the device's slot, not its id: at 1,000,000 devices with
+    /// many equal deadlines (a restore), id compares were a fifth of the
+    /// restart (bench/RESULTS.md).
+    deadlines: BTreeMap<(Instant, u64), Arc<str>>,
+    /// The next device slot.
+    next_slot: u64,
     /// (expiry, device): overrides, apart from the staleness deadlines;
     /// and each device's entry in it, to remove it exactly.
     override_expiries: BTreeSet<(Instant, Arc<str>)>,
@@ -115,7 +120,7 @@ pub struct Engine {
     outage: outage::Tracker,
     outage_events: VecDeque<OutageEvent>,
     /// Devices whose verdict is held while the source is out.
-    parked: BTreeSet<Arc<str>>,
+    parked: BTreeMap<u64, Arc<str>>,
     /// The most devices held at once in the outage in progress.
     parked_peak: usize,
     /// Staleness waiting out the mass-silence window: (fired, device, the
@@ -198,7 +203,8 @@ impl Engine {
             table,
             policies,
             stale_after,
-            deadlines: BTreeSet::new(),
+            deadlines: BTreeMap::new(),
+            next_slot: 0,
             override_expiries: BTreeSet::new(),
             override_at: Default::default(),
             expired_overrides: VecDeque::new(),
@@ -210,7 +216,7 @@ impl Engine {
             generation: 0,
             outage: outage::Tracker::default(),
             outage_events: VecDeque::new(),
-            parked: BTreeSet::new(),
+            parked: BTreeMap::new(),
             parked_peak: 0,
             pending: VecDeque::new(),
             // Off unless configured: the engine alone never holds.
@@ -295,12 +301,13 @@ impl Engine {
         let (bound, conflicts) = identity::claims(&id, &report, &self.table);
         let failures = self.failures_of(&report, &conflicts, wall);
         let mut device = Device::reported(id, report, now, wall);
+        device.slot = self.slot(old.as_deref());
         self.conflicts.extend(conflicts.iter().cloned());
         device.conflicts = conflicts;
         // An override outlasts reports: only its expiry or an admin ends it.
         device.admin_override = old.as_ref().and_then(|o| o.admin_override.clone());
         self.settle(&mut device, old.as_deref(), failures, now, wall);
-        let unparked = self.parked.remove(&device.id);
+        let unparked = self.parked.remove(&device.slot).is_some();
         self.store(device, old.as_deref(), Cause::Telemetry, now, wall, Some(&bound));
         // A fleet-wide silence ends when most of the silent fleet is back.
         if unparked
@@ -310,6 +317,17 @@ impl Engine {
             self.end_outage(now, wall);
         }
         Ok(())
+    }
+
+    /// The slot of a device: its old one, or the next for a new device.
+    fn slot(&mut self, old: Option<&Device>) -> u64 {
+        old.map_or_else(
+            || {
+                self.next_slot += 1;
+                self.next_slot
+            },
+            |o| o.slot,
+        )
     }
 
     /// The failures of `report` under the policies in force, and the
@@ -501,7 +519,7 @@ impl Engine {
                 self.release_parked(now, wall);
             }
         }
-        while let Some((at, _)) = self.deadlines.first()
+        while let Some(((at, _), _)) = self.deadlines.first_key_value()
             && *at <= now
         {
             let Some((_, id)) = self.deadlines.pop_first() else {
@@ -617,12 +635,12 @@ impl Engine {
     /// Removes a long-silent device and releases its identities.
     fn forget(&mut self, device: &Device) {
         if let Some(at) = device.deadline {
-            self.deadlines.remove(&(at, Arc::clone(&device.id)));
+            self.deadlines.remove(&(at, device.slot));
         }
         if let Some(at) = self.override_at.remove(&device.id) {
             self.override_expiries.remove(&(at, Arc::clone(&device.id)));
         }
-        self.parked.remove(&device.id);
+        self.parked.remove(&device.slot);
         self.counts[device.verdict.index()] -= 1;
         self.table.remove(device);
         self.generation += 1;
@@ -634,7 +652,7 @@ impl Engine {
     fn park(&mut self, mut device: Device, old: &Device, now: Instant, wall: UnixMillis) {
         device.held = true;
         device.deadline = None;
-        self.parked.insert(Arc::clone(&device.id));
+        self.parked.insert(device.slot, Arc::clone(&device.id));
         self.parked_peak = self.parked_peak.max(self.parked.len());
         self.store(device, Some(old), Cause::Stale, now, wall, None);
     }
@@ -661,7 +679,7 @@ impl Engine {
         let released = self.parked.len();
         if ended.cause == outage::Cause::FleetSilent {
             // Most of the fleet is back; those still silent are silent.
-            for id in std::mem::take(&mut self.parked) {
+            for id in std::mem::take(&mut self.parked).into_values() {
                 if let Some(old) = self.table.get(&id) {
                     let mut device = (*old).clone();
                     device.held = false;
@@ -680,7 +698,7 @@ impl Engine {
     /// Held devices get their staleness deadline back, counting only the
     /// silence heard while the source was up.
     fn release_parked(&mut self, now: Instant, wall: UnixMillis) {
-        for id in std::mem::take(&mut self.parked) {
+        for id in std::mem::take(&mut self.parked).into_values() {
             let Some(old) = self.table.get(&id) else { continue };
             let mut device = (*old).clone();
             device.held = false;
@@ -716,6 +734,8 @@ impl Engine {
         let id: Arc<str> = id.into();
         let mut device = Device::reported(Arc::clone(&id), report, seen_at, last_seen);
         device.since = wall;
+        let old = self.table.get(&id);
+        device.slot = self.slot(old.as_deref());
         let (bound, conflicts) = identity::claims(&id, &device.report, &self.table);
         device.conflicts = conflicts;
         // The silence heard: while warden was down (the outage the shell
@@ -748,11 +768,10 @@ impl Engine {
                 // Silent only while nobody listened: held until the source is up.
                 device.held = true;
                 device.deadline = None;
-                self.parked.insert(Arc::clone(&id));
+                self.parked.insert(device.slot, Arc::clone(&id));
                 self.parked_peak = self.parked_peak.max(self.parked.len());
             }
         }
-        let old = self.table.get(&id);
         self.store(device, old.as_deref(), Cause::Telemetry, now, wall, Some(&bound));
         self.events.clear();
         self.conflicts.clear();
@@ -801,8 +820,8 @@ impl Engine {
         let pending = self.pending.front().map(|(fired, _, _)| *fired + window);
         let expiry = self.override_expiries.first().map(|(at, _)| *at);
         self.deadlines
-            .first()
-            .map(|(at, _)| *at)
+            .first_key_value()
+            .map(|((at, _), _)| *at)
             .into_iter()
             .chain(pending)
             .chain(self.outage.expires_at())
@@ -857,12 +876,12 @@ impl Engine {
         }
         if let Some(old) = old {
             if let Some(at) = old.deadline {
-                self.deadlines.remove(&(at, Arc::clone(&old.id)));
+                self.deadlines.remove(&(at, old.slot));
             }
             self.counts[old.verdict.index()] -= 1;
         }
         if let Some(at) = device.deadline {
-            self.deadlines.insert((at, Arc::clone(&device.id)));
+            self.deadlines.insert((at, device.slot), Arc::clone(&device.id));
         }
         self.counts[device.verdict.index()] += 1;
         let old_verdict = old.map_or(Verdict::Unknown, |o| o.verdict);
