@@ -18,10 +18,11 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-/// A report shaped like PRODUCT.md's example, with per-device identities.
-fn report(i: u32) -> Report {
+/// A report shaped like PRODUCT.md's example, with per-device identities,
+/// produced at `wall`.
+fn report(i: u32, wall: i64) -> Report {
     let json = serde_json::json!({
-        "seq": 1, "ts": "2026-11-22T10:15:00Z", "os": "android", "os_version": "14.0.1",
+        "seq": 1, "ts": warden::telemetry::report::format_rfc3339(wall), "os": "android", "os_version": "14.0.1",
         "security_patch": "2026-10-05", "encrypted": true, "passcode": true, "firewall": true,
         "rooted": false, "kiosk_mode": true, "apps_installed": ["com.acme.pos"],
         "apps_running": ["com.acme.pos"], "wifi_ssid": "ACME-STORE", "open_ports": [443],
@@ -33,24 +34,26 @@ fn report(i: u32) -> Report {
     serde_json::from_value(json).expect("valid report")
 }
 
-/// The restore as warden starts: streamed from a reader thread, restored
-/// as chunks arrive. Returns the seconds it took.
+/// The restore as warden starts (`warden::gateway::restore::table`, the
+/// function `warden run` calls): the snapshot parsed and each device
+/// settled on a reader thread, installed by the engine as chunks arrive,
+/// the journal replayed after. Returns the seconds it took.
 fn restore(dir: &std::path::Path, policies: PolicySet, expect: Option<usize>) -> f64 {
     let start = Instant::now();
-    let mut restored = Engine::new(Table::default(), policies, Duration::from_secs(900));
-    let (now, wall) = (Instant::now(), 1_795_342_500_000);
-    let bad = warden::compliance::snapshot::stream(dir, |chunk| {
-        for e in chunk {
-            restored.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
-        }
-    })
-    .expect("snapshot read");
+    let forget = Duration::from_secs(90 * 86_400);
+    let mut restored = Engine::new(Table::default(), policies, Duration::from_secs(900)).with_forget_after(forget);
+    let metrics = warden::metrics::Metrics::new();
+    warden::gateway::restore::table(&mut restored, dir, forget, &metrics).expect("restored");
     let took = start.elapsed().as_secs_f64();
-    assert_eq!(bad, 0);
+    assert_eq!(metrics.snapshot_bad_lines.get(), 0);
     if let Some(n) = expect {
         assert_eq!(restored.table().len(), n);
     }
-    println!("  restored {} devices in {took:.2} s", restored.table().len());
+    let [c, n, u] = restored.counts();
+    println!(
+        "  restored {} devices in {took:.2} s ({c} compliant, {n} noncompliant, {u} unknown)",
+        restored.table().len()
+    );
     took
 }
 
@@ -71,9 +74,9 @@ fn main() {
     let before = rss_bytes();
     let mut engine = Engine::new(Table::default(), policies, Duration::from_secs(900));
     let start = Instant::now();
-    let now = Instant::now();
+    let (now, wall) = (Instant::now(), warden::clock::wall_now());
     for i in 0..n {
-        engine.handle_telemetry(&format!("pos-{i:07}"), report(i), now, 1_795_342_500_000).expect("accepted");
+        engine.handle_telemetry(&format!("pos-{i:07}"), report(i, wall), now, wall).expect("accepted");
         while engine.poll_event().is_some() {}
     }
     let took = start.elapsed();
@@ -119,7 +122,8 @@ fn main() {
 /// and synced with one `fdatasync` (group commit at its smallest groups).
 fn journal_cost(engine: &Engine, dir: &std::path::Path, n: u32) {
     use warden::compliance::journal::Writer;
-    let payloads: Vec<Vec<u8>> = (0..1024).map(|i| serde_json::to_vec(&report(i)).expect("report")).collect();
+    let wall = warden::clock::wall_now();
+    let payloads: Vec<Vec<u8>> = (0..1024).map(|i| serde_json::to_vec(&report(i, wall)).expect("report")).collect();
     let mut writer = Writer::create(dir, 1 << 40).expect("journal segment");
     let (mut build, mut store, mut bytes, mut batches) = (Duration::ZERO, Duration::ZERO, 0u64, 0u32);
     let mut i = 0usize;

@@ -14,10 +14,12 @@
 
 use super::device::{Device, Enforce, Verdict};
 use super::identity::{self, Bound, Conflict};
+use super::intern::Interner;
+use super::judge::{Judge, Restorer, Settled};
 use super::outage;
 use super::overrides::Override;
 use super::table::Table;
-use crate::policy::{Failure, Policy, PolicySet, decide};
+use crate::policy::{Failure, PolicySet, decide};
 use crate::telemetry::{Refusal, Report, UnixMillis};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -91,8 +93,8 @@ impl Change {
 /// The one writer of the [`Table`].
 pub struct Engine {
     table: Table,
-    policies: PolicySet,
-    stale_after: Duration,
+    /// The policies, `stale_after` and `forget_after`.
+    judge: Judge,
     /// (deadline, slot) → device: staleness or the end of a grace period.
     /// Keyed by the device's slot, not its id: at 1,000,000 devices with
     /// many equal deadlines (a restore), id compares were a fifth of the
@@ -109,8 +111,6 @@ pub struct Engine {
     events: VecDeque<Change>,
     /// Identity claims refused, for the shell to count and log.
     conflicts: VecDeque<Conflict>,
-    /// The built-in policy of the `identity-conflict` rule.
-    identity_policy: Arc<Policy>,
     counts: [usize; 3],
     interner: super::intern::Interner,
     /// Bumped by every write to the table: a snapshot is only worth writing
@@ -133,8 +133,6 @@ pub struct Engine {
     breaker_events: VecDeque<BreakerEvent>,
     /// Restrictions applied by reloads in the last [`BREAKER_WINDOW`].
     recent_reloads: VecDeque<(Instant, usize)>,
-    /// Devices silent this long are removed (`policy.forget_after`).
-    forget_after: Option<Duration>,
     forgotten: VecDeque<Arc<str>>,
     /// Jumps in a device's `seq` since the shell last took them.
     seq_gaps: u64,
@@ -201,8 +199,7 @@ impl Engine {
     pub fn new(table: Table, policies: PolicySet, stale_after: Duration) -> Self {
         Self {
             table,
-            policies,
-            stale_after,
+            judge: Judge { policies, identity_policy: identity::policy(), stale_after, forget_after: None },
             deadlines: BTreeMap::new(),
             next_slot: 0,
             override_expiries: BTreeSet::new(),
@@ -210,7 +207,6 @@ impl Engine {
             expired_overrides: VecDeque::new(),
             events: VecDeque::new(),
             conflicts: VecDeque::new(),
-            identity_policy: identity::policy(),
             counts: [0; 3],
             interner: Default::default(),
             generation: 0,
@@ -225,7 +221,6 @@ impl Engine {
             next_held: 0,
             breaker_events: VecDeque::new(),
             recent_reloads: VecDeque::new(),
-            forget_after: None,
             forgotten: VecDeque::new(),
             seq_gaps: 0,
         }
@@ -240,7 +235,7 @@ impl Engine {
     /// Devices with no report for `after` (silence heard, as for
     /// staleness) are removed from the table, releasing their identities.
     pub fn with_forget_after(mut self, after: Duration) -> Self {
-        self.forget_after = Some(after);
+        self.judge.forget_after = Some(after);
         self
     }
 
@@ -261,7 +256,7 @@ impl Engine {
     }
 
     pub fn policies(&self) -> &PolicySet {
-        &self.policies
+        &self.judge.policies
     }
 
     /// Changes with every write to the table.
@@ -299,7 +294,7 @@ impl Engine {
         let id: Arc<str> = old.as_ref().map_or_else(|| id.into(), |d| Arc::clone(&d.id));
         self.interner.report(&mut report);
         let (bound, conflicts) = identity::claims(&id, &report, &self.table);
-        let failures = self.failures_of(&report, &conflicts, wall);
+        let failures = self.judge.failures_of(&report, &conflicts, wall);
         let mut device = Device::reported(id, report, now, wall);
         device.slot = self.slot(old.as_deref());
         self.conflicts.extend(conflicts.iter().cloned());
@@ -328,16 +323,6 @@ impl Engine {
             },
             |o| o.slot,
         )
-    }
-
-    /// The failures of `report` under the policies in force, and the
-    /// built-in `identity-conflict` when it claimed another device's identity.
-    fn failures_of(&self, report: &Report, conflicts: &[Conflict], wall: UnixMillis) -> Vec<Failure> {
-        let mut failures = decide(&self.policies, report, wall).failures;
-        if !conflicts.is_empty() {
-            failures.push(identity::failure(&self.identity_policy, conflicts, wall));
-        }
-        failures
     }
 
     /// The next refused identity claim, if any.
@@ -416,7 +401,7 @@ impl Engine {
             }
             let mut failures = decide(policies, &d.report, wall).failures;
             if !d.conflicts.is_empty() {
-                failures.push(identity::failure(&self.identity_policy, &d.conflicts, wall));
+                failures.push(identity::failure(&self.judge.identity_policy, &d.conflicts, wall));
             }
             for f in &mut failures {
                 if let Some(prev) = d.failures.iter().find(|p| p.same_rule(f)) {
@@ -438,7 +423,7 @@ impl Engine {
     }
 
     fn apply_evaluated(&mut self, policies: PolicySet, evaluated: Evaluated, now: Instant, wall: UnixMillis) {
-        self.policies = policies;
+        self.judge.policies = policies;
         for (old, failures) in evaluated {
             let mut device = (*old).clone();
             self.settle(&mut device, Some(&old), failures, now, wall);
@@ -533,7 +518,7 @@ impl Engine {
             let silence = self.outage.silence(device.seen_at, now);
             if device.verdict == Verdict::Unknown {
                 // A stale device: its deadline is when it is forgotten.
-                match self.forget_after {
+                match self.judge.forget_after {
                     Some(after) if silence >= after => self.forget(&old),
                     Some(after) => {
                         device.deadline = Some(now + (after - silence));
@@ -543,7 +528,7 @@ impl Engine {
                 }
                 continue;
             }
-            if silence >= self.stale_after {
+            if silence >= self.judge.stale_after {
                 let live = self.counts[Verdict::Compliant.index()] + self.counts[Verdict::Noncompliant.index()];
                 if !self.outage.detecting(live) {
                     self.go_stale(device, &old, now, wall);
@@ -557,12 +542,12 @@ impl Engine {
                 if let Some(from) = self.outage.expiry(now, live) {
                     self.begin_fleet_silence(from, now, wall);
                 }
-            } else if now.saturating_duration_since(device.seen_at) >= self.stale_after {
+            } else if now.saturating_duration_since(device.seen_at) >= self.judge.stale_after {
                 // Silent only while the source was out.
                 if self.outage.holding() {
                     self.park(device, &old, now, wall);
                 } else {
-                    device.deadline = Some(now + (self.stale_after - silence));
+                    device.deadline = Some(now + (self.judge.stale_after - silence));
                     self.store(device, Some(&old), Cause::Stale, now, wall, None);
                 }
             } else {
@@ -628,7 +613,7 @@ impl Engine {
         device.enforce = Enforce::default();
         device.since = wall;
         let silence = self.outage.silence(device.seen_at, now);
-        device.deadline = self.forget_after.map(|after| now + after.saturating_sub(silence));
+        device.deadline = self.judge.forget_after.map(|after| now + after.saturating_sub(silence));
         self.store(device, Some(old), Cause::Stale, now, wall, None);
     }
 
@@ -703,11 +688,11 @@ impl Engine {
             let mut device = (*old).clone();
             device.held = false;
             let silence = self.outage.silence(device.seen_at, now);
-            if silence >= self.stale_after {
+            if silence >= self.judge.stale_after {
                 // Silence counts again (`unknown` after the grace).
                 self.go_stale(device, &old, now, wall);
             } else {
-                device.deadline = Some(now + (self.stale_after - silence));
+                device.deadline = Some(now + (self.judge.stale_after - silence));
                 self.store(device, Some(&old), Cause::Stale, now, wall, None);
             }
         }
@@ -715,85 +700,74 @@ impl Engine {
     }
 
     /// Puts a device restored from a snapshot back, without an event: the
-    /// planes have not started yet. A device silent for `stale_after` comes
-    /// back unknown, not counting the time no one could hear it (an outage
-    /// begun with [`Engine::handle_source`] before restoring, from when warden
-    /// went down): such a device comes back held.
+    /// planes have not started yet. See [`Judge::restored`] for how silence
+    /// and the time warden was down count.
     pub fn restore(
         &mut self,
         id: &str,
-        mut report: Report,
+        report: Report,
         last_seen: UnixMillis,
         prior: &[(String, UnixMillis)],
         now: Instant,
         wall: UnixMillis,
     ) {
-        let age = Duration::from_millis(u64::try_from(wall.saturating_sub(last_seen)).unwrap_or(0));
-        let seen_at = now.checked_sub(age).unwrap_or(now);
-        self.interner.report(&mut report);
-        let id: Arc<str> = id.into();
-        let mut device = Device::reported(Arc::clone(&id), report, seen_at, last_seen);
-        device.since = wall;
-        let old = self.table.get(&id);
-        device.slot = self.slot(old.as_deref());
-        let (bound, conflicts) = identity::claims(&id, &device.report, &self.table);
-        device.conflicts = conflicts;
-        // The silence heard: while warden was down (the outage the shell
-        // began when the snapshot was last written), nobody could be heard.
-        let silence = match self.outage.current() {
-            Some(c) if self.outage.holding() => {
-                Duration::from_millis(u64::try_from(c.began_wall.saturating_sub(last_seen)).unwrap_or(0))
-            }
-            _ => age,
-        };
-        if let Some(after) = self.forget_after {
-            if silence >= after {
-                // Forgotten while warden was away: not restored at all.
-                self.forgotten.push_back(id);
-                return;
-            }
-            if silence >= self.stale_after {
-                device.deadline = Some(now + (after - silence));
-            }
-        }
-        if silence < self.stale_after {
-            let mut failures = self.failures_of(&device.report, &device.conflicts, wall);
-            for f in &mut failures {
-                if let Some((_, since)) = prior.iter().find(|(k, _)| *k == f.key()) {
-                    f.since = *since;
-                }
-            }
-            self.settle(&mut device, None, failures, now, wall);
-            if age >= self.stale_after {
-                // Silent only while nobody listened: held until the source is up.
-                device.held = true;
-                device.deadline = None;
-                self.parked.insert(device.slot, Arc::clone(&id));
-                self.parked_peak = self.parked_peak.max(self.parked.len());
-            }
-        }
-        self.store(device, old.as_deref(), Cause::Telemetry, now, wall, Some(&bound));
-        self.events.clear();
-        self.conflicts.clear();
+        let settled =
+            self.judge.restored(&self.outage, &mut self.interner, id, report, last_seen, prior.to_vec(), now, wall);
+        self.install(settled, now, wall);
     }
 
-    /// The dynamic groups `device` is in.
-    fn groups_of(&self, device: &Device, wall: UnixMillis) -> u64 {
-        let groups = &self.policies.groups;
-        if groups.groups.is_empty() {
-            return 0;
+    /// The half of a restore that needs no table, to run on the thread
+    /// that reads the snapshot while this engine installs what it settled.
+    /// Made after the outage of the time warden was down has begun.
+    pub fn restorer(&self, now: Instant, wall: UnixMillis) -> Restorer {
+        Restorer { judge: self.judge.clone(), outage: self.outage.clone(), interner: Interner::default(), now, wall }
+    }
+
+    /// Takes the restorer back when the snapshot is read: the values it
+    /// interned become this engine's.
+    pub fn finish_restore(&mut self, restorer: Restorer) {
+        self.interner.absorb(restorer.interner);
+    }
+
+    /// Stores a device settled by a [`Restorer`] (or by [`Engine::restore`]),
+    /// binding the identities it claims, without an event. A claim on an
+    /// identity another live device holds is refused, and the device judged
+    /// again with the `identity-conflict` rule failing.
+    pub fn install(&mut self, settled: Settled, now: Instant, wall: UnixMillis) {
+        let Settled { mut device, forgotten, prior, admin_override } = settled;
+        if forgotten {
+            self.forgotten.push_back(device.id);
+            return;
         }
-        groups.of(&crate::policy::groups::Subject {
-            verdict: device.verdict.label(),
-            failures: &device.failures,
-            quarantined: device.enforce.quarantine,
-            held: device.held,
-            override_mode: device.admin_override.as_ref().map(|o| o.mode.label()),
-            remediating: device.remediating,
-            escalated: device.escalated,
-            report: &device.report,
-            now: wall,
-        })
+        let old = self.table.get(&device.id);
+        device.slot = self.slot(old.as_deref());
+        let (bound, conflicts) = identity::claims(&device.id, &device.report, &self.table);
+        if !conflicts.is_empty() {
+            device.conflicts = conflicts;
+            if device.verdict != Verdict::Unknown {
+                let mut failures = self.judge.failures_of(&device.report, &device.conflicts, wall);
+                for f in &mut failures {
+                    if let Some((_, since)) = prior.iter().find(|(k, _)| *k == f.key()) {
+                        f.since = *since;
+                    }
+                }
+                let held = device.held;
+                self.settle(&mut device, None, failures, now, wall);
+                if held {
+                    device.deadline = None;
+                }
+                device.groups = self.judge.groups_of(&device, wall);
+            }
+        }
+        if device.held {
+            self.parked.insert(device.slot, Arc::clone(&device.id));
+            self.parked_peak = self.parked_peak.max(self.parked.len());
+        }
+        let id = Arc::clone(&device.id);
+        self.write(device, old.as_deref(), Cause::Telemetry, now, wall, Some(&bound), false);
+        if let Some(o) = admin_override {
+            self.restore_override(&id, o, now, wall);
+        }
     }
 
     /// What the remediation core says of a device: a plan running, one
@@ -829,34 +803,16 @@ impl Engine {
             .min()
     }
 
-    /// Fills in verdict, failures (keeping when each started failing),
-    /// enforcement and the next deadline.
+    /// Fills in verdict, failures, enforcement and the next deadline.
     fn settle(
         &self,
         device: &mut Device,
         old: Option<&Device>,
-        mut failures: Vec<Failure>,
+        failures: Vec<Failure>,
         now: Instant,
         wall: UnixMillis,
     ) {
-        if let Some(old) = old {
-            for f in &mut failures {
-                if let Some(prev) = old.failures.iter().find(|p| p.same_rule(f)) {
-                    f.since = prev.since;
-                }
-            }
-        }
-        let (enforce, grace_end) = Enforce::of(&failures, wall);
-        device.verdict = if failures.is_empty() { Verdict::Compliant } else { Verdict::Noncompliant };
-        device.failures = failures;
-        device.enforce = enforce;
-        device.since = match old {
-            Some(old) if old.verdict == device.verdict => old.since,
-            _ => wall,
-        };
-        let stale_at = now + self.stale_after.saturating_sub(self.outage.silence(device.seen_at, now));
-        let grace_at = grace_end.map(|end| now + Duration::from_millis(u64::try_from(end - wall).unwrap_or(0)));
-        device.deadline = Some(grace_at.map_or(stale_at, |g| g.min(stale_at)));
+        self.judge.settle(&self.outage, device, old, failures, now, wall);
     }
 
     /// Writes `device` to the table, keeps the deadline set and the counts
@@ -870,10 +826,26 @@ impl Engine {
         wall: UnixMillis,
         bound: Option<&Bound>,
     ) {
-        device.groups = self.groups_of(&device, wall);
-        if !Arc::ptr_eq(&device.group_set, &self.policies.groups) {
-            device.group_set = Arc::clone(&self.policies.groups);
+        device.groups = self.judge.groups_of(&device, wall);
+        if !Arc::ptr_eq(&device.group_set, &self.judge.policies.groups) {
+            device.group_set = Arc::clone(&self.judge.policies.groups);
         }
+        self.write(device, old, cause, now, wall, bound, true);
+    }
+
+    /// [`Engine::store`] for a device whose groups are settled; `notify`
+    /// false for a restore, which the planes learn of when they start.
+    #[allow(clippy::too_many_arguments)] // store's, and whether to tell
+    fn write(
+        &mut self,
+        device: Device,
+        old: Option<&Device>,
+        cause: Cause,
+        now: Instant,
+        wall: UnixMillis,
+        bound: Option<&Bound>,
+        notify: bool,
+    ) {
         if let Some(old) = old {
             if let Some(at) = old.deadline {
                 self.deadlines.remove(&(at, old.slot));
@@ -896,7 +868,7 @@ impl Engine {
                     || o.groups != device.groups
             }
         };
-        if changed {
+        if changed && notify {
             self.events.push_back(Change {
                 device: Arc::clone(&device.id),
                 old: old_verdict,
@@ -907,7 +879,7 @@ impl Engine {
                 at: now,
                 wall,
                 groups: device.groups,
-                group_set: Arc::clone(&self.policies.groups),
+                group_set: Arc::clone(&self.judge.policies.groups),
             });
         }
         self.generation += 1;

@@ -52,6 +52,29 @@ impl Interner {
     }
 }
 
+impl Interner {
+    /// Takes in the values `other` interned (a restore's reader thread).
+    pub fn absorb(&mut self, other: Interner) {
+        if self.strs.is_empty() && self.lists.is_empty() && self.ports.is_empty() {
+            *self = other;
+            return;
+        }
+        // A union: the order values are taken in does not matter.
+        #[allow(clippy::disallowed_methods)]
+        {
+            for v in other.strs {
+                self.strs.insert(v);
+            }
+            for v in other.lists {
+                self.lists.insert(v);
+            }
+            for v in other.ports {
+                self.ports.insert(v);
+            }
+        }
+    }
+}
+
 fn one<T: ?Sized + Hash + Eq>(set: &mut Set<Arc<T>>, value: &mut Arc<T>) {
     if let Some(shared) = set.get(value) {
         *value = Arc::clone(shared);

@@ -11,6 +11,7 @@ mod engine;
 pub mod identity;
 mod intern;
 pub mod journal;
+mod judge;
 pub mod outage;
 pub mod overrides;
 pub mod snapshot;
@@ -19,6 +20,7 @@ mod table;
 pub use access::{Access, Grant, Rules, Stage, Why, grant};
 pub use device::{Device, Enforce, Verdict};
 pub use engine::{BreakerEvent, Cause, Change, Engine, Held, HeldCause, OutageEvent};
+pub use judge::{Restorer, Settled};
 pub use table::Table;
 
 #[cfg(test)]

@@ -81,7 +81,7 @@ pub struct Current {
 }
 
 /// The outage tracker.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Tracker {
     pub settings: Settings,
     current: Option<Current>,

@@ -623,3 +623,79 @@ fn an_override_survives_a_restart_until_it_expires() {
     }
     c.advance(1);
 }
+
+/// A restore split across two threads (settled by a [`Restorer`] on the
+/// snapshot's reader, installed by the engine) leaves the same table as
+/// one done in place: verdicts, failure start times, held devices,
+/// bindings, a refused claim judged again, an override.
+#[test]
+fn a_restore_settled_on_another_thread_matches_one_done_in_place() {
+    use overrides::{Mode, Override};
+    let set = || policies(&[&encrypted_policy("critical", "always", "1h")]);
+    let mut e = Engine::new(Table::default(), set(), STALE);
+    let mut c = Clock::new();
+    e.handle_telemetry("owner", report(1, true, Some("aa:bb:cc:00:00:01")), c.now(), c.wall()).unwrap();
+    e.handle_telemetry("failing", report(1, false, Some("aa:bb:cc:00:00:02")), c.now(), c.wall()).unwrap();
+    c.advance(1_000);
+    e.handle_telemetry("quiet", report(1, true, None), c.now(), c.wall()).unwrap();
+    let o = Override::new(Mode::Exempt, c.wall(), 3_600_000, "repair", "alice").unwrap();
+    e.set_override("failing", Some(o), c.now(), c.wall());
+    drain(&mut e);
+    let mut lines: Vec<String> = Vec::new();
+    e.table().for_each(|d| lines.push(serde_json::to_string(&snapshot::Entry::of(d)).unwrap()));
+    lines.sort();
+    // A line claiming the owner's MAC: the claim is refused at install.
+    let thief = snapshot::Entry {
+        id: "thief".into(),
+        last_seen: c.wall(),
+        failing_since: Vec::new(),
+        report: report(1, true, Some("aa:bb:cc:00:00:01")),
+        admin_override: None,
+    };
+    lines.push(serde_json::to_string(&thief).unwrap());
+    let entries = || lines.iter().map(|l| serde_json::from_str::<snapshot::Entry>(l).unwrap());
+    // Restarted 6 s later (past `stale_after`), after the outage of the
+    // time it was down began: the devices come back held.
+    c.advance(6_000);
+    let fresh = || {
+        let mut r = Engine::new(Table::default(), set(), STALE);
+        r.handle_source(false, c.now() - Duration::from_millis(5_500), c.wall() - 5_500);
+        r
+    };
+    let mut in_place = fresh();
+    for b in entries() {
+        in_place.restore(&b.id, b.report, b.last_seen, &b.failing_since, c.now(), c.wall());
+        if let Some(o) = b.admin_override {
+            in_place.restore_override(&b.id, o, c.now(), c.wall());
+        }
+    }
+    let mut split = fresh();
+    let mut restorer = split.restorer(c.now(), c.wall());
+    let settled: Vec<Settled> =
+        std::thread::scope(|s| s.spawn(|| entries().map(|b| restorer.settle(b)).collect()).join().unwrap());
+    for s in settled {
+        split.install(s, c.now(), c.wall());
+    }
+    split.finish_restore(restorer);
+    assert!(drain(&mut split).is_empty(), "a restore emits nothing");
+    assert_eq!(split.counts(), in_place.counts());
+    assert_eq!(split.poll_timeout(), in_place.poll_timeout());
+    for id in ["owner", "failing", "quiet", "thief"] {
+        let (a, b) = (split.table().get(id).unwrap(), in_place.table().get(id).unwrap());
+        assert_eq!((a.verdict, a.enforce, a.held, a.since), (b.verdict, b.enforce, b.held, b.since), "{id}");
+        assert_eq!(
+            a.failures.iter().map(|f| (f.key(), f.since)).collect::<Vec<_>>(),
+            b.failures.iter().map(|f| (f.key(), f.since)).collect::<Vec<_>>(),
+            "{id}"
+        );
+        assert_eq!(a.admin_override, b.admin_override, "{id}");
+        assert_eq!(a.conflicts.len(), b.conflicts.len(), "{id}");
+        assert_eq!(a.groups, b.groups, "{id}");
+    }
+    let mac = Mac::parse("aa:bb:cc:00:00:01").unwrap();
+    assert_eq!(split.table().by_mac(mac).unwrap().id.as_ref(), "owner");
+    assert_eq!(split.table().get("thief").unwrap().verdict, Verdict::Noncompliant, "its refused claim fails it");
+    assert!(split.table().get("failing").unwrap().admin_override.is_some());
+    assert_eq!(split.table().get("failing").unwrap().verdict, Verdict::Noncompliant);
+    assert!(split.table().get("quiet").unwrap().held, "silent only while warden was down");
+}

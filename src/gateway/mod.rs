@@ -25,7 +25,7 @@ mod radius_enforce;
 mod radius_task;
 mod reload;
 mod remediation;
-mod restore;
+pub mod restore;
 mod status;
 mod timer;
 mod udp_batch;

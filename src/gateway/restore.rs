@@ -8,7 +8,7 @@
 
 use crate::compliance::identity::FAILURE_KEY;
 use crate::compliance::snapshot::Entry;
-use crate::compliance::{Engine, journal, snapshot};
+use crate::compliance::{Engine, Settled, journal, snapshot};
 use crate::gateway::mqtt::wall_now;
 use crate::metrics::Metrics;
 use anyhow::Context;
@@ -52,36 +52,56 @@ pub fn table(
     // bindings come back as they were: those wait until the end.
     let mut refused: Vec<Entry> = Vec::new();
     let mut restored = 0usize;
-    let mut put = |engine: &mut Engine, e: Entry| {
-        if e.failing_since.iter().any(|(k, _)| k == FAILURE_KEY) {
-            refused.push(e);
-        } else {
-            engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
-            if let Some(o) = e.admin_override {
-                engine.restore_override(&e.id, o, now, wall);
-            }
-            restored += 1;
-        }
-    };
-    let bad = snapshot::stream(state_dir, |chunk| {
-        for e in chunk {
-            if !latest.contains_key(&e.id) {
-                put(engine, e);
-            }
-        }
-    })
-    .context("reading the compliance snapshot")?;
-    for (_, e) in latest.drain() {
-        if let Some(e) = e {
-            put(engine, e);
-        }
+    // The reader thread parses and settles each device (policy evaluation
+    // included); this one binds identities and stores: two cores share it.
+    enum Line {
+        Settled(Settled),
+        Refused(Entry),
     }
-    for e in std::mem::take(&mut refused) {
+    let mut restorer = engine.restorer(now, wall);
+    let bad = snapshot::stream(
+        state_dir,
+        |e| {
+            if latest.contains_key(&e.id) {
+                None
+            } else if e.failing_since.iter().any(|(k, _)| k == FAILURE_KEY) {
+                Some(Line::Refused(e))
+            } else {
+                Some(Line::Settled(restorer.settle(e)))
+            }
+        },
+        |chunk| {
+            for line in chunk {
+                match line {
+                    Line::Settled(s) => {
+                        engine.install(s, now, wall);
+                        restored += 1;
+                    }
+                    Line::Refused(e) => refused.push(e),
+                }
+            }
+        },
+    )
+    .context("reading the compliance snapshot")?;
+    engine.finish_restore(restorer);
+    let mut put = |engine: &mut Engine, e: Entry| {
         engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
         if let Some(o) = e.admin_override {
             engine.restore_override(&e.id, o, now, wall);
         }
         restored += 1;
+    };
+    for (_, e) in latest.drain() {
+        if let Some(e) = e {
+            if e.failing_since.iter().any(|(k, _)| k == FAILURE_KEY) {
+                refused.push(e);
+            } else {
+                put(engine, e);
+            }
+        }
+    }
+    for e in std::mem::take(&mut refused) {
+        put(engine, e);
     }
     let forgotten = std::iter::from_fn(|| engine.poll_forgotten()).count();
     restored -= forgotten;
