@@ -2,7 +2,8 @@
 //! table (with its MAC, WireGuard-key and certificate indexes and deadlines).
 //! `cargo bench --bench table_memory [-- DEVICES [KEEP_DIR]]` (target: <= 1 KiB/device).
 //! With KEEP_DIR the snapshot is left there; `-- restore DIR` then times
-//! (and lets a profiler watch) the restart's restore alone.
+//! (and lets a profiler watch) the restart's restore alone, `-- parse DIR`
+//! the reading and parsing of the snapshot alone.
 
 // A test or bench harness: real time is its input.
 #![allow(clippy::disallowed_methods)]
@@ -63,6 +64,15 @@ fn main() {
             .expect("shipped policies")
     };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.first().map(String::as_str) == Some("parse") {
+        // The reader's share alone: read and parse every line, keep nothing.
+        let dir = std::path::PathBuf::from(args.get(1).expect("parse DIR"));
+        let start = Instant::now();
+        let mut n = 0usize;
+        warden::compliance::snapshot::stream(&dir, |_| Some(()), |chunk| n += chunk.len()).expect("snapshot read");
+        println!("  parsed {n} lines in {:.2} s", start.elapsed().as_secs_f64());
+        return;
+    }
     if args.first().map(String::as_str) == Some("restore") {
         let dir = std::path::PathBuf::from(args.get(1).expect("restore DIR"));
         restore(&dir, shipped(), None);

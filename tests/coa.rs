@@ -275,7 +275,7 @@ fn a_restart_that_would_restrict_every_session_waits_for_confirmation() {
 
     // The compliance state is lost: every device is unknown, and unknown
     // devices are quarantined. Reconciling at start would restrict all three.
-    std::fs::remove_file(dir.join("state/compliance.jsonl")).unwrap();
+    std::fs::remove_file(dir.join("state/compliance.snap")).unwrap();
     std::fs::write(dir.join("api.token"), "s3cret-token-0123456789\n").unwrap();
     let config = std::fs::read_to_string(dir.join(format!("warden-{}.toml", w.http))).unwrap();
     let body = config.split("\n[http]").next().unwrap().to_string();

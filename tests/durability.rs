@@ -584,7 +584,13 @@ fn damaged_state_files_cost_only_the_damaged_records() {
         }
         std::fs::write(path, out).unwrap();
     };
-    damage(&state.join("compliance.jsonl"), "crash-0001", &|l| l[20] = 0xff);
+    // The snapshot is binary: a byte of crash-0001's record flipped to one
+    // that is not UTF-8 (its checksum catches it first).
+    let snap = state.join("compliance.snap");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let at = bytes.windows(10).position(|w| w == b"crash-0001").expect("crash-0001 in the snapshot");
+    bytes[at + 2] = 0xff;
+    std::fs::write(&snap, bytes).unwrap();
     let segment = std::fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -633,7 +639,7 @@ fn a_reloads_failure_start_times_survive_a_kill_9() {
     let since = d["failed_rules"][0]["failing_since"].clone();
     assert!(since.is_string(), "{d}");
     wait_for("the snapshot after the reload", Duration::from_secs(10), || {
-        dir.join("state/compliance.jsonl").is_file().then_some(())
+        dir.join("state/compliance.snap").is_file().then_some(())
     });
     std::thread::sleep(Duration::from_millis(1100));
     w.kill();

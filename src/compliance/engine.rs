@@ -736,31 +736,32 @@ impl Engine {
     pub fn install(&mut self, settled: Settled, now: Instant, wall: UnixMillis) {
         let Settled { mut device, forgotten, prior, admin_override } = settled;
         if forgotten {
-            self.forgotten.push_back(device.id);
+            self.forgotten.push_back(Arc::clone(&device.id));
             return;
         }
         let old = self.table.get(&device.id);
-        device.slot = self.slot(old.as_deref());
         let (bound, conflicts) = identity::claims(&device.id, &device.report, &self.table);
+        // Not shared yet: no copy is made.
+        let d = Arc::make_mut(&mut device);
+        d.slot = self.slot(old.as_deref());
         if !conflicts.is_empty() {
-            device.conflicts = conflicts;
-            if device.verdict != Verdict::Unknown {
-                let mut failures = self.judge.failures_of(&device.report, &device.conflicts, wall);
+            d.conflicts = conflicts;
+            if d.verdict != Verdict::Unknown {
+                let mut failures = self.judge.failures_of(&d.report, &d.conflicts, wall);
                 for f in &mut failures {
                     if let Some((_, since)) = prior.iter().find(|(k, _)| *k == f.key()) {
                         f.since = *since;
                     }
                 }
-                let held = device.held;
-                self.settle(&mut device, None, failures, now, wall);
-                if held {
-                    device.deadline = None;
+                self.judge.settle(&self.outage, d, None, failures, now, wall);
+                if d.held {
+                    d.deadline = None;
                 }
-                device.groups = self.judge.groups_of(&device, wall);
+                d.groups = self.judge.groups_of(d, wall);
             }
         }
-        if device.held {
-            self.parked.insert(device.slot, Arc::clone(&device.id));
+        if d.held {
+            self.parked.insert(d.slot, Arc::clone(&d.id));
             self.parked_peak = self.parked_peak.max(self.parked.len());
         }
         let id = Arc::clone(&device.id);
@@ -830,7 +831,7 @@ impl Engine {
         if !Arc::ptr_eq(&device.group_set, &self.judge.policies.groups) {
             device.group_set = Arc::clone(&self.judge.policies.groups);
         }
-        self.write(device, old, cause, now, wall, bound, true);
+        self.write(Arc::new(device), old, cause, now, wall, bound, true);
     }
 
     /// [`Engine::store`] for a device whose groups are settled; `notify`
@@ -838,7 +839,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)] // store's, and whether to tell
     fn write(
         &mut self,
-        device: Device,
+        device: Arc<Device>,
         old: Option<&Device>,
         cause: Cause,
         now: Instant,
@@ -883,7 +884,6 @@ impl Engine {
             });
         }
         self.generation += 1;
-        let device = Arc::new(device);
         match bound {
             Some(bound) => self.table.put(device, old, bound),
             None => self.table.replace(device),

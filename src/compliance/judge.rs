@@ -123,7 +123,7 @@ impl Judge {
         if let Some(after) = self.forget_after {
             if silence >= after {
                 // Forgotten while warden was away: not restored at all.
-                return Settled { device, forgotten: true, prior: Vec::new(), admin_override: None };
+                return Settled { device: Arc::new(device), forgotten: true, prior: Vec::new(), admin_override: None };
             }
             if silence >= self.stale_after {
                 device.deadline = Some(now + (after - silence));
@@ -145,13 +145,14 @@ impl Judge {
         }
         device.groups = self.groups_of(&device, wall);
         device.group_set = Arc::clone(&self.policies.groups);
-        Settled { device, forgotten: false, prior, admin_override: None }
+        // Allocated here, on the reader's core, and small to hand over.
+        Settled { device: Arc::new(device), forgotten: false, prior, admin_override: None }
     }
 }
 
 /// A device settled from its snapshot line, for [`super::Engine::install`].
 pub struct Settled {
-    pub(super) device: Device,
+    pub(super) device: Arc<Device>,
     /// Silent for `forget_after`: not to be restored.
     pub(super) forgotten: bool,
     /// When each failing rule started failing, kept for the rare device

@@ -14,6 +14,7 @@ pub mod journal;
 mod judge;
 pub mod outage;
 pub mod overrides;
+mod record;
 pub mod snapshot;
 mod table;
 

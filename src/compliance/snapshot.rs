@@ -1,6 +1,9 @@
 //! A snapshot of the table in `state_dir`, so a restart resumes with the last
-//! known reports: JSON lines, written to a temporary file, synced and renamed
-//! over the previous one, so a crash mid-write leaves the old snapshot whole.
+//! known reports: one checked binary record per device (`record`), written
+//! to a temporary file, synced and renamed over the previous one, so a crash
+//! mid-write leaves the old snapshot whole. A snapshot in JSON lines (an
+//! older warden's, or a fleet seeded by hand) is read when there is no
+//! binary one, and replaced by the next write.
 
 use super::device::Device;
 use super::table::Table;
@@ -10,7 +13,9 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// The file name inside `state_dir`.
-pub const FILE: &str = "compliance.jsonl";
+pub const FILE: &str = "compliance.snap";
+/// The JSON-lines snapshot, one [`Entry`] per line, read when there is no [`FILE`].
+pub const JSON_FILE: &str = "compliance.jsonl";
 
 /// One device in the snapshot.
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,7 +48,8 @@ impl Entry {
 
 /// When the snapshot in `dir` was last written (Unix ms), if there is one.
 pub fn written_at(dir: &Path) -> Option<UnixMillis> {
-    modified(&std::fs::metadata(dir.join(FILE)).ok()?)
+    let meta = std::fs::metadata(dir.join(FILE)).or_else(|_| std::fs::metadata(dir.join(JSON_FILE))).ok()?;
+    modified(&meta)
 }
 
 /// Writes every device of `table` to `dir/FILE`. Returns the device count.
@@ -54,19 +60,25 @@ pub fn write(table: &Table, dir: &Path) -> std::io::Result<usize> {
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut count = 0;
     let mut result = Ok(());
+    let mut record = Vec::with_capacity(1024);
     table.for_each(|d| {
         if result.is_err() {
             return;
         }
-        result = serde_json::to_writer(&mut out, &Entry::of(d))
-            .map_err(std::io::Error::other)
-            .and_then(|()| out.write_all(b"\n"));
+        record.clear();
+        super::record::encode(&Entry::of(d), &mut record);
+        result = out.write_all(&record);
         count += 1;
     });
     result?;
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path(dir))?;
+    // The binary snapshot now says everything the JSON one did, and more.
+    match std::fs::remove_file(dir.join(JSON_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     Ok(count)
 }
 
@@ -97,16 +109,20 @@ pub fn stream<T: Send>(
     map: impl FnMut(Entry) -> Option<T> + Send,
     mut f: impl FnMut(Vec<T>),
 ) -> std::io::Result<usize> {
-    let file = match std::fs::File::open(path(dir)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+    let (file, binary) = match std::fs::File::open(path(dir)) {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::File::open(dir.join(JSON_FILE)) {
+            Ok(f) => (f, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        },
         Err(e) => return Err(e),
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<T>>(4);
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("snapshot-read".into())
-            .spawn_scoped(scope, move || parse(file, map, |chunk| tx.send(chunk).is_ok()))?;
+            .spawn_scoped(scope, move || parse(file, binary, map, |chunk| tx.send(chunk).is_ok()))?;
         for chunk in rx {
             f(chunk);
         }
@@ -118,22 +134,28 @@ pub fn stream<T: Send>(
 /// Returns the lines skipped.
 fn parse<T>(
     file: std::fs::File,
+    binary: bool,
     mut map: impl FnMut(Entry) -> Option<T>,
     mut send: impl FnMut(Vec<T>) -> bool,
 ) -> std::io::Result<usize> {
     let mut entries = Vec::with_capacity(CHUNK);
     let mut bad = 0;
     let mut open = true;
-    lines(file, |text| {
-        match serde_json::from_slice::<Entry>(text) {
-            Ok(e) if crate::telemetry::parse::valid_device_id(&e.id) => entries.extend(map(e)),
+    let mut take = |entry: Option<Entry>| {
+        match entry {
+            Some(e) if crate::telemetry::parse::valid_device_id(&e.id) => entries.extend(map(e)),
             _ => bad += 1,
         }
         if entries.len() == CHUNK {
             open = send(std::mem::replace(&mut entries, Vec::with_capacity(CHUNK)));
         }
         open
-    })?;
+    };
+    if binary {
+        records(file, take)?;
+    } else {
+        lines(file, |text| take(serde_json::from_slice::<Entry>(text).ok()))?;
+    }
     if open && !entries.is_empty() {
         send(entries);
     }
@@ -159,6 +181,86 @@ pub(crate) fn lines(file: std::fs::File, mut f: impl FnMut(&[u8]) -> bool) -> st
     }
 }
 
+/// Calls `f` on each record of a binary snapshot until it returns false:
+/// `Some` for a record that checks out, `None` for each that does not (a
+/// flipped byte, a torn end, garbage where a record should start), after
+/// which the next record is found by its magic. Damage is never fatal.
+fn records(file: std::fs::File, mut f: impl FnMut(Option<Entry>) -> bool) -> std::io::Result<()> {
+    use super::record::{FRAME, MAGIC, decode, frame};
+    let mut s = Scan { file, buf: Vec::with_capacity(2 * Scan::READ), pos: 0, eof: false };
+    loop {
+        s.fill(FRAME)?;
+        if s.buf.len() == s.pos {
+            return Ok(());
+        }
+        let mut entry = None;
+        if let Some((len, crc)) = s.buf.get(s.pos..s.pos + FRAME).and_then(frame) {
+            s.fill(FRAME + len)?;
+            entry = s
+                .buf
+                .get(s.pos + FRAME..s.pos + FRAME + len)
+                .filter(|payload| crc32fast::hash(payload) == crc)
+                .and_then(decode)
+                .map(|e| (e, FRAME + len));
+        }
+        match entry {
+            Some((e, size)) => {
+                s.pos += size;
+                if !f(Some(e)) {
+                    return Ok(());
+                }
+            }
+            None => {
+                if !f(None) {
+                    return Ok(());
+                }
+                // On to the next magic: where the next record may start.
+                s.pos += 1;
+                loop {
+                    if let Some(i) = s.buf[s.pos..].windows(MAGIC.len()).position(|w| w == MAGIC) {
+                        s.pos += i;
+                        break;
+                    }
+                    // Keep the tail: a magic may straddle two reads.
+                    s.pos = s.buf.len().saturating_sub(MAGIC.len() - 1).max(s.pos);
+                    let had = s.buf.len() - s.pos;
+                    s.fill(had + 1)?;
+                    if s.buf.len() - s.pos == had {
+                        return Ok(()); // the end: the damage ran to it
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A file read forward through a buffer, for [`records`].
+struct Scan {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+impl Scan {
+    const READ: usize = 1 << 20;
+
+    /// At least `n` bytes from `pos` in `buf`, unless the file ends first.
+    fn fill(&mut self, n: usize) -> std::io::Result<()> {
+        use std::io::Read;
+        while self.buf.len() - self.pos < n && !self.eof {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+            let have = self.buf.len();
+            self.buf.resize(have + Self::READ.max(n - have), 0);
+            let got = self.file.read(&mut self.buf[have..])?;
+            self.buf.truncate(have + got);
+            self.eof = got == 0;
+        }
+        Ok(())
+    }
+}
+
 /// A file's modification time (Unix ms).
 pub(crate) fn modified(meta: &std::fs::Metadata) -> Option<UnixMillis> {
     let since = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
@@ -169,38 +271,94 @@ pub(crate) fn modified(meta: &std::fs::Metadata) -> Option<UnixMillis> {
 mod tests {
     use super::*;
 
-    fn line(id: &str) -> Vec<u8> {
-        let e = Entry {
+    fn entry(id: &str) -> Entry {
+        Entry {
             id: id.into(),
             last_seen: 1,
             failing_since: Vec::new(),
             report: Report::default(),
             admin_override: None,
-        };
-        let mut v = serde_json::to_vec(&e).unwrap();
-        v.push(b'\n');
+        }
+    }
+
+    fn record(id: &str) -> Vec<u8> {
+        let mut v = Vec::new();
+        super::super::record::encode(&entry(id), &mut v);
         v
     }
 
+    fn ids(dir: &Path) -> (Vec<String>, usize) {
+        let (entries, bad) = read(dir).unwrap();
+        (entries.into_iter().map(|e| e.id).collect(), bad)
+    }
+
     /// Recovery does not depend on how the file was damaged: a flipped
-    /// byte, invalid UTF-8 and a torn last line are each one skipped line.
+    /// byte, invalid UTF-8, garbage between records and a torn last record
+    /// each cost the records they touch, and the rest is read.
     #[test]
-    fn damaged_lines_are_skipped_whatever_the_damage() {
+    fn damaged_records_are_skipped_whatever_the_damage() {
         let dir = tempfile::tempdir().unwrap();
         let mut bytes = Vec::new();
-        bytes.extend(line("a"));
+        bytes.extend(record("a"));
+        bytes.extend(b"garbage, where a record should start");
+        let mut flipped = record("b");
+        flipped[20] ^= 0x20;
+        bytes.extend(flipped);
+        let mut utf8 = record("c");
+        utf8[16] = 0xff; // the id's one byte
+        bytes.extend(utf8);
+        bytes.extend(record("d"));
+        let mut length = record("e");
+        length[4] = 0xff; // a length past the end of the file
+        bytes.extend(length);
+        bytes.extend(record("f"));
+        let torn = record("g");
+        bytes.extend(&torn[..torn.len() / 2]);
+        std::fs::write(path(dir.path()), bytes).unwrap();
+        assert_eq!(ids(dir.path()), (vec!["a".into(), "d".into(), "f".into()], 5));
+    }
+
+    /// A file cut anywhere yields the records before the cut, and never
+    /// more than one damaged record.
+    #[test]
+    fn a_file_cut_anywhere_keeps_every_record_before_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..20 {
+            bytes.extend(record(&format!("d{i}")));
+            ends.push(bytes.len());
+        }
+        for cut in 0..=bytes.len() {
+            std::fs::write(path(dir.path()), &bytes[..cut]).unwrap();
+            let (got, bad) = ids(dir.path());
+            let whole = ends.iter().filter(|e| **e <= cut).count();
+            assert_eq!(got.len(), whole, "cut at {cut}");
+            assert_eq!(bad, usize::from(!ends.contains(&cut) && cut != 0), "cut at {cut}");
+        }
+    }
+
+    /// A snapshot written by a warden before the binary format (JSON
+    /// lines) is read when there is no binary one, damage skipped as ever;
+    /// the next write replaces it.
+    #[test]
+    fn a_json_lines_snapshot_is_read_and_then_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |id: &str| {
+            let mut v = serde_json::to_vec(&entry(id)).unwrap();
+            v.push(b'\n');
+            v
+        };
+        let mut bytes = line("a");
         let mut flipped = line("b");
         flipped[3] ^= 0x20;
         bytes.extend(flipped);
-        let mut utf8 = line("c");
-        utf8[8] = 0xff;
-        bytes.extend(utf8);
-        bytes.extend(line("d"));
-        let torn = line("e");
-        bytes.extend(&torn[..torn.len() / 2]);
-        std::fs::write(path(dir.path()), bytes).unwrap();
-        let (entries, bad) = read(dir.path()).unwrap();
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!((ids, bad), (vec!["a", "d"], 3));
+        bytes.extend(line("c"));
+        std::fs::write(dir.path().join(JSON_FILE), bytes).unwrap();
+        assert_eq!(ids(dir.path()), (vec!["a".into(), "c".into()], 1));
+        assert!(written_at(dir.path()).is_some());
+        write(&Table::default(), dir.path()).unwrap();
+        assert!(!dir.path().join(JSON_FILE).exists(), "replaced by the binary snapshot");
+        assert_eq!(ids(dir.path()), (vec![], 0));
     }
 }

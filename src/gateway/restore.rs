@@ -56,7 +56,7 @@ pub fn table(
     // included); this one binds identities and stores: two cores share it.
     enum Line {
         Settled(Settled),
-        Refused(Entry),
+        Refused(Box<Entry>),
     }
     let mut restorer = engine.restorer(now, wall);
     let bad = snapshot::stream(
@@ -65,7 +65,7 @@ pub fn table(
             if latest.contains_key(&e.id) {
                 None
             } else if e.failing_since.iter().any(|(k, _)| k == FAILURE_KEY) {
-                Some(Line::Refused(e))
+                Some(Line::Refused(Box::new(e)))
             } else {
                 Some(Line::Settled(restorer.settle(e)))
             }
@@ -77,7 +77,7 @@ pub fn table(
                         engine.install(s, now, wall);
                         restored += 1;
                     }
-                    Line::Refused(e) => refused.push(e),
+                    Line::Refused(e) => refused.push(*e),
                 }
             }
         },
