@@ -29,6 +29,20 @@ struct Inner {
 }
 
 impl Table {
+    /// A table with room for `devices` devices and their identities, so a
+    /// restore of a large fleet does not grow (and rehash) its maps as it
+    /// goes: each growth copies the map and touches fresh memory.
+    pub fn with_capacity(devices: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                devices: map_of(devices),
+                by_mac: map_of(devices),
+                by_wg_key: map_of(devices),
+                by_cert: map_of(devices),
+            }),
+        }
+    }
+
     /// The device with this id.
     pub fn get(&self, id: &str) -> Option<Arc<Device>> {
         self.inner.devices.get(id).map(|d| Arc::clone(d.value()))
@@ -126,6 +140,10 @@ impl Table {
     pub(crate) fn replace(&self, device: Arc<Device>) {
         self.inner.devices.insert(Arc::clone(&device.id), device);
     }
+}
+
+fn map_of<K: Eq + std::hash::Hash, V>(n: usize) -> Map<K, V> {
+    Map::with_capacity_and_hasher(n, Default::default())
 }
 
 /// The valid MAC addresses in a report (malformed ones are not indexed).

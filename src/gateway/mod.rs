@@ -67,7 +67,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
 
     // Restore the table before anything can ask it a question, so there is
     // no moment where a known device looks unknown, or an unknown one compliant.
-    let table = Table::default();
+    // Sized for the snapshot: a table grown device by device while
+    // restoring 1,000,000 spent a third of the restart rehashing.
+    let table = Table::with_capacity(crate::compliance::snapshot::estimate(&cfg.node.state_dir));
     let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after)
         .with_outage(cfg.policy.outage())
         .with_breaker(cfg.policy.max_restrict_fraction)

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Restart to ready with a large fleet in the state directory (issue 12: <= 2 s at 1,000,000).
+
+    python3 bench/restart.py [--devices 1000000] [--runs 5] [--exe target/release/warden]
+
+Seeds `state/compliance.jsonl` (a JSON-lines snapshot, as an older warden
+wrote it) with N devices, each with a MAC, and a users file-free RADIUS plane;
+starts warden once (it reads the JSON snapshot) and stops it with SIGTERM,
+which writes its own snapshot. Then, each run: start warden, time until
+`/readyz` answers 200 (telemetry subscribed, RADIUS serving) and until a MAB
+Access-Request for the last device is accepted, then `kill -9` it. Reports the
+median and every run, the state on disk and the resident memory when ready.
+
+There is no reference peer here: FreeRADIUS keeps no per-device state to
+restore, and the target is absolute.
+"""
+import argparse
+import json
+import re
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECRET = "bench-secret"
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mac(i):
+    return f"02{i:010x}"
+
+
+def seed(d, n):
+    shutil.copytree(os.path.join(ROOT, "policies"), os.path.join(d, "policies"))
+    os.makedirs(os.path.join(d, "state"))
+    now = time.time()
+    ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    patch = time.strftime("%Y-%m-%d", time.gmtime(now - 10 * 86400))
+    with open(os.path.join(d, "state", "compliance.jsonl"), "w") as f:
+        for i in range(n):
+            m = ":".join(mac(i)[k:k + 2] for k in range(0, 12, 2))
+            report = {"seq": 1, "ts": ts, "os": "android", "os_version": "14.0.1", "security_patch": patch,
+                      "encrypted": True, "passcode": True, "rooted": False, "kiosk_mode": True,
+                      "apps_installed": ["com.acme.pos"], "apps_running": ["com.acme.pos"],
+                      "wifi_ssid": "ACME-STORE", "open_ports": [443], "mac_addresses": [m],
+                      "wg_public_key": f"{i:0>43}=", "cert_identity": f"dev-{i:07d}",
+                      "groups": ["pos", f"store-{i % 500}"], "agent_version": "3.2.0"}
+            f.write(json.dumps({"id": f"dev-{i:07d}", "last_seen": int(now * 1000), "report": report}) + "\n")
+
+
+def config(d):
+    http, auth = free_port(), free_port(socket.SOCK_DGRAM)
+    with open(os.path.join(d, "w.toml"), "w") as f:
+        f.write(f'[node]\nstate_dir = "state"\nsnapshot_every = "1h"\n'
+                f'[mqtt]\nlisten = "127.0.0.1:{free_port()}"\nallow_anonymous = true\n'
+                f'[http]\nlisten = "127.0.0.1:{http}"\n'
+                f'[radius]\nauth_listen = "127.0.0.1:{auth}"\nacct_listen = "127.0.0.1:{free_port(socket.SOCK_DGRAM)}"\n'
+                f'[[radius.clients]]\nname = "bench"\naddress = "127.0.0.1"\nsecret = "{SECRET}"\n')
+    return http, auth
+
+
+def ready(http, proc, log, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"warden exited:\n{open(log).read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise SystemExit(f"not ready in {timeout} s:\n{open(log).read()[-3000:]}")
+
+
+def mab_accepted(auth, device):
+    m = mac(device)
+    out = subprocess.run(["radclient", "-r", "3", "-t", "1", f"127.0.0.1:{auth}", "auth", SECRET],
+                         input=f'User-Name = "{m}", User-Password = "{m}", Calling-Station-Id = "{m}", '
+                               f'Message-Authenticator = 0x00\n', capture_output=True, text=True)
+    return "Access-Accept" in out.stdout
+
+
+def start(exe, d):
+    log = os.path.join(d, "log")
+    proc = subprocess.Popen([exe, "run", "--config", "w.toml"], cwd=d, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "a"), env={**os.environ, "RUST_LOG": "info"})
+    return proc, log
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--devices", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--exe", default=os.path.join(ROOT, "target", "release", "warden"))
+    a = ap.parse_args()
+    exe = os.path.abspath(a.exe)
+    if not os.environ.get("BENCH_NO_BUILD"):
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.time()
+        seed(d, a.devices)
+        print(f"seeded {a.devices} devices as JSON lines in {time.time() - t:.1f} s")
+        http, auth = config(d)
+        t = time.time()
+        proc, log = start(exe, d)
+        ready(http, proc, log)
+        print(f"first start, from the JSON-lines snapshot: ready in {time.time() - t:.2f} s")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=600)
+        state = os.path.join(d, "state")
+        size = sum(os.path.getsize(os.path.join(state, f)) for f in os.listdir(state))
+        print(f"state on disk after a clean stop: {size / 1048576:.0f} MiB ({sorted(os.listdir(state))})")
+        readies, answers, rss = [], [], []
+        for _ in range(a.runs):
+            t = time.time()
+            proc, log = start(exe, d)
+            ready(http, proc, log)
+            readies.append(time.time() - t)
+            if not mab_accepted(auth, a.devices - 1):
+                raise SystemExit(f"the last device was not admitted:\n{open(log).read()[-3000:]}")
+            answers.append(time.time() - t)
+            rss.append(rss_mib(proc.pid))
+            proc.kill()
+            proc.wait()
+        print(f"restart to ready (/readyz 200), {a.devices} devices: median {statistics.median(readies):.2f} s "
+              f"(runs: {', '.join(f'{r:.2f}' for r in readies)})")
+        print(f"  to the last device's MAB Access-Accept: median {statistics.median(answers):.2f} s "
+              f"(runs: {', '.join(f'{r:.2f}' for r in answers)})")
+        print(f"  resident memory when ready: {statistics.median(rss):.0f} MiB "
+              f"({statistics.median(rss) * 1048576 / a.devices:.0f} bytes per device)")
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", open(log).read())
+        took = [int(m) for m in re.findall(r"compliance table restored.*?took_ms=(\d+)", plain)][-a.runs:]
+        if took:
+            print(f"  of which the table's restore (log, took_ms): median {statistics.median(took)} ms "
+                  f"(runs: {', '.join(map(str, took))})")
+
+
+if __name__ == "__main__":
+    main()
