@@ -113,14 +113,18 @@ def main():
     ap.add_argument("--devices", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--exe", default=os.path.join(ROOT, "target", "release", "warden"))
+    ap.add_argument("--keep", help="seed (if empty) and keep the state in this directory, to profile a start")
     a = ap.parse_args()
     exe = os.path.abspath(a.exe)
     if not os.environ.get("BENCH_NO_BUILD"):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    with tempfile.TemporaryDirectory() as d:
-        t = time.time()
-        seed(d, a.devices)
-        print(f"seeded {a.devices} devices as JSON lines in {time.time() - t:.1f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        d = a.keep or tmp
+        if not os.path.exists(os.path.join(d, "state")):
+            os.makedirs(d, exist_ok=True)
+            t = time.time()
+            seed(d, a.devices)
+            print(f"seeded {a.devices} devices as JSON lines in {time.time() - t:.1f} s")
         http, auth = config(d)
         t = time.time()
         proc, log = start(exe, d)

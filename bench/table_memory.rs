@@ -49,7 +49,7 @@ fn restore(dir: &std::path::Path, policies: PolicySet, expect: Option<usize>) ->
     };
     let mut restored = Engine::new(table, policies, Duration::from_secs(900)).with_forget_after(forget);
     let metrics = warden::metrics::Metrics::new();
-    warden::gateway::restore::table(&mut restored, dir, forget, &metrics).expect("restored");
+    warden::gateway::restore::table(&mut restored, dir, forget, &metrics, true).expect("restored");
     let took = start.elapsed().as_secs_f64();
     assert_eq!(metrics.snapshot_bad_lines.get(), 0);
     if let Some(n) = expect {

@@ -165,6 +165,11 @@ impl Settled {
     pub fn id(&self) -> &str {
         &self.device.id
     }
+
+    /// The device's id, shared.
+    pub fn id_arc(&self) -> Arc<str> {
+        Arc::clone(&self.device.id)
+    }
 }
 
 /// The engine's rules and clocks at the start of a restore, owned by the

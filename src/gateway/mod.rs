@@ -74,18 +74,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         .with_outage(cfg.policy.outage())
         .with_breaker(cfg.policy.max_restrict_fraction)
         .with_forget_after(cfg.policy.forget_after);
-    let restored = restore::table(&mut engine, &cfg.node.state_dir, cfg.policy.forget_after, &metrics)?;
+    let restored = restore::table(&mut engine, &cfg.node.state_dir, cfg.policy.forget_after, &metrics, embedded)?;
     // The status topic's retained verdicts: the embedded broker lost them
     // all with the last process; an external broker may miss the changes
     // warden made before it stopped and had not yet published (the
     // journaled ones). Published again, a chunk at a time.
-    let republish = if embedded {
-        let mut all = Vec::with_capacity(table.len());
-        table.for_each(|d| all.push(Arc::clone(&d.id)));
-        all
-    } else {
-        restored.journaled
-    };
+    let republish = if embedded { restored.all } else { restored.journaled };
 
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await

@@ -22,15 +22,22 @@ pub struct Restored {
     /// The devices the journal had a word on: changed since the last
     /// snapshot, so possibly after their last status message.
     pub journaled: Vec<std::sync::Arc<str>>,
+    /// Every device restored, when asked for (the embedded broker lost
+    /// every retained status message): gathered as they are installed,
+    /// cheaper than a walk of the table afterwards (0.2 s at 1,000,000).
+    pub all: Vec<std::sync::Arc<str>>,
 }
 
-/// Fills `engine` from `state_dir` and starts the next journal segment.
+/// Fills `engine` from `state_dir` and starts the next journal segment;
+/// with `gather`, lists every device restored.
 pub fn table(
     engine: &mut Engine,
     state_dir: &Path,
     forget_after: Duration,
     metrics: &Metrics,
+    gather: bool,
 ) -> anyhow::Result<Restored> {
+    let mut all = Vec::new();
     let started = Instant::now();
     let replayed = journal::read(state_dir).context("reading the compliance journal")?;
     let journaled = replayed.records.len();
@@ -74,6 +81,9 @@ pub fn table(
             for line in chunk {
                 match line {
                     Line::Settled(s) => {
+                        if gather {
+                            all.push(s.id_arc());
+                        }
                         engine.install(s, now, wall);
                         restored += 1;
                     }
@@ -85,6 +95,9 @@ pub fn table(
     .context("reading the compliance snapshot")?;
     engine.finish_restore(restorer);
     let mut put = |engine: &mut Engine, e: Entry| {
+        if gather {
+            all.push(e.id.as_str().into());
+        }
         engine.restore(&e.id, e.report, e.last_seen, &e.failing_since, now, wall);
         if let Some(o) = e.admin_override {
             engine.restore_override(&e.id, o, now, wall);
@@ -133,5 +146,5 @@ pub fn table(
             let _ = std::fs::remove_file(path);
         }
     }
-    Ok(Restored { journal: writer, journaled: journaled_ids })
+    Ok(Restored { journal: writer, journaled: journaled_ids, all })
 }
