@@ -298,7 +298,7 @@ impl Engine {
         let mut device = Device::reported(id, report, now, wall);
         device.slot = self.slot(old.as_deref());
         self.conflicts.extend(conflicts.iter().cloned());
-        device.conflicts = conflicts;
+        device.conflicts = conflicts.into_boxed_slice();
         // An override outlasts reports: only its expiry or an admin ends it.
         device.admin_override = old.as_ref().and_then(|o| o.admin_override.clone());
         self.settle(&mut device, old.as_deref(), failures, now, wall);
@@ -745,7 +745,7 @@ impl Engine {
         let d = Arc::make_mut(&mut device);
         d.slot = self.slot(old.as_deref());
         if !conflicts.is_empty() {
-            d.conflicts = conflicts;
+            d.conflicts = conflicts.into_boxed_slice();
             if d.verdict != Verdict::Unknown {
                 let mut failures = self.judge.failures_of(&d.report, &d.conflicts, wall);
                 for f in &mut failures {
