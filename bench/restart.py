@@ -100,6 +100,34 @@ def start(exe, d):
     return proc, log
 
 
+def devices(http):
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("warden_devices{"))
+
+
+def journal(exe, d, http, n):
+    """n new devices report once into a running warden, which is then killed: the journal holds n records."""
+    out = subprocess.run(["cargo", "bench", "--bench", "mqtt_load", "--no-run", "--message-format=json", "--quiet"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    load = [json.loads(l)["executable"] for l in out.splitlines() if '"executable":"' in l]
+    load = [e for e in load if os.path.basename(e).startswith("mqtt_load")][0]
+    mqtt = int(re.search(r'listen = "127.0.0.1:(\d+)"', open(os.path.join(d, "w.toml")).read()).group(1))
+    proc, log = start(exe, d)
+    ready(http, proc, log)
+    before = devices(http)
+    subprocess.run([load, "publish", str(mqtt), str(n), "4", "0", str(n)], check=True, capture_output=True)
+    deadline = time.time() + 300
+    while devices(http) < before + n and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # QoS 0: the journal is synced every 100 ms
+    proc.kill()
+    proc.wait()
+    state = os.path.join(d, "state")
+    size = sum(os.path.getsize(os.path.join(state, f)) for f in os.listdir(state) if f.startswith("journal-"))
+    print(f"journal: {n} records written, {size / 1048576:.0f} MiB, warden killed with -9")
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -114,6 +142,9 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--exe", default=os.path.join(ROOT, "target", "release", "warden"))
     ap.add_argument("--keep", help="seed (if empty) and keep the state in this directory, to profile a start")
+    ap.add_argument("--journal", type=int, default=0,
+                    help="before the timed runs, N new devices report once (QoS 0, bench/mqtt_load.rs) and "
+                         "warden is killed with -9: every start then also replays N journal records")
     a = ap.parse_args()
     exe = os.path.abspath(a.exe)
     if not os.environ.get("BENCH_NO_BUILD"):
@@ -135,6 +166,8 @@ def main():
         state = os.path.join(d, "state")
         size = sum(os.path.getsize(os.path.join(state, f)) for f in os.listdir(state))
         print(f"state on disk after a clean stop: {size / 1048576:.0f} MiB ({sorted(os.listdir(state))})")
+        if a.journal:
+            journal(exe, d, http, a.journal)
         readies, answers, rss = [], [], []
         for _ in range(a.runs):
             t = time.time()
@@ -147,7 +180,8 @@ def main():
             rss.append(rss_mib(proc.pid))
             proc.kill()
             proc.wait()
-        print(f"restart to ready (/readyz 200), {a.devices} devices: median {statistics.median(readies):.2f} s "
+        print(f"restart to ready (/readyz 200), {a.devices} devices"
+              f"{f' and {a.journal} journal records' if a.journal else ''}: median {statistics.median(readies):.2f} s "
               f"(runs: {', '.join(f'{r:.2f}' for r in readies)})")
         print(f"  to the last device's MAB Access-Accept: median {statistics.median(answers):.2f} s "
               f"(runs: {', '.join(f'{r:.2f}' for r in answers)})")
