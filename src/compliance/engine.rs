@@ -700,8 +700,10 @@ impl Engine {
     }
 
     /// Puts a device restored from a snapshot back, without an event: the
-    /// planes have not started yet. See [`Judge::restored`] for how silence
-    /// and the time warden was down count.
+    /// planes have not started yet. A device silent for `stale_after` comes
+    /// back unknown, not counting the time no one could hear it (the outage
+    /// begun with [`Engine::handle_source`] from when warden went down):
+    /// such a device comes back held.
     pub fn restore(
         &mut self,
         id: &str,
