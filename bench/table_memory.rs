@@ -45,7 +45,9 @@ fn restore(dir: &std::path::Path, policies: PolicySet, expect: Option<usize>) ->
     // As warden sizes it; `TABLE_GROWS=1` measures a table grown as it fills.
     let table = match std::env::var_os("TABLE_GROWS") {
         Some(_) => Table::default(),
-        None => Table::with_capacity(warden::compliance::snapshot::estimate(dir)),
+        None => Table::with_capacity(
+            warden::compliance::snapshot::estimate(dir) + warden::compliance::journal::estimate(dir),
+        ),
     };
     let mut restored = Engine::new(table, policies, Duration::from_secs(900)).with_forget_after(forget);
     let metrics = warden::metrics::Metrics::new();
@@ -74,7 +76,8 @@ fn main() {
         let dir = std::path::PathBuf::from(args.get(1).expect("parse DIR"));
         let start = Instant::now();
         let mut n = 0usize;
-        warden::compliance::snapshot::stream(&dir, |_| Some(()), |chunk| n += chunk.len()).expect("snapshot read");
+        warden::compliance::snapshot::stream(&dir, Vec::new(), |_, _| Some(()), |chunk| n += chunk.len())
+            .expect("snapshot read");
         println!("  parsed {n} lines in {:.2} s", start.elapsed().as_secs_f64());
         return;
     }

@@ -206,23 +206,74 @@ pub struct Replayed {
 }
 
 /// Reads every segment in order. A damaged line is skipped and counted,
-/// whatever the damage (torn, a flipped byte, invalid UTF-8).
+/// whatever the damage (torn, a flipped byte, invalid UTF-8). A segment
+/// is parsed by as many threads as there are cores, each taking a run of
+/// whole lines: at 400,000 records (170 MiB) parsing on one thread was
+/// most of a restart's time after a `kill -9` at full ingest.
 pub fn read(dir: &Path) -> std::io::Result<Replayed> {
     let mut out = Replayed::default();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     for (n, path) in segments(dir)? {
         out.next_segment = n + 1;
-        let file = std::fs::File::open(path)?;
-        out.written_at = super::snapshot::modified(&file.metadata()?).max(out.written_at);
-        super::snapshot::lines(file, |text| {
-            match serde_json::from_slice::<Record>(text) {
-                Ok(Record::Report(e)) if !crate::telemetry::parse::valid_device_id(&e.id) => out.bad += 1,
-                Ok(r) => out.records.push(r),
-                Err(_) => out.bad += 1,
-            }
-            true
-        })?;
+        let bytes = std::fs::read(&path)?;
+        out.written_at = super::snapshot::modified(&std::fs::metadata(&path)?).max(out.written_at);
+        let parts = split_at_lines(&bytes, threads);
+        let parsed: Vec<(Vec<Record>, usize)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts.iter().skip(1).map(|part| scope.spawn(move || parse_lines(part))).collect();
+            let mut parsed = vec![parse_lines(parts.first().copied().unwrap_or_default())];
+            // A parser thread cannot panic on any input (serde_json returns
+            // errors); if one did, its lines count as damaged, not lost silently.
+            parsed.extend(handles.into_iter().zip(parts.iter().skip(1)).map(|(h, part)| {
+                h.join().unwrap_or_else(|_| (Vec::new(), part.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()))
+            }));
+            parsed
+        });
+        for (records, bad) in parsed {
+            out.records.extend(records);
+            out.bad += bad;
+        }
     }
     Ok(out)
+}
+
+/// `bytes` in at most `n` runs of whole lines, in order.
+fn split_at_lines(bytes: &[u8], n: usize) -> Vec<&[u8]> {
+    // Small segments are not worth a thread.
+    let n = if bytes.len() < 1 << 20 { 1 } else { n.max(1) };
+    let mut parts = Vec::with_capacity(n);
+    let mut rest = bytes;
+    for i in (1..=n).rev() {
+        if i == 1 || rest.is_empty() {
+            parts.push(rest);
+            break;
+        }
+        let mid = rest.len() / i;
+        let cut = rest[mid..].iter().position(|b| *b == b'\n').map_or(rest.len(), |p| mid + p + 1);
+        let (head, tail) = rest.split_at(cut);
+        parts.push(head);
+        rest = tail;
+    }
+    parts
+}
+
+/// The records of a run of lines, and how many lines were damaged.
+fn parse_lines(bytes: &[u8]) -> (Vec<Record>, usize) {
+    let (mut records, mut bad) = (Vec::new(), 0);
+    for text in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Record>(text) {
+            Ok(Record::Report(e)) if !crate::telemetry::parse::valid_device_id(&e.id) => bad += 1,
+            Ok(r) => records.push(r),
+            Err(_) => bad += 1,
+        }
+    }
+    (records, bad)
+}
+
+/// About how many records the journal in `dir` holds (each may be a device
+/// the snapshot does not have): with the snapshot's estimate, the size to
+/// give the table before a restore.
+pub fn estimate(dir: &Path) -> usize {
+    segments(dir).map_or(0, |s| s.iter().map(|(_, path)| super::snapshot::estimate_file(path, false)).sum())
 }
 
 /// What the journal says last about each device it mentions: its entry,
@@ -271,6 +322,43 @@ mod tests {
         let mut v: Vec<_> = entries.iter().map(|e| (e.id.clone(), e.report.seq)).collect();
         v.sort();
         v
+    }
+
+    /// A segment large enough to be parsed by several threads gives the
+    /// records in file order, damaged lines counted wherever the runs split.
+    #[test]
+    fn a_large_segment_is_read_in_order_by_several_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        let mut damaged = 0;
+        for i in 0..20_000u64 {
+            let mut line = serde_json::to_vec(&Record::Report(Box::new(entry(&format!("d{i}"), i)))).unwrap();
+            if i % 997 == 0 {
+                line[5] = 0xff;
+                damaged += 1;
+            }
+            bytes.extend(line);
+            bytes.push(b'\n');
+        }
+        assert!(bytes.len() > 1 << 20, "past the one-thread size");
+        std::fs::write(dir.path().join("journal-1.jsonl"), &bytes).unwrap();
+        let r = read(dir.path()).unwrap();
+        assert_eq!(r.bad, damaged);
+        let got: Vec<u64> = r
+            .records
+            .iter()
+            .map(|rec| match rec {
+                Record::Report(e) => e.report.seq,
+                Record::Forgotten { .. } => u64::MAX,
+            })
+            .collect();
+        let want: Vec<u64> = (0..20_000).filter(|i| i % 997 != 0).collect();
+        assert_eq!(got, want);
+        for n in 1..6 {
+            let parts = split_at_lines(&bytes, n);
+            assert_eq!(parts.concat(), bytes, "{n} runs");
+            assert!(parts.iter().all(|p| p.is_empty() || p.ends_with(b"\n")), "{n} runs end at a line");
+        }
     }
 
     #[test]

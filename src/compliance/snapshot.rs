@@ -87,12 +87,17 @@ pub fn write(table: &Table, dir: &Path) -> std::io::Result<usize> {
 /// first MiB. Zero without a snapshot. (An estimate far above the truth
 /// would double the maps' memory; one below only lets them grow.)
 pub fn estimate(dir: &Path) -> usize {
+    match dir.join(FILE) {
+        p if p.is_file() => estimate_file(&p, true),
+        _ => estimate_file(&dir.join(JSON_FILE), false),
+    }
+}
+
+/// How many records (binary) or lines (JSON) `path` holds, about: its size
+/// over the mean size of those in its first MiB.
+pub(crate) fn estimate_file(path: &Path, binary: bool) -> usize {
     use std::io::Read;
-    let (path, binary) = match dir.join(FILE) {
-        p if p.is_file() => (p, true),
-        _ => (dir.join(JSON_FILE), false),
-    };
-    let Ok(file) = std::fs::File::open(&path) else { return 0 };
+    let Ok(file) = std::fs::File::open(path) else { return 0 };
     let size = file.metadata().map_or(0, |m| m.len());
     let mut head = Vec::with_capacity(1 << 20);
     if file.take(1 << 20).read_to_end(&mut head).is_err() {
@@ -133,38 +138,51 @@ pub fn path(dir: &Path) -> PathBuf {
 /// parse are skipped and counted (second value), never fatal.
 pub fn read(dir: &Path) -> std::io::Result<(Vec<Entry>, usize)> {
     let mut entries = Vec::new();
-    let bad = stream(dir, Some, |chunk| entries.extend(chunk))?;
+    let bad = stream(dir, Vec::new(), |e, _| Some(e), |chunk| entries.extend(chunk))?;
     Ok((entries, bad))
 }
 
 /// Entries handed over per chunk by [`stream`].
 const CHUNK: usize = 4096;
 
+/// Where an entry handed to [`stream`]'s `map` comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The snapshot file.
+    Snapshot,
+    /// The entries given to follow it (the journal's last word on devices).
+    After,
+}
+
 /// Reads the snapshot on a second thread, which also runs `map` on each
-/// entry (`None`: leave it out), and hands `f` the results in chunks as
-/// they come, so a restart restores while it reads and never holds the
-/// whole fleet twice. A restart settles each device in `map` (parsing and
-/// policy evaluation on the reader's core) and only stores it in `f`.
-/// Returns the lines skipped.
+/// entry (`None`: leave it out), then on each of `after`, and hands `f` the
+/// results in chunks as they come, so a restart restores while it reads
+/// and never holds the whole fleet twice. A restart settles each device in
+/// `map` (policy evaluation on the reader's core) and only stores it in
+/// `f`. Returns the snapshot's damaged records or lines, skipped.
 pub fn stream<T: Send>(
     dir: &Path,
-    map: impl FnMut(Entry) -> Option<T> + Send,
+    after: Vec<Entry>,
+    map: impl FnMut(Entry, Source) -> Option<T> + Send,
     mut f: impl FnMut(Vec<T>),
 ) -> std::io::Result<usize> {
-    let (file, binary) = match std::fs::File::open(path(dir)) {
-        Ok(f) => (f, true),
+    let file = match std::fs::File::open(path(dir)) {
+        Ok(f) => Some((f, true)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::File::open(dir.join(JSON_FILE)) {
-            Ok(f) => (f, false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Ok(f) => Some((f, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         },
         Err(e) => return Err(e),
     };
+    if file.is_none() && after.is_empty() {
+        return Ok(0);
+    }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<T>>(4);
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
             .name("snapshot-read".into())
-            .spawn_scoped(scope, move || parse(file, binary, map, |chunk| tx.send(chunk).is_ok()))?;
+            .spawn_scoped(scope, move || parse(file, after, map, |chunk| tx.send(chunk).is_ok()))?;
         for chunk in rx {
             f(chunk);
         }
@@ -172,20 +190,20 @@ pub fn stream<T: Send>(
     })
 }
 
-/// Parses lines, maps them, and hands chunks to `send` (false: stop).
-/// Returns the lines skipped.
+/// Parses the file's records or lines, then takes `after`, maps them, and
+/// hands chunks to `send` (false: stop). Returns the file's damaged ones.
 fn parse<T>(
-    file: std::fs::File,
-    binary: bool,
-    mut map: impl FnMut(Entry) -> Option<T>,
+    file: Option<(std::fs::File, bool)>,
+    after: Vec<Entry>,
+    mut map: impl FnMut(Entry, Source) -> Option<T>,
     mut send: impl FnMut(Vec<T>) -> bool,
 ) -> std::io::Result<usize> {
     let mut entries = Vec::with_capacity(CHUNK);
     let mut bad = 0;
     let mut open = true;
-    let mut take = |entry: Option<Entry>| {
+    let mut take = |entry: Option<Entry>, source: Source| {
         match entry {
-            Some(e) if crate::telemetry::parse::valid_device_id(&e.id) => entries.extend(map(e)),
+            Some(e) if crate::telemetry::parse::valid_device_id(&e.id) => entries.extend(map(e, source)),
             _ => bad += 1,
         }
         if entries.len() == CHUNK {
@@ -193,10 +211,15 @@ fn parse<T>(
         }
         open
     };
-    if binary {
-        records(file, take)?;
-    } else {
-        lines(file, |text| take(serde_json::from_slice::<Entry>(text).ok()))?;
+    match file {
+        Some((file, true)) => records(file, |e| take(e, Source::Snapshot))?,
+        Some((file, false)) => lines(file, |text| take(serde_json::from_slice::<Entry>(text).ok(), Source::Snapshot))?,
+        None => {}
+    }
+    for e in after {
+        if !take(Some(e), Source::After) {
+            break;
+        }
     }
     if open && !entries.is_empty() {
         send(entries);
@@ -208,7 +231,7 @@ fn parse<T>(
 /// it returns false. Lines as bytes: a damaged line (a flipped byte,
 /// invalid UTF-8, a torn end) reaches `f` like any other, for it to skip
 /// and count; damage is never fatal.
-pub(crate) fn lines(file: std::fs::File, mut f: impl FnMut(&[u8]) -> bool) -> std::io::Result<()> {
+fn lines(file: std::fs::File, mut f: impl FnMut(&[u8]) -> bool) -> std::io::Result<()> {
     let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
     let mut line = Vec::new();
     loop {

@@ -69,7 +69,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     // no moment where a known device looks unknown, or an unknown one compliant.
     // Sized for the snapshot: a table grown device by device while
     // restoring 1,000,000 spent a third of the restart rehashing.
-    let table = Table::with_capacity(crate::compliance::snapshot::estimate(&cfg.node.state_dir));
+    let table = Table::with_capacity(
+        crate::compliance::snapshot::estimate(&cfg.node.state_dir)
+            + crate::compliance::journal::estimate(&cfg.node.state_dir),
+    );
     let mut engine = Engine::new(table.clone(), policies, cfg.policy.stale_after)
         .with_outage(cfg.policy.outage())
         .with_breaker(cfg.policy.max_restrict_fraction)

@@ -52,14 +52,24 @@ pub fn table(
     engine.handle_source(false, now.checked_sub(down_for).unwrap_or(now), down_since);
     while engine.poll_outage().is_some() {}
 
-    // The journal's last word on a device replaces its snapshot line.
+    // The journal's last word on a device replaces its snapshot line: its
+    // id stays in `latest` so the snapshot's line is skipped, its entry
+    // follows the snapshot's through the same reader (settled there too).
     let mut latest = journal::latest(replayed.records);
     let journaled_ids: Vec<std::sync::Arc<str>> = latest.keys().map(|id| id.as_str().into()).collect();
     // Identity owners before the devices whose claims were refused, so the
     // bindings come back as they were: those wait until the end.
     let mut refused: Vec<Entry> = Vec::new();
+    let mut after = Vec::with_capacity(latest.len());
+    for e in latest.values_mut().filter_map(Option::take) {
+        if e.failing_since.iter().any(|(k, _)| k == FAILURE_KEY) {
+            refused.push(e);
+        } else {
+            after.push(e);
+        }
+    }
     let mut restored = 0usize;
-    // The reader thread parses and settles each device (policy evaluation
+    // The reader thread decodes and settles each device (policy evaluation
     // included); this one binds identities and stores: two cores share it.
     enum Line {
         Settled(Settled),
@@ -68,8 +78,9 @@ pub fn table(
     let mut restorer = engine.restorer(now, wall);
     let bad = snapshot::stream(
         state_dir,
-        |e| {
-            if latest.contains_key(&e.id) {
+        after,
+        |e, source| {
+            if source == snapshot::Source::Snapshot && latest.contains_key(&e.id) {
                 None
             } else if e.failing_since.iter().any(|(k, _)| k == FAILURE_KEY) {
                 Some(Line::Refused(Box::new(e)))
@@ -94,7 +105,7 @@ pub fn table(
     )
     .context("reading the compliance snapshot")?;
     engine.finish_restore(restorer);
-    let mut put = |engine: &mut Engine, e: Entry| {
+    for e in std::mem::take(&mut refused) {
         if gather {
             all.push(e.id.as_str().into());
         }
@@ -103,18 +114,6 @@ pub fn table(
             engine.restore_override(&e.id, o, now, wall);
         }
         restored += 1;
-    };
-    for (_, e) in latest.drain() {
-        if let Some(e) = e {
-            if e.failing_since.iter().any(|(k, _)| k == FAILURE_KEY) {
-                refused.push(e);
-            } else {
-                put(engine, e);
-            }
-        }
-    }
-    for e in std::mem::take(&mut refused) {
-        put(engine, e);
     }
     let forgotten = std::iter::from_fn(|| engine.poll_forgotten()).count();
     restored -= forgotten;
