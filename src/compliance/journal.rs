@@ -206,34 +206,68 @@ pub struct Replayed {
 }
 
 /// Reads every segment in order. A damaged line is skipped and counted,
-/// whatever the damage (torn, a flipped byte, invalid UTF-8). A segment
-/// is parsed by as many threads as there are cores, each taking a run of
-/// whole lines: at 400,000 records (170 MiB) parsing on one thread was
-/// most of a restart's time after a `kill -9` at full ingest.
+/// whatever the damage (torn, a flipped byte, invalid UTF-8). Each block
+/// of a segment is parsed by as many threads as there are cores, each
+/// taking a run of whole lines: at 400,000 records (170 MiB) parsing on one
+/// thread was most of a restart's time after a `kill -9` at full ingest.
 pub fn read(dir: &Path) -> std::io::Result<Replayed> {
+    // A block at a time (its whole lines parsed, the torn end carried into
+    // the next), not a segment (up to 256 MiB) at once.
+    read_blocks(dir, 16 << 20)
+}
+
+fn read_blocks(dir: &Path, block: usize) -> std::io::Result<Replayed> {
+    use std::io::Read;
     let mut out = Replayed::default();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let mut buf: Vec<u8> = Vec::with_capacity(block);
     for (n, path) in segments(dir)? {
         out.next_segment = n + 1;
-        let bytes = std::fs::read(&path)?;
-        out.written_at = super::snapshot::modified(&std::fs::metadata(&path)?).max(out.written_at);
-        let parts = split_at_lines(&bytes, threads);
-        let parsed: Vec<(Vec<Record>, usize)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = parts.iter().skip(1).map(|part| scope.spawn(move || parse_lines(part))).collect();
-            let mut parsed = vec![parse_lines(parts.first().copied().unwrap_or_default())];
-            // A parser thread cannot panic on any input (serde_json returns
-            // errors); if one did, its lines count as damaged, not lost silently.
-            parsed.extend(handles.into_iter().zip(parts.iter().skip(1)).map(|(h, part)| {
-                h.join().unwrap_or_else(|_| (Vec::new(), part.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()))
-            }));
-            parsed
-        });
-        for (records, bad) in parsed {
-            out.records.extend(records);
-            out.bad += bad;
+        let mut file = std::fs::File::open(&path)?;
+        out.written_at = super::snapshot::modified(&file.metadata()?).max(out.written_at);
+        buf.clear();
+        loop {
+            let have = buf.len();
+            buf.resize(have + block, 0);
+            let got = file.read(&mut buf[have..])?;
+            buf.truncate(have + got);
+            let end = got == 0;
+            // Whole lines only, unless the segment ends (a torn last line is parsed, and counted).
+            let cut = if end { buf.len() } else { buf.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) };
+            if cut > 0 {
+                let (records, bad) = parse_parallel(&buf[..cut], threads);
+                out.records.extend(records);
+                out.bad += bad;
+                buf.drain(..cut);
+            }
+            if end {
+                break;
+            }
         }
     }
     Ok(out)
+}
+
+/// The records of `bytes` (whole lines), parsed by up to `threads` threads
+/// over runs of lines, in order, and how many lines were damaged.
+fn parse_parallel(bytes: &[u8], threads: usize) -> (Vec<Record>, usize) {
+    let parts = split_at_lines(bytes, threads);
+    let parsed: Vec<(Vec<Record>, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts.iter().skip(1).map(|part| scope.spawn(move || parse_lines(part))).collect();
+        let mut parsed = vec![parse_lines(parts.first().copied().unwrap_or_default())];
+        // A parser thread cannot panic on any input (serde_json returns
+        // errors); if one did, its lines count as damaged, not lost silently.
+        parsed.extend(handles.into_iter().zip(parts.iter().skip(1)).map(|(h, part)| {
+            h.join().unwrap_or_else(|_| (Vec::new(), part.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()))
+        }));
+        parsed
+    });
+    let mut out = (Vec::new(), 0);
+    for (records, bad) in parsed {
+        out.0.extend(records);
+        out.1 += bad;
+    }
+    out
 }
 
 /// `bytes` in at most `n` runs of whole lines, in order.
