@@ -15,7 +15,7 @@
 //! step 1, so the result is the same. Each start writes to a new segment,
 //! so nothing is ever appended onto a torn line.
 //!
-//! A record is the device as a snapshot line holds it; replay keeps the last
+//! A record is the device as a snapshot record holds it; replay keeps the last
 //! record per device, which is why a report's record carries its failure
 //! start times and not only the report.
 
@@ -311,7 +311,7 @@ pub fn estimate(dir: &Path) -> usize {
 }
 
 /// What the journal says last about each device it mentions: its entry,
-/// or `None` when it was forgotten. Such a device's snapshot line is stale.
+/// or `None` when it was forgotten. Such a device's snapshot record is stale.
 pub fn latest(records: Vec<Record>) -> HashMap<String, Option<Entry>, foldhash::fast::RandomState> {
     let mut out: HashMap<String, Option<Entry>, foldhash::fast::RandomState> = HashMap::default();
     for record in records {

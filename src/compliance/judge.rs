@@ -95,7 +95,7 @@ impl Judge {
     /// comes back unknown, not counting the time no one could hear it (the
     /// outage in `outage`, begun from when warden went down): such a device
     /// comes back held.
-    #[allow(clippy::too_many_arguments)] // one device's snapshot line, unpacked
+    #[allow(clippy::too_many_arguments)] // one device's snapshot entry, unpacked
     pub fn restored(
         &self,
         outage: &Tracker,
@@ -150,7 +150,7 @@ impl Judge {
     }
 }
 
-/// A device settled from its snapshot line, for [`super::Engine::install`].
+/// A device settled from its snapshot entry, for [`super::Engine::install`].
 pub struct Settled {
     pub(super) device: Arc<Device>,
     /// Silent for `forget_after`: not to be restored.

@@ -52,7 +52,7 @@ pub fn table(
     engine.handle_source(false, now.checked_sub(down_for).unwrap_or(now), down_since);
     while engine.poll_outage().is_some() {}
 
-    // The journal's last word on a device replaces its snapshot line: its
+    // The journal's last word on a device replaces its snapshot record: its
     // id stays in `latest` so the snapshot's line is skipped, its entry
     // follows the snapshot's through the same reader (settled there too).
     let mut latest = journal::latest(replayed.records);
