@@ -166,13 +166,7 @@ impl Gate {
         let mut cookie = [0u8; 64];
         match self.loaded.verify_packet(Some(from), datagram, &mut cookie) {
             Ok(_) => Ok(()),
-            Err(TunnResult::WriteToNetwork(reply)) => {
-                let n = reply.len();
-                out[..n].copy_from_slice(reply);
-                Err((Discard::CookieSent, Some(&out[..n])))
-            }
-            Err(TunnResult::Err(e)) => Err((Discard::from_error(&e), None)),
-            Err(_) => Err((Discard::Rejected, None)),
+            Err(refusal) => Err(refused(refusal, out)),
         }
     }
 
@@ -211,14 +205,25 @@ impl Gate {
             Ok(Packet::HandshakeResponse(r)) => Ok(Addressed::Index(r.receiver_idx >> 8)),
             Ok(Packet::PacketCookieReply(c)) => Ok(Addressed::Index(c.receiver_idx >> 8)),
             Ok(Packet::PacketData(d)) => Ok(Addressed::Index(d.receiver_idx >> 8)),
-            Err(TunnResult::WriteToNetwork(reply)) => {
-                let n = reply.len();
-                out[..n].copy_from_slice(reply);
-                Err((Discard::CookieSent, Some(&out[..n])))
-            }
-            Err(TunnResult::Err(e)) => Err((Discard::from_error(&e), None)),
-            Err(_) => Err((Discard::Rejected, None)),
+            Err(refusal) => Err(refused(refusal, out)),
         }
+    }
+}
+
+/// Why the gate refused a datagram, and the cookie reply to send back
+/// when boringtun wrote one (copied into `out`; a reply that does not fit,
+/// which boringtun's 64-byte cookie replies never are, is not sent).
+fn refused<'a>(refusal: TunnResult<'_>, out: &'a mut [u8]) -> (Discard, Option<&'a [u8]>) {
+    match refusal {
+        TunnResult::WriteToNetwork(reply) => match out.get_mut(..reply.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(reply);
+                (Discard::CookieSent, Some(dst))
+            }
+            None => (Discard::Rejected, None),
+        },
+        TunnResult::Err(e) => (Discard::from_error(&e), None),
+        _ => (Discard::Rejected, None),
     }
 }
 
