@@ -162,12 +162,8 @@ pub struct Settled {
 }
 
 impl Settled {
-    pub fn id(&self) -> &str {
-        &self.device.id
-    }
-
     /// The device's id, shared.
-    pub fn id_arc(&self) -> Arc<str> {
+    pub fn id(&self) -> Arc<str> {
         Arc::clone(&self.device.id)
     }
 }

@@ -93,7 +93,7 @@ pub fn table(
                 match line {
                     Line::Settled(s) => {
                         if gather {
-                            all.push(s.id_arc());
+                            all.push(s.id());
                         }
                         engine.install(s, now, wall);
                         restored += 1;
