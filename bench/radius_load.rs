@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use warden::radius::{AttrType, Builder, Code, Packet};
+use warden::radius::{AttrType, Builder, Code, Packet, crypto};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -46,6 +46,8 @@ enum Mode {
 struct Plan {
     target: SocketAddr,
     secret: Vec<u8>,
+    /// The secret with its HMAC key schedule done once, as a NAS keeps it.
+    key: crypto::Key,
     mode: Mode,
     per_source: usize,
     end: Instant,
@@ -88,6 +90,7 @@ fn main() {
     let start = Instant::now();
     let plan = Plan {
         target,
+        key: crypto::Key::new(&secret),
         secret,
         mode,
         per_source: window.div_ceil(sources).max(1),
@@ -250,7 +253,7 @@ fn request(plan: &Plan, id: u8, n: u64, ra: [u8; 16], rng: &mut u64) -> (Vec<u8>
         b.attr(AttrType::AcctSessionId, format!("s{n}").as_bytes()).unwrap();
         b.attr(AttrType::CallingStationId, mac.as_bytes()).unwrap();
         b.attr(AttrType::NasIpAddress, &[127, 0, 0, 1]).unwrap();
-        let pkt = b.finish_request(secret);
+        let pkt = b.finish_request_with(&plan.key);
         let ra: [u8; 16] = pkt[4..20].try_into().unwrap();
         return (pkt, ra);
     }
@@ -274,7 +277,7 @@ fn request(plan: &Plan, id: u8, n: u64, ra: [u8; 16], rng: &mut u64) -> (Vec<u8>
         b.user_password(format!("pw-{who}").as_bytes(), secret, &ra).unwrap();
     }
     b.attr(AttrType::NasIpAddress, &[127, 0, 0, 1]).unwrap();
-    (b.finish_access_request(secret, &ra), ra)
+    (b.finish_access_request_with(&plan.key, &ra), ra)
 }
 
 fn answer(datagram: &[u8], plan: &Plan, inflight: &mut HashMap<u8, (Instant, [u8; 16])>, t: &mut Tally) {

@@ -113,31 +113,46 @@ impl Builder {
 
     /// A response (Access-Accept/Reject/Challenge, Accounting-Response,
     /// CoA/Disconnect ACK/NAK) to a request with `request_authenticator`.
-    pub fn finish_response(mut self, secret: &[u8], request_authenticator: &[u8; 16]) -> Vec<u8> {
+    pub fn finish_response(self, secret: &[u8], request_authenticator: &[u8; 16]) -> Vec<u8> {
+        self.finish_response_with(&crypto::Key::new(secret), request_authenticator)
+    }
+
+    /// [`Self::finish_response`] with the key schedule done.
+    pub fn finish_response_with(mut self, key: &crypto::Key, request_authenticator: &[u8; 16]) -> Vec<u8> {
         self.patch_length();
         self.buf[4..20].copy_from_slice(request_authenticator);
-        self.sign(secret);
-        let auth = crypto::md5(&[&self.buf, secret]);
+        self.sign(key);
+        let auth = crypto::md5(&[&self.buf, key.secret()]);
         self.buf[4..20].copy_from_slice(&auth);
         self.buf
     }
 
     /// An Access-Request or Status-Server with a random Request Authenticator.
-    pub fn finish_access_request(mut self, secret: &[u8], authenticator: &[u8; 16]) -> Vec<u8> {
+    pub fn finish_access_request(self, secret: &[u8], authenticator: &[u8; 16]) -> Vec<u8> {
+        self.finish_access_request_with(&crypto::Key::new(secret), authenticator)
+    }
+
+    /// [`Self::finish_access_request`] with the key schedule done.
+    pub fn finish_access_request_with(mut self, key: &crypto::Key, authenticator: &[u8; 16]) -> Vec<u8> {
         self.patch_length();
         self.buf[4..20].copy_from_slice(authenticator);
-        self.sign(secret);
+        self.sign(key);
         self.buf
     }
 
     /// An Accounting-Request, CoA-Request or Disconnect-Request: the
     /// Message-Authenticator over the packet with a zero authenticator,
     /// then the Request Authenticator over the result.
-    pub fn finish_request(mut self, secret: &[u8]) -> Vec<u8> {
+    pub fn finish_request(self, secret: &[u8]) -> Vec<u8> {
+        self.finish_request_with(&crypto::Key::new(secret))
+    }
+
+    /// [`Self::finish_request`] with the key schedule done.
+    pub fn finish_request_with(mut self, key: &crypto::Key) -> Vec<u8> {
         self.patch_length();
         self.buf[4..20].fill(0);
-        self.sign(secret);
-        let auth = crypto::md5(&[&self.buf, secret]);
+        self.sign(key);
+        let auth = crypto::md5(&[&self.buf, key.secret()]);
         self.buf[4..20].copy_from_slice(&auth);
         self.buf
     }
@@ -149,9 +164,9 @@ impl Builder {
     }
 
     /// Fills the Message-Authenticator over the packet as it stands.
-    fn sign(&mut self, secret: &[u8]) {
+    fn sign(&mut self, key: &crypto::Key) {
         if let Some(at) = self.message_authenticator {
-            let mac = crypto::hmac_md5(secret, &[&self.buf]);
+            let mac = key.hmac_md5(&[&self.buf]);
             self.buf[at + 2..at + 18].copy_from_slice(&mac);
         }
     }

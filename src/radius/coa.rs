@@ -187,7 +187,7 @@ impl CoaClient {
             Kind::Disconnect => [Code::DisconnectAck, Code::DisconnectNak],
         };
         let authentic = p.response_authenticator_valid(secret, &o.authenticator)
-            && p.message_authenticator_valid(secret, Some(&o.authenticator)) != Some(false);
+            && p.message_authenticator_valid_with(o.request.secret.key(), Some(&o.authenticator)) != Some(false);
         if !expected.contains(&p.code()) || !authentic {
             return self.events.push_back(Event::Ignored { from });
         }
@@ -347,7 +347,7 @@ fn build(r: &Request, id: u8) -> Vec<u8> {
     if let (Kind::Coa, Some(f)) = (r.kind, &r.filter_id) {
         let _ = b.attr(AttrType::FilterId, f.as_bytes());
     }
-    b.finish_request(r.secret.expose())
+    b.finish_request_with(r.secret.key())
 }
 
 #[cfg(test)]

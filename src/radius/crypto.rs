@@ -16,12 +16,53 @@ pub fn md5(parts: &[&[u8]]) -> [u8; 16] {
 
 /// HMAC-MD5 keyed with the shared secret (RFC 3579 §3.2).
 pub fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    let mut m = <Hmac<Md5> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    for p in parts {
-        m.update(p);
+    Key::new(key).hmac_md5(parts)
+}
+
+/// A shared secret with its HMAC-MD5 key schedule done once.
+///
+/// HMAC starts every MAC by hashing the key XOR ipad and XOR opad, one MD5
+/// block each: for a RADIUS packet of two or three blocks that is a third of
+/// the hashing. A NAS's secret is fixed, so the server keeps those two
+/// states per NAS and starts each Message-Authenticator from a copy
+/// (measured: MD5 was 14% of warden's CPU at 90,000 MAB requests/s).
+///
+/// The secret is wiped when dropped. The two digest states are not (the
+/// `hmac` crate has no zeroize support); they let one compute MACs under
+/// this secret, as the secret does, but do not give the secret back.
+#[derive(Clone)]
+pub struct Key {
+    secret: zeroize::Zeroizing<Vec<u8>>,
+    hmac: Hmac<Md5>,
+}
+
+impl Key {
+    pub fn new(secret: &[u8]) -> Self {
+        // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
+        let hmac =
+            <Hmac<Md5> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        Self { secret: zeroize::Zeroizing::new(secret.to_vec()), hmac }
     }
-    m.finalize().into_bytes().into()
+
+    /// The secret itself, for the MD5 authenticators and password hiding.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+
+    /// HMAC-MD5 under this secret over the concatenation of `parts`.
+    pub fn hmac_md5(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut m = self.hmac.clone();
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().into()
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
 }
 
 /// Compares secrets, authenticators and MACs without an early exit.

@@ -157,6 +157,15 @@ impl<'a> Packet<'a> {
     /// Accounting, CoA and Disconnect requests are computed with the
     /// authenticator field zeroed; an Access-Request or Status-Server uses its own.
     pub fn message_authenticator_valid(&self, secret: &[u8], request_authenticator: Option<&[u8; 16]>) -> Option<bool> {
+        self.message_authenticator_valid_with(&crypto::Key::new(secret), request_authenticator)
+    }
+
+    /// [`Self::message_authenticator_valid`] with the key schedule done.
+    pub fn message_authenticator_valid_with(
+        &self,
+        key: &crypto::Key,
+        request_authenticator: Option<&[u8; 16]>,
+    ) -> Option<bool> {
         let offset = self.attr_offset(AttrType::MessageAuthenticator)?;
         let b = self.bytes;
         let given = &b[offset + 2..offset + 18];
@@ -168,7 +177,7 @@ impl<'a> Packet<'a> {
             (None, Code::AccountingRequest | Code::CoaRequest | Code::DisconnectRequest) => &[0u8; 16],
             (None, _) => &b[4..20],
         };
-        let mac = crypto::hmac_md5(secret, &[&b[..4], auth, &b[20..offset + 2], &[0u8; 16], &b[offset + 18..]]);
+        let mac = key.hmac_md5(&[&b[..4], auth, &b[20..offset + 2], &[0u8; 16], &b[offset + 18..]]);
         Some(crypto::ct_eq(&mac, given))
     }
 

@@ -29,16 +29,23 @@ const MAX_PENDING: usize = 16_384;
 /// A decision not made in this time is abandoned: the NAS retransmits.
 const DECISION_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A shared secret: never printed, wiped when dropped.
+/// A shared secret: never printed, wiped when dropped, its HMAC key
+/// schedule done once ([`crypto::Key`]).
 #[derive(Clone)]
-pub struct Secret(Arc<Zeroizing<Vec<u8>>>);
+pub struct Secret(Arc<crypto::Key>);
 
 impl Secret {
     pub fn new(bytes: Vec<u8>) -> Self {
-        Self(Arc::new(Zeroizing::new(bytes)))
+        let bytes = Zeroizing::new(bytes);
+        Self(Arc::new(crypto::Key::new(&bytes)))
     }
 
     pub fn expose(&self) -> &[u8] {
+        self.0.secret()
+    }
+
+    /// The secret as the authenticators and Message-Authenticator use it.
+    pub fn key(&self) -> &crypto::Key {
         &self.0
     }
 }
@@ -278,7 +285,7 @@ impl Server {
             _ => return discard(self, Discard::UnexpectedCode),
         }
         // Authenticity first, before anything is cached or decided.
-        let ma = packet.message_authenticator_valid(secret.expose(), None);
+        let ma = packet.message_authenticator_valid_with(secret.key(), None);
         match (code, ma) {
             (_, Some(false)) => return discard(self, Discard::BadMessageAuthenticator),
             (Code::StatusServer, None) => return discard(self, Discard::MissingMessageAuthenticator),
@@ -306,7 +313,7 @@ impl Server {
             // RFC 5997 §3: Access-Accept on the auth port, Accounting-Response on acct.
             let reply_code = if port == Port::Auth { Code::AccessAccept } else { Code::AccountingResponse };
             let reply: bytes::Bytes = Builder::new(reply_code, packet.identifier(), true)
-                .finish_response(secret.expose(), &packet.authenticator())
+                .finish_response_with(secret.key(), &packet.authenticator())
                 .into();
             self.remember(key, reply.clone(), now);
             self.transmits.push_back(Transmit { port, to: from, payload: reply });
@@ -436,7 +443,7 @@ impl Server {
             // RFC 2865 §5.33: Proxy-State goes back unmodified, in order.
             let _ = b.attr(AttrType::ProxyState, ps);
         }
-        let payload: bytes::Bytes = b.finish_response(secret.expose(), &p.authenticator).into();
+        let payload: bytes::Bytes = b.finish_response_with(secret.key(), &p.authenticator).into();
         self.remember(p.key, payload.clone(), now);
         self.transmits.push_back(Transmit { port: p.key.1, to: p.key.0, payload });
     }

@@ -236,3 +236,25 @@ proptest! {
         prop_assert_eq!(unhide_password(&hidden, &secret, &ra), password);
     }
 }
+
+/// RFC 2202 §2's HMAC-MD5 vectors, through a `Key` used more than once
+/// (each MAC starts from a copy of the precomputed state, so the first
+/// must not leak into the second) and through the one-shot function.
+#[test]
+fn rfc2202_hmac_md5_with_a_reused_key() {
+    let cases: [(Vec<u8>, &[u8], &str); 3] = [
+        (vec![0x0b; 16], b"Hi There", "9294727a3638bb1c13f48ef8158bfc9d"),
+        (b"Jefe".to_vec(), b"what do ya want for nothing?", "750c783e6ab0b503eaa86e310a5db738"),
+        // A key longer than MD5's 64-byte block is hashed first.
+        (vec![0xaa; 80], b"Test Using Larger Than Block-Size Key - Hash Key First", "6b1ab7fe4bd7bf8f0b62e6ce61b9d0cd"),
+    ];
+    for (key, data, want) in cases {
+        let k = crypto::Key::new(&key);
+        let (head, tail) = data.split_at(data.len() / 2);
+        assert_eq!(k.hmac_md5(&[data]).to_vec(), hex(want));
+        assert_eq!(k.hmac_md5(&[head, tail]).to_vec(), hex(want), "fed in parts, second use");
+        assert_eq!(crypto::hmac_md5(&key, &[data]).to_vec(), hex(want));
+        assert_eq!(k.secret(), &key[..]);
+        assert_eq!(format!("{k:?}"), "Key(..)", "a key never prints its secret");
+    }
+}
