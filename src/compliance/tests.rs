@@ -276,8 +276,16 @@ proptest! {
             }
             prop_assert_eq!(e.counts(), counts);
             for mac in 0..4u8 {
-                let got = e.table().by_mac(Mac::parse(&mac_text(mac)).unwrap()).map(|d| d.id.to_string());
+                let owner = e.table().by_mac(Mac::parse(&mac_text(mac)).unwrap());
+                let got = owner.as_ref().map(|d| d.id.to_string());
                 prop_assert_eq!(got, m.mac_owner.get(&mac).map(|d| format!("d{d}")));
+                // The MAC index holds the record itself: it must be the
+                // current one, whatever changed the verdict (a report, a
+                // timer), or MAB would admit by a verdict that is gone.
+                if let Some(d) = owner {
+                    let current = e.table().get(&d.id).unwrap();
+                    prop_assert!(Arc::ptr_eq(&d, &current), "MAC {} holds an old record of {}", mac, d.id);
+                }
             }
             // After a timeout is handled, every deadline left lies ahead.
             if was_advance && let Some(at) = e.poll_timeout() {
