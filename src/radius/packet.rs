@@ -131,7 +131,9 @@ impl<'a> Packet<'a> {
 
     /// The first attribute of this type.
     pub fn attr(&self, typ: AttrType) -> Option<&'a [u8]> {
-        self.attrs().find(|a| a.typ == typ).map(|a| a.value)
+        let at = self.attr_offset(typ)?;
+        let len = usize::from(*self.bytes.get(at + 1)?);
+        self.bytes.get(at + 2..at + len)
     }
 
     /// A 4-byte integer attribute (its size was checked at decode).
@@ -199,12 +201,16 @@ impl<'a> Packet<'a> {
 
     /// Byte offset of the first attribute of this type.
     fn attr_offset(&self, typ: AttrType) -> Option<usize> {
+        // The raw type byte, not an `AttrType` per attribute: a request is
+        // searched a dozen times, and the conversion was most of the cost.
+        let want = u8::from(typ);
         let mut at = MIN_LEN;
-        for a in self.attrs() {
-            if a.typ == typ {
+        while let [t, len, ..] = *self.bytes.get(at..)? {
+            if t == want {
                 return Some(at);
             }
-            at += a.value.len() + 2;
+            // Packet::decode checked every length (≥ 2), so this moves on.
+            at += usize::from(len).max(2);
         }
         None
     }

@@ -194,6 +194,12 @@ proptest! {
             }
             let again = b.finish_access_request(b"s", &p.authenticator());
             prop_assert_eq!(&again[..], p.as_bytes());
+            // The by-type search walks raw bytes: it must find what the
+            // attribute iterator finds first, for every type.
+            for t in 0..=255u8 {
+                let first = p.attrs().find(|a| u8::from(a.typ) == t).map(|a| a.value);
+                prop_assert_eq!(p.attr(AttrType::from(t)), first, "type {}", t);
+            }
         }
     }
 
@@ -225,6 +231,10 @@ proptest! {
         prop_assert!(p.response_authenticator_valid(&secret, &ra));
         let got: Vec<(AttrType, Vec<u8>)> = p.attrs().skip(1).map(|a| (a.typ, a.value.to_vec())).collect();
         prop_assert_eq!(got, kept);
+        for t in 0..=255u8 {
+            let first = p.attrs().find(|a| u8::from(a.typ) == t).map(|a| a.value);
+            prop_assert_eq!(p.attr(AttrType::from(t)), first, "type {}", t);
+        }
     }
 
     #[test]
