@@ -86,9 +86,8 @@ const BATCH: usize = 64;
 
 impl AuthShard {
     pub async fn run(mut self) {
-        // The largest RADIUS packet is 4096 bytes; one more byte tells a
-        // longer datagram apart (it is refused by the decoder as too long).
-        let mut buf = vec![0u8; 4097];
+        let mut buf = vec![0u8; super::udp_batch::SLOT];
+        let mut batch = super::udp_batch::Batch::new();
         let mut timer = super::timer::Timer::new();
         loop {
             timer.arm(self.server.poll_timeout());
@@ -109,7 +108,7 @@ impl AuthShard {
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok(first) => {
                         let now = Instant::now();
-                        take_waiting(&self.socket, &mut buf, first, BATCH, &mut self.server, Port::Auth, now);
+                        take_waiting(&self.socket, &buf, first, &mut batch, BATCH, &mut self.server, Port::Auth, now);
                     }
                     Err(e) => tracing::debug!(error = %e, "RADIUS auth socket receive error"),
                 },

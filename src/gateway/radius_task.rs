@@ -47,7 +47,8 @@ impl RadiusTask {
     pub async fn run(mut self) {
         // The largest RADIUS packet is 4096 bytes; one more byte tells a
         // longer datagram apart (it is refused by the decoder as too long).
-        let mut acct_buf = vec![0u8; 4097];
+        let mut acct_buf = vec![0u8; super::udp_batch::SLOT];
+        let mut acct_batch = super::udp_batch::Batch::new();
         let mut coa_buf = vec![0u8; 4097];
         let mut timer = super::timer::Timer::new();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
@@ -97,8 +98,9 @@ impl RadiusTask {
                     // sync (records that came during the last sync).
                     Ok(first) => super::udp_batch::take_waiting(
                         &self.acct,
-                        &mut acct_buf,
+                        &acct_buf,
                         first,
+                        &mut acct_batch,
                         COMMIT_BATCH,
                         &mut self.server,
                         Port::Acct,
