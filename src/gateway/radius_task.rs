@@ -45,11 +45,9 @@ pub use crate::http::requests::SessionQuery;
 
 impl RadiusTask {
     pub async fn run(mut self) {
-        // The largest RADIUS packet is 4096 bytes; one more byte tells a
-        // longer datagram apart (it is refused by the decoder as too long).
         let mut acct_buf = vec![0u8; super::udp_batch::SLOT];
         let mut acct_batch = super::udp_batch::Batch::new();
-        let mut coa_buf = vec![0u8; 4097];
+        let mut coa_buf = vec![0u8; super::udp_batch::SLOT];
         let mut timer = super::timer::Timer::new();
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -14,11 +14,6 @@ pub fn md5(parts: &[&[u8]]) -> [u8; 16] {
     h.finalize().into()
 }
 
-/// HMAC-MD5 keyed with the shared secret (RFC 3579 §3.2).
-pub fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-    Key::new(key).hmac_md5(parts)
-}
-
 /// A shared secret with its HMAC-MD5 key schedule done once.
 ///
 /// HMAC starts every MAC by hashing the key XOR ipad and XOR opad, one MD5
@@ -49,7 +44,8 @@ impl Key {
         &self.secret
     }
 
-    /// HMAC-MD5 under this secret over the concatenation of `parts`.
+    /// HMAC-MD5 under this secret over the concatenation of `parts`
+    /// (RFC 3579 §3.2's Message-Authenticator).
     pub fn hmac_md5(&self, parts: &[&[u8]]) -> [u8; 16] {
         let mut m = self.hmac.clone();
         for p in parts {
