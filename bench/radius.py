@@ -176,19 +176,27 @@ def warden_dir(tmp, users, devices=None):
         for i in range(users):
             f.write(f'[[users]]\nname = "user{i:07d}"\npassword = "pw-{i}"\ndevice_id = "dev-{i:07d}"\n')
     os.makedirs(os.path.join(d, "state"))
+    write_snapshot(os.path.join(d, "state", "compliance.jsonl"), devices)
+    return d
+
+
+def write_snapshot(path, n, mac=mac, extra=lambda i: {"groups": ["pos"]}):
+    """n compliant devices `dev-{i:07d}` (MAC `mac(i)`, report fields from
+    `extra(i)` on top), as a JSON-lines snapshot: warden reads one when it
+    has no binary snapshot, and writes the binary one from it. Also used by
+    bench/restart.py."""
     now = time.time()
     ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
     patch = time.strftime("%Y-%m-%d", time.gmtime(now - 10 * 86400))
-    with open(os.path.join(d, "state", "compliance.jsonl"), "w") as f:
-        for i in range(devices):
+    with open(path, "w") as f:
+        for i in range(n):
             m = ":".join(mac(i)[k:k + 2] for k in range(0, 12, 2))
             report = {"seq": 1, "ts": ts, "os": "android", "os_version": "14.0.1", "security_patch": patch,
                       "encrypted": True, "passcode": True, "rooted": False, "kiosk_mode": True,
                       "apps_installed": ["com.acme.pos"], "apps_running": ["com.acme.pos"],
                       "wifi_ssid": "ACME-STORE", "open_ports": [443], "mac_addresses": [m],
-                      "groups": ["pos"], "agent_version": "3.2.0"}
+                      "agent_version": "3.2.0", **extra(i)}
             f.write(json.dumps({"id": f"dev-{i:07d}", "last_seen": int(now * 1000), "report": report}) + "\n")
-    return d
 
 
 def warden(exe, d, port, extra="", workers=0, log_level="warn", nice=False):

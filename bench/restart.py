@@ -23,9 +23,13 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import radius  # noqa: E402  (write_snapshot(): the same fleet as the RADIUS bench)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "bench-secret"
@@ -44,19 +48,10 @@ def mac(i):
 def seed(d, n):
     shutil.copytree(os.path.join(ROOT, "policies"), os.path.join(d, "policies"))
     os.makedirs(os.path.join(d, "state"))
-    now = time.time()
-    ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    patch = time.strftime("%Y-%m-%d", time.gmtime(now - 10 * 86400))
-    with open(os.path.join(d, "state", "compliance.jsonl"), "w") as f:
-        for i in range(n):
-            m = ":".join(mac(i)[k:k + 2] for k in range(0, 12, 2))
-            report = {"seq": 1, "ts": ts, "os": "android", "os_version": "14.0.1", "security_patch": patch,
-                      "encrypted": True, "passcode": True, "rooted": False, "kiosk_mode": True,
-                      "apps_installed": ["com.acme.pos"], "apps_running": ["com.acme.pos"],
-                      "wifi_ssid": "ACME-STORE", "open_ports": [443], "mac_addresses": [m],
-                      "wg_public_key": f"{i:0>43}=", "cert_identity": f"dev-{i:07d}",
-                      "groups": ["pos", f"store-{i % 500}"], "agent_version": "3.2.0"}
-            f.write(json.dumps({"id": f"dev-{i:07d}", "last_seen": int(now * 1000), "report": report}) + "\n")
+    # Every identity a restore indexes: MAC, WireGuard key, certificate.
+    radius.write_snapshot(os.path.join(d, "state", "compliance.jsonl"), n, mac=mac,
+                          extra=lambda i: {"wg_public_key": f"{i:0>43}=", "cert_identity": f"dev-{i:07d}",
+                                           "groups": ["pos", f"store-{i % 500}"]})
 
 
 def config(d):
