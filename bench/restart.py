@@ -20,7 +20,6 @@ import re
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,12 +32,6 @@ import radius  # noqa: E402  (write_snapshot(): the same fleet as the RADIUS ben
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "bench-secret"
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mac(i):
@@ -55,12 +48,12 @@ def seed(d, n):
 
 
 def config(d):
-    http, auth = free_port(), free_port(socket.SOCK_DGRAM)
+    http, auth = radius.free_tcp_port(), radius.free_udp_port()
     with open(os.path.join(d, "w.toml"), "w") as f:
         f.write(f'[node]\nstate_dir = "state"\nsnapshot_every = "1h"\n'
-                f'[mqtt]\nlisten = "127.0.0.1:{free_port()}"\nallow_anonymous = true\n'
+                f'[mqtt]\nlisten = "127.0.0.1:{radius.free_tcp_port()}"\nallow_anonymous = true\n'
                 f'[http]\nlisten = "127.0.0.1:{http}"\n'
-                f'[radius]\nauth_listen = "127.0.0.1:{auth}"\nacct_listen = "127.0.0.1:{free_port(socket.SOCK_DGRAM)}"\n'
+                f'[radius]\nauth_listen = "127.0.0.1:{auth}"\nacct_listen = "127.0.0.1:{radius.free_udp_port()}"\n'
                 f'[[radius.clients]]\nname = "bench"\naddress = "127.0.0.1"\nsecret = "{SECRET}"\n')
     return http, auth
 
